@@ -1,0 +1,159 @@
+"""Tests for tvdenoise.sigma.estimate_sigma."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tvdenoise.sigma import MIN_SIZE, estimate_sigma
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def piecewise_constant(channels: int, height: int, width: int, seed: int) -> torch.Tensor:
+    """Random rectangles of constant intensity in [0.2, 0.8]: flat areas and sharp edges."""
+    gen = _generator(seed)
+    image = torch.full((channels, height, width), 0.5)
+    for _ in range(12):
+        top, left = (int(v) for v in torch.randint(0, min(height, width) - 4, (2,), generator=gen))
+        size = int(torch.randint(4, min(height, width) // 2, (1,), generator=gen))
+        level = 0.2 + 0.6 * torch.rand(channels, 1, 1, generator=gen)
+        image[:, top : top + size, left : left + size] = level
+    return image
+
+
+def add_8bit_noise(clean: torch.Tensor, sigma_levels: float, seed: int) -> torch.Tensor:
+    """Noise added in 8-bit levels to an image on [0, 1], then rounded and clipped."""
+    noise = torch.randn(clean.shape, generator=_generator(seed), dtype=torch.float64)
+    levels = (clean.to(torch.float64) * 255).round() + sigma_levels * noise
+    return (levels.round().clamp(0, 255) / 255).to(torch.float32)
+
+
+@pytest.mark.parametrize("sigma", [0.02, 0.05, 0.1])
+@pytest.mark.parametrize(("channels", "height", "width"), [(1, 97, 83), (3, 64, 70)])
+def test_piecewise_constant_within_10_percent(
+    sigma: float, channels: int, height: int, width: int
+) -> None:
+    clean = piecewise_constant(channels, height, width, seed=1)
+    noise = torch.randn(clean.shape, generator=_generator(2))
+    estimate = float(estimate_sigma(clean + sigma * noise))
+    assert estimate == pytest.approx(sigma, rel=0.10)
+
+
+def test_pure_noise_calibration() -> None:
+    # The block-percentile constant is a property of the filter and block size only: on
+    # plain white noise the estimate must be unbiased.
+    noise = 0.5 + 0.05 * torch.randn(1, 512, 512, generator=_generator(3))
+    assert float(estimate_sigma(noise)) == pytest.approx(0.05, rel=0.03)
+
+
+@pytest.mark.parametrize("name", ["astronaut", "camera"])
+def test_photograph_sigma_25_within_15_percent(name: str) -> None:
+    data = pytest.importorskip("skimage.data")
+    array = np.asarray(getattr(data, name)(), dtype=np.float32) / 255
+    clean = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+    noisy = add_8bit_noise(clean, 25, seed=4)
+    assert 255 * float(estimate_sigma(noisy)) == pytest.approx(25, rel=0.15)
+
+
+def test_clean_photograph_gives_small_estimate() -> None:
+    data = pytest.importorskip("skimage.data")
+    clean = torch.from_numpy(np.asarray(data.astronaut(), dtype=np.float32) / 255)
+    assert 255 * float(estimate_sigma(clean.permute(2, 0, 1))) < 3
+
+
+def test_half_saturated_image_is_not_fooled_by_clipping() -> None:
+    # Left half white (255): noise there is clipped away on one side. Right half a smooth
+    # ramp. An estimator that uses the clipped half reads far too low.
+    height, width = 96, 128
+    ramp = torch.linspace(0.3, 0.7, width // 2).expand(height, width // 2)
+    clean = torch.cat([torch.ones(height, width // 2), ramp], dim=1)[None]
+    sigma_levels = 30
+    noisy = add_8bit_noise(clean, sigma_levels, seed=5)
+    assert (noisy == 1).float().mean() > 0.25  # the test image really is clipped
+    assert 255 * float(estimate_sigma(noisy)) == pytest.approx(sigma_levels, rel=0.10)
+
+
+def test_batched_equals_one_by_one() -> None:
+    images = [
+        add_8bit_noise(piecewise_constant(3, 40, 45, seed=s), sigma_levels=s * 10, seed=s)
+        for s in (1, 2, 3)
+    ]
+    batched = estimate_sigma(torch.stack(images))
+    one_by_one = torch.stack([estimate_sigma(image) for image in images])
+    torch.testing.assert_close(batched, one_by_one)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_shape_dtype_device_contract(device: str) -> None:
+    image = torch.rand(3, 20, 21, generator=_generator(6)).to(device)
+    single = estimate_sigma(image)
+    batched = estimate_sigma(image.expand(2, -1, -1, -1))
+    assert single.shape == ()
+    assert batched.shape == (2,)
+    for result in (single, batched):
+        assert result.dtype == torch.float32
+        assert result.device == image.device
+    torch.testing.assert_close(batched, single.expand(2))
+
+
+def test_float64_input_accepted() -> None:
+    image = piecewise_constant(1, 50, 50, seed=7) + 0.05 * torch.randn(
+        1, 50, 50, generator=_generator(8)
+    )
+    result = estimate_sigma(image.to(torch.float64))
+    assert result.dtype == torch.float32
+    torch.testing.assert_close(result, estimate_sigma(image))
+
+
+@pytest.mark.parametrize("value", [0.0, 0.37, 1.0])
+def test_constant_image_gives_zero(value: float) -> None:
+    result = estimate_sigma(torch.full((3, 32, 33), value))
+    assert not torch.isnan(result)
+    assert float(result) < 1e-6
+
+
+def test_minimum_size_accepted() -> None:
+    image = 0.5 + 0.1 * torch.randn(1, MIN_SIZE, MIN_SIZE, generator=_generator(9))
+    assert 0.0 < float(estimate_sigma(image)) < 0.3
+
+
+@pytest.mark.parametrize("shape", [(1, MIN_SIZE - 1, 50), (3, 50, MIN_SIZE - 1), (2, 1, 4, 4)])
+def test_too_small_raises(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=f"at least {MIN_SIZE}x{MIN_SIZE}"):
+        estimate_sigma(torch.rand(shape))
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (1, 1, 1, 32, 32)])
+def test_wrong_rank_raises(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=r"\(C, H, W\) or \(B, C, H, W\)"):
+        estimate_sigma(torch.rand(shape))
+
+
+def test_integer_image_raises() -> None:
+    with pytest.raises(TypeError, match="floating-point"):
+        estimate_sigma(torch.zeros(1, 16, 16, dtype=torch.uint8))
+
+
+def test_estimate_grows_with_noise() -> None:
+    clean = piecewise_constant(1, 64, 64, seed=10)
+    noise = torch.randn(clean.shape, generator=_generator(11))
+    estimates = [float(estimate_sigma(clean + s * noise)) for s in (0.01, 0.03, 0.09)]
+    assert estimates[0] < estimates[1] < estimates[2]
+
+
+def test_block_percentile_constant_matches_white_noise() -> None:
+    from tvdenoise import sigma as module
+
+    noise = torch.randn(1, 1, 1026, 1026, generator=_generator(12))
+    kernel = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]) / 6
+    residual = F.conv2d(noise, kernel.view(1, 1, 3, 3))
+    block_var = F.avg_pool2d(residual.square(), module._BLOCK).flatten()
+    measured = float(torch.quantile(block_var, module._QUANTILE))
+    assert measured == pytest.approx(module._NOISE_QUANTILE, rel=0.02)
