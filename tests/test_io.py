@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import torch
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageCms, ImageOps, TiffImagePlugin
 
 from tvdenoise import io as tio
 from tvdenoise.io import (
@@ -150,8 +150,9 @@ def _reference_tiff(
     predictor: int = 1,
     planar: int = 1,
     extra: tuple[tuple[int, int, int, bytes], ...] = (),
+    ifd_first: bool = False,
 ) -> bytes:
-    """A minimal TIFF: header, strips, then one IFD (tag, type, count, packed values)."""
+    """A minimal TIFF with one IFD; ``extra`` holds (tag, type, count, packed values)."""
     entries = [
         (256, 4, 1, struct.pack(order + "I", width)),
         (257, 4, 1, struct.pack(order + "I", height)),
@@ -164,33 +165,50 @@ def _reference_tiff(
         (317, 3, 1, struct.pack(order + "H", predictor)),
         *extra,
     ]
-    data_start = 8
-    offsets, position = [], data_start
-    for strip in strips:
-        offsets.append(position)
-        position += len(strip)
     n = len(strips)
-    entries.append((273, 4, n, struct.pack(order + f"{n}I", *offsets)))
-    entries.append((279, 4, n, struct.pack(order + f"{n}I", *[len(s) for s in strips])))
-    entries.sort()
-    ifd_start = position + position % 2
-    spill_start = ifd_start + 2 + 12 * len(entries) + 4
-    table, spill = struct.pack(order + "H", len(entries)), b""
-    for tag, kind, count, value in entries:
-        if len(value) <= 4:
-            field = value.ljust(4, b"\x00")
-        else:
-            field = struct.pack(order + "I", spill_start + len(spill))
-            spill += value + b"\x00" * (len(value) % 2)
-        table += struct.pack(order + "HHI", tag, kind, count) + field
-    table += b"\x00\x00\x00\x00"
+    counts = struct.pack(order + f"{n}I", *[len(s) for s in strips])
+
+    def table_for(offsets: list[int], ifd_start: int) -> bytes:
+        full = sorted([*entries, (273, 4, n, struct.pack(order + f"{n}I", *offsets)),
+                       (279, 4, n, counts)])  # fmt: skip
+        spill_start = ifd_start + 2 + 12 * len(full) + 4
+        table, spill = struct.pack(order + "H", len(full)), b""
+        for tag, kind, count, value in full:
+            if len(value) <= 4:
+                field = value.ljust(4, b"\x00")
+            else:
+                field = struct.pack(order + "I", spill_start + len(spill))
+                spill += value + b"\x00" * (len(value) % 2)
+            table += struct.pack(order + "HHI", tag, kind, count) + field
+        return table + b"\x00\x00\x00\x00" + spill
+
+    def offsets_from(start: int) -> list[int]:
+        return [start + sum(len(s) for s in strips[:i]) for i in range(n)]
+
+    strips_size = sum(len(s) for s in strips)
+    if ifd_first:  # header, IFD, strips: cutting the file cuts pixel data only
+        table_size = len(table_for([0] * n, 8))
+        ifd_start, data_start = 8, 8 + table_size
+    else:  # header, strips, IFD
+        data_start = 8
+        ifd_start = 8 + strips_size + strips_size % 2
+    table = table_for(offsets_from(data_start), ifd_start)
     magic = b"II*\x00" if order == "<" else b"MM\x00*"
-    head = magic + struct.pack(order + "I", ifd_start) + b"".join(strips)
-    return head + b"\x00" * (ifd_start - len(head)) + table + spill
+    head = magic + struct.pack(order + "I", ifd_start)
+    if ifd_first:
+        return head + table + b"".join(strips)
+    body = head + b"".join(strips)
+    return body + b"\x00" * (ifd_start - len(body)) + table
 
 
 def _tiff16_uncompressed(
-    values: npt.NDArray[np.uint16], *, order: str = "<", planar: int = 1, predictor: int = 1
+    values: npt.NDArray[np.uint16],
+    *,
+    order: str = "<",
+    planar: int = 1,
+    predictor: int = 1,
+    orientation: int = 1,
+    ifd_first: bool = False,
 ) -> bytes:
     height, width, channels = values.shape
     stored = values.astype(np.uint16)
@@ -204,7 +222,10 @@ def _tiff16_uncompressed(
         for plane in planes
         for top in range(0, height, rows_per_strip)
     ]
-    extra = ((338, 3, 1, struct.pack(order + "H", 2)),) if channels in (2, 4) else ()
+    extra: tuple[tuple[int, int, int, bytes], ...]
+    extra = ((274, 3, 1, struct.pack(order + "H", orientation)),)
+    if channels in (2, 4):
+        extra += ((338, 3, 1, struct.pack(order + "H", 2)),)
     return _reference_tiff(
         width=width,
         height=height,
@@ -217,6 +238,7 @@ def _tiff16_uncompressed(
         predictor=predictor,
         planar=planar,
         extra=extra,
+        ifd_first=ifd_first,
     )
 
 
@@ -320,6 +342,21 @@ def test_16bit_rgb_tiff_keeps_all_16_bits(
     np.testing.assert_array_equal(_as_samples(image), values)
 
 
+def test_16bit_tiff_orientation_is_applied(tmp_path: Path) -> None:
+    values = _random_u16(4, seed=9)
+    source = tmp_path / "rotated16.tif"
+    source.write_bytes(_tiff16_uncompressed(values, orientation=6, order=">"))
+    image = load_image(source)
+    rotated = np.rot90(values, k=-1)
+    np.testing.assert_array_equal(_as_samples(image), rotated[:, :, :3])
+    assert image.alpha is not None
+    np.testing.assert_array_equal(image.alpha, rotated[:, :, 3])
+    assert image.exif is not None
+    carried = Image.Exif()
+    carried.load(image.exif)
+    assert dict(carried) == {0x0112: 1}
+
+
 def test_16bit_rgb_tiff_with_lzw_strips(tmp_path: Path) -> None:
     values = _random_u16(3, seed=5)
     row_bytes = WIDTH * 3 * 2
@@ -329,6 +366,7 @@ def test_16bit_rgb_tiff_with_lzw_strips(tmp_path: Path) -> None:
     Image.frombytes("L", (row_bytes, HEIGHT), plain).save(packer, "TIFF", compression="tiff_lzw")
     packer.seek(0)
     with Image.open(packer) as packed:
+        assert isinstance(packed, TiffImagePlugin.TiffImageFile)
         offsets, counts = packed.tag_v2[273], packed.tag_v2[279]
         rows_per_strip = int(packed.tag_v2.get(278, HEIGHT))
     blob = packer.getvalue()
@@ -556,6 +594,23 @@ def test_orientation_applies_to_16bit_png_and_its_alpha(tmp_path: Path) -> None:
         assert written.getexif()[0x0112] == 1
 
 
+def test_tiff_tags_carried_as_exif_lose_the_pixel_layout(tmp_path: Path) -> None:
+    source = tmp_path / "rotated.tif"
+    _pil(_random_u8(3)).save(source, exif=_exif(6))
+    image = load_image(source)
+    assert image.data.shape == (3, WIDTH, HEIGHT)
+    assert image.exif is not None
+    carried = Image.Exif()
+    carried.load(image.exif)
+    assert carried[0x0112] == 1 and carried[0x010F] == "TestCam"
+    assert not {256, 257, 258, 273, 279} & set(carried)
+
+    target = tmp_path / "out.jpg"
+    save_image(target, image.data, like=image)
+    with Image.open(target) as written:
+        assert written.size == (HEIGHT, WIDTH) and written.getexif()[0x0112] == 1
+
+
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".tif"])
 @pytest.mark.parametrize("depth", [8, 16])
 def test_icc_profile_is_preserved(tmp_path: Path, suffix: str, depth: int) -> None:
@@ -673,6 +728,18 @@ def test_truncated_16bit_png(tmp_path: Path) -> None:
         load_image(cut)
 
 
+@pytest.mark.parametrize("ifd_first", [True, False], ids=["strips-cut", "ifd-cut"])
+def test_truncated_16bit_tiff(tmp_path: Path, ifd_first: bool) -> None:
+    whole = _tiff16_uncompressed(_random_u16(3), ifd_first=ifd_first)
+    cut = tmp_path / "cut16.tif"
+    cut.write_bytes(whole[:-100])
+    with pytest.raises(ImageFileError) as info:
+        load_image(cut)
+    _assert_one_line(info.value, cut)
+    if ifd_first:
+        assert "truncated or corrupt" in str(info.value)
+
+
 def test_too_many_pixels(tmp_path: Path) -> None:
     path = tmp_path / "big.png"
     _pil(_random_u8(1)).save(path)
@@ -746,7 +813,8 @@ def test_output_equal_to_input_is_refused_even_with_overwrite(
     monkeypatch.chdir(tmp_path)
     link = tmp_path / "link.png"
     link.symlink_to(source)
-    for spelling in [source, "in.png", "./sub/../in.png", link]:
+    spellings: list[str | Path] = [source, "in.png", "./missing/../in.png", link]
+    for spelling in spellings:
         with pytest.raises(ImageFileError, match="input"):
             check_output_path(spelling, inputs=[source], overwrite=True)
     assert check_output_path("other.png", inputs=[source]) == tmp_path / "other.png"
@@ -803,7 +871,7 @@ def test_failed_save_leaves_no_temporary_file(
 
     def broken_save(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
         assert hasattr(fp, "write")
-        fp.write(b"half an image")  # type: ignore[attr-defined]
+        fp.write(b"half an image")
         raise failure
 
     monkeypatch.setattr(Image.Image, "save", broken_save)

@@ -34,6 +34,7 @@ import stat
 import struct
 import tempfile
 import threading
+import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -179,7 +180,10 @@ def load_image(path: StrPath, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
         raise ValueError(f"max_pixels must be a positive integer or None, got {max_pixels}")
     _check_readable_file(file)
     try:
-        return _read(file, max_pixels)
+        with warnings.catch_warnings():
+            # Pillow warns about damaged metadata it skips; a library should stay quiet.
+            warnings.filterwarnings("ignore", module=r"PIL\.")
+            return _read(file, max_pixels)
     except ImageFileError:
         raise
     except PermissionError:
@@ -210,12 +214,17 @@ def _read(file: Path, max_pixels: int | None) -> LoadedImage:
 
     with _open(file) as im:
         _check_pixel_count(im.width, im.height, max_pixels, file)
+        # Pillow 13 turns TIFFs upright itself while loading and drops their orientation tag.
+        tiff_tags = getattr(im, "tag_v2", None)
+        had_orientation = tiff_tags is not None and _ORIENTATION_TAG in tiff_tags
         im.load()  # decode everything now, so that truncated files are caught here
         icc_profile = im.info.get("icc_profile") or None
         try:
             exif_tags = im.getexif()
         except (OSError, SyntaxError, ValueError, KeyError, TypeError, struct.error):
             exif_tags = Image.Exif()  # damaged metadata should not stop the denoising
+        if had_orientation and _ORIENTATION_TAG not in exif_tags:
+            exif_tags[_ORIENTATION_TAG] = 1  # already applied by Pillow
         exif, orientation = _read_exif(exif_tags, im.info.get("exif"), im.format)
         if im.format == "PNG" and _is_wide_png(file):
             samples = _decode_png16(file.read_bytes())
@@ -584,12 +593,14 @@ def _is_wide_tiff(file: Path) -> bool:
         if len(head) < 8 or head[:4] not in (b"II*\x00", b"MM\x00*"):
             return False
         try:
-            tags = TiffImagePlugin.ImageFileDirectory_v2(head)
-            fh.seek(tags.next)
-            tags.load(fh)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # Pillow only warns about a damaged IFD
+                tags = TiffImagePlugin.ImageFileDirectory_v2(head)
+                fh.seek(tags.next)
+                tags.load(fh)
             bits = _as_tuple(tags.get(258, (1,)))
             samples = int(tags.get(277, 1))
-        except (OSError, SyntaxError, ValueError, KeyError, TypeError, struct.error):
+        except (Warning, OSError, SyntaxError, ValueError, KeyError, TypeError, struct.error):
             return False  # let Pillow try, and report
     return samples > 1 and 16 in bits
 
