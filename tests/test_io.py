@@ -750,12 +750,17 @@ def test_too_many_pixels(tmp_path: Path) -> None:
     assert load_image(path, max_pixels=WIDTH * HEIGHT).data.shape == (1, HEIGHT, WIDTH)
 
 
+@pytest.mark.parametrize("kind", ["png8", "tiff8", "tiff16"])
 def test_pixel_limit_ignores_and_keeps_pillows_global(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    path = tmp_path / "img.png"
-    _pil(_random_u8(3)).save(path)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow would refuse this image
+    path = tmp_path / ("img.png" if kind == "png8" else "img.tif")
+    if kind == "tiff16":
+        path.write_bytes(_tiff16_uncompressed(_random_u16(3)))
+    else:
+        _pil(_random_u8(3)).save(path)
+    # Pillow alone would refuse this image (more than twice its limit), also in load().
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     assert load_image(path, max_pixels=None).data.shape == (3, HEIGHT, WIDTH)
     assert load_image(path).data.shape == (3, HEIGHT, WIDTH)
     assert Image.MAX_IMAGE_PIXELS == 100

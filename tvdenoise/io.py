@@ -217,7 +217,7 @@ def _read(file: Path, max_pixels: int | None) -> LoadedImage:
         # Pillow 13 turns TIFFs upright itself while loading and drops their orientation tag.
         tiff_tags = getattr(im, "tag_v2", None)
         had_orientation = tiff_tags is not None and _ORIENTATION_TAG in tiff_tags
-        im.load()  # decode everything now, so that truncated files are caught here
+        _load(im)
         icc_profile = im.info.get("icc_profile") or None
         try:
             exif_tags = im.getexif()
@@ -263,22 +263,42 @@ def _check_readable_file(file: Path) -> None:
 
 
 @contextlib.contextmanager
-def _open(source: Path | IO[bytes]) -> Iterator[Image.Image]:
-    """``Image.open`` without Pillow's global decompression-bomb check.
+def _pillow_limit_lifted() -> Iterator[None]:
+    """Switch off Pillow's global decompression-bomb check for the duration, under a lock.
 
-    The caller applies its own pixel limit. Pillow's global limit is lifted only for the
-    header parse inside ``Image.open``, under a lock, and restored straight after; decoding
-    (``load``) does not consult it.
+    :func:`load_image` applies its own ``max_pixels`` instead. The global is restored on
+    exit, so other callers of Pillow keep their limit except during this window.
     """
     with _PIXEL_LIMIT_LOCK:
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None
         try:
-            im = Image.open(source)
+            yield
         finally:
             Image.MAX_IMAGE_PIXELS = saved
+
+
+@contextlib.contextmanager
+def _open(source: Path | IO[bytes]) -> Iterator[Image.Image]:
+    """``Image.open`` without Pillow's global decompression-bomb check (see :func:`_load`)."""
+    with _pillow_limit_lifted():
+        im = Image.open(source)
     with im:
         yield im
+
+
+def _load(im: Image.Image) -> None:
+    """Decode all pixels now (so truncation is caught), past Pillow's global pixel limit.
+
+    Some plugins (TIFF) repeat the check while loading; the limit is lifted, serialising
+    loads, only for images that would hit it.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and im.width * im.height > limit:
+        with _pillow_limit_lifted():
+            im.load()
+    else:
+        im.load()
 
 
 def _loaded_image(
@@ -679,7 +699,7 @@ def _decode_tiff16(tags: Image.Exif, data: bytes, file: Path) -> npt.NDArray[np.
             strips=strips,
         )
         with _open(io.BytesIO(wrapper)) as raw_image:
-            raw_image.load()
+            _load(raw_image)
             raw = np.asarray(raw_image, dtype=np.uint8)
         if raw.shape != (height, row_bytes):
             raise ValueError("TIFF strips decoded to an unexpected size")
