@@ -1,0 +1,784 @@
+"""Many files through the solver: planning, batching, prefetching, records and reports.
+
+The work is split in two pure steps so that each can be reasoned about (and tested) alone:
+
+1. :func:`plan_jobs` turns what a user typed (file names, folders, quoted globs) and the
+   ``-o`` target into a list of :class:`Job` ``(input, output)`` pairs. It only looks at
+   names: no image is opened. Everything that can be wrong before any work starts (a glob
+   matching nothing, two inputs mapping to one output, an output that would land on an
+   input) is raised here as :class:`PlanError`.
+2. :func:`process_file` restores one job and returns a :class:`Record`; it is a plain,
+   picklable function of ``(Job, Settings)`` that a cluster engine can map over jobs.
+   :func:`run_jobs` does the same for a whole plan on one machine, faster: files are read
+   and written by worker threads while the solver runs, and images of the same shape are
+   stacked into one ``(B, C, H, W)`` batch for :func:`tvdenoise.solver.solve`. Both give the
+   same pixels.
+
+Failures of single files (unreadable, corrupt, unwritable) never raise; they come back as
+records with ``status == "failed"`` and a one-line ``error``.
+
+Example:
+    >>> plan = plan_jobs(["scans/*.png"], Path("clean"))  # doctest: +SKIP
+    >>> check_outputs(plan, overwrite=False)  # doctest: +SKIP
+    >>> run_jobs(plan.jobs, Settings(), on_record=print)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import json
+import os
+import re
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .io import (
+    DEFAULT_MAX_PIXELS,
+    SUPPORTED_SUFFIXES,
+    ImageFileError,
+    LoadedImage,
+    check_output_path,
+    load_image,
+    save_image,
+)
+from .solver import DEFAULT_MAX_ITER, DEFAULT_TOL, DEFAULT_WEIGHT, Callback, solve
+from .tv import ColorMode, TVKind
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_QUALITY",
+    "DEFAULT_SUFFIX",
+    "IterationProgress",
+    "Job",
+    "Plan",
+    "PlanError",
+    "Record",
+    "Settings",
+    "SolverSettings",
+    "Status",
+    "check_outputs",
+    "check_report_path",
+    "plan_jobs",
+    "process_file",
+    "resolve_device",
+    "run_jobs",
+    "write_report",
+]
+
+#: Images stacked into one solver batch, at most.
+DEFAULT_BATCH_SIZE = 8
+#: JPEG and WebP quality of the written files.
+DEFAULT_QUALITY = 95
+#: Added to the name of an output written beside its input (``photo.png`` ->
+#: ``photo_denoised.png``).
+DEFAULT_SUFFIX = "_denoised"
+
+Status = Literal["restored", "skipped", "failed"]
+
+#: Given the jobs of one solver batch, a context manager that yields the callback
+#: :func:`~tvdenoise.solver.solve` calls at each energy check (or ``None``).
+IterationProgress = Callable[[Sequence["Job"]], AbstractContextManager[Callback | None]]
+
+_GLOB_MAGIC = re.compile(r"[*?[]")
+
+
+class PlanError(ValueError):
+    """The request cannot be carried out as given; nothing has been read or written.
+
+    ``str(err)`` is one line, ``"<what went wrong>: <path>"`` (or just the first part when
+    no single path is to blame).
+
+    Attributes:
+        reason: What went wrong.
+        path: The path or pattern concerned, or ``None``.
+    """
+
+    def __init__(self, reason: str, path: str | os.PathLike[str] | None = None) -> None:
+        self.reason = reason
+        self.path = None if path is None else os.fspath(path)
+        super().__init__(reason if self.path is None else f"{reason}: {self.path}")
+
+    def __reduce__(self) -> tuple[type[PlanError], tuple[str, str | None]]:
+        return (type(self), (self.reason, self.path))
+
+
+# --------------------------------------------------------------------------------------
+# Settings, jobs and records
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """Keyword arguments of :func:`tvdenoise.solver.solve`, passed through unchanged.
+
+    A new solver option needs a field here (with the solver's default) and an option in the
+    command line; nothing in between has to change.
+
+    Attributes:
+        weight: Regularisation weight (>= 0), see :func:`tvdenoise.denoise`.
+        tv: ``"isotropic"`` or ``"anisotropic"``.
+        color: ``"joint"`` or ``"separate"``.
+        max_iter: Most iterations per image.
+        tol: Relative energy change at which an image stops.
+        lr: Initial learning rate; ``None`` lets the solver choose from the weight.
+    """
+
+    weight: float = DEFAULT_WEIGHT
+    tv: TVKind = "isotropic"
+    color: ColorMode = "joint"
+    max_iter: int = DEFAULT_MAX_ITER
+    tol: float = DEFAULT_TOL
+    lr: float | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        """The settings as keyword arguments for :func:`~tvdenoise.solver.solve`."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides how a job is done, apart from its file names.
+
+    Attributes:
+        solver: Options handed to the solver as they are.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``; see
+            :func:`resolve_device`.
+        quality: JPEG and WebP quality of the outputs, 1 to 100.
+        overwrite: Replace existing outputs instead of skipping them.
+        max_pixels: Refuse images with more pixels than this; ``None`` for no limit.
+        batch_size: Most images of one shape denoised together by :func:`run_jobs`.
+    """
+
+    solver: SolverSettings = field(default_factory=SolverSettings)
+    device: str = "auto"
+    quality: int = DEFAULT_QUALITY
+    overwrite: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"quality must be between 1 and 100, got {self.quality}")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1 or None, got {self.max_pixels}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as one flat JSON-ready mapping (solver options first)."""
+        outer = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del outer["solver"]
+        return {**self.solver.kwargs(), **outer}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One file to restore.
+
+    Attributes:
+        input: The noisy image.
+        output: Where the restored image goes; never the same file as ``input``.
+    """
+
+    input: Path
+    output: Path
+
+
+@dataclass(frozen=True)
+class Record:
+    """What became of one job.
+
+    Attributes:
+        input: The input file.
+        output: The output file (written only when ``status == "restored"``).
+        status: ``"restored"``, ``"skipped"`` (the output existed) or ``"failed"``.
+        error: For a failure, one line ``"<what went wrong>: <path>"``; else ``None``.
+        weight: The weight the solver used.
+        iterations: Iterations the solver ran for this image.
+        energy: The final energy (loss) of this image.
+        seconds: Wall time spent on this file: reading, its share of a batched solve,
+            writing.
+    """
+
+    input: Path
+    output: Path
+    status: Status
+    error: str | None = None
+    weight: float | None = None
+    iterations: int | None = None
+    energy: float | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready mapping, paths as strings."""
+        values = dataclasses.asdict(self)
+        values["input"] = os.fspath(self.input)
+        values["output"] = os.fspath(self.output)
+        return values
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a ``--device`` value, checked to be present.
+
+    Args:
+        name: ``"auto"`` (CUDA if present, else MPS if present, else CPU), ``"cpu"``,
+            ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+
+    Returns:
+        The device.
+
+    Raises:
+        ValueError: The name is not one of the above, or the device is not available.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    text = name.strip().lower()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    allowed = "use auto, cpu, cuda, cuda:N or mps"
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {name!r} ({allowed})") from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} is not available (PyTorch finds no CUDA device)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"device {name!r} is not available (PyTorch finds {count} CUDA device"
+                f"{'' if count == 1 else 's'}, numbered from 0)"
+            )
+        return device
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {name!r} is not available (PyTorch finds no MPS device)")
+        return device
+    raise ValueError(f"unsupported device {name!r} ({allowed})")
+
+
+# --------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The jobs for a request, in a stable order.
+
+    Attributes:
+        jobs: One job per distinct input file.
+        single: True when one named file goes to one named (or default) output file. Then
+            an existing output is an error unless overwriting; otherwise it is skipped, so
+            that re-running a batch finishes it.
+    """
+
+    jobs: tuple[Job, ...]
+    single: bool
+
+
+def plan_jobs(
+    inputs: Sequence[str],
+    output: Path | None,
+    *,
+    suffix: str | None = None,
+    fmt: str | None = None,
+) -> Plan:
+    """Expand inputs into jobs and name their outputs; opens no image.
+
+    Each input is an existing file, a folder (every supported image directly in it), or a
+    glob pattern (``*``, ``?``, ``[...]``; ``**`` matches any depth), expanded here so that
+    quoted patterns work. Globs and folders keep only files with a supported suffix; hidden
+    files are left out.
+
+    Output names: an input keeps its path relative to its root (the folder, the literal
+    part of the glob, or the file's own folder), under the ``output`` folder, with
+    ``suffix`` added to the stem and the extension replaced by ``fmt`` if given. Several
+    inputs, a folder or a glob need ``output`` to be a folder (created later if missing).
+    One file may go to a named file; without ``output`` it goes beside the input as
+    ``<stem><suffix><ext>``, ``suffix`` defaulting to :data:`DEFAULT_SUFFIX`.
+
+    Args:
+        inputs: What the user named, in order.
+        output: The ``-o`` value, or ``None``.
+        suffix: Added to each output stem; default ``""`` in a folder, ``"_denoised"``
+            beside the input.
+        fmt: Output extension such as ``".png"`` (the input's own when ``None``).
+
+    Returns:
+        The plan; inputs named twice are kept once.
+
+    Raises:
+        PlanError: A file does not exist, a pattern or folder holds no image, ``output``
+            is not a folder where one is needed, ``fmt`` names no writable format, two
+            inputs map to one output, or an output would replace an input.
+    """
+    if not inputs:
+        raise PlanError("no input given")
+    if fmt is not None:
+        fmt = _normalise_format(fmt)
+    sources: list[tuple[Path, Path]] = []  # (file, path relative to its root)
+    several = len(inputs) > 1
+    for text in inputs:
+        found, expanded = _expand(text)
+        several = several or expanded
+        sources.extend(found)
+
+    folder: Path | None = None
+    if output is not None:
+        as_text = os.fspath(output)
+        output = Path(os.path.expanduser(as_text))
+        if output.is_dir() or as_text.endswith(("/", os.sep)):
+            folder = output
+        elif several:
+            if output.exists():
+                raise PlanError("several inputs need -o to name a folder, not a file", output)
+            if output.suffix.lower() in SUPPORTED_SUFFIXES:
+                raise PlanError(
+                    "several inputs need -o to name a folder, not an image file", output
+                )
+            folder = output
+    elif several:
+        raise PlanError("several inputs need -o to name the folder for the results")
+
+    jobs: list[Job] = []
+    for file, relative in sources:
+        if folder is not None:
+            target = folder / _renamed(relative, suffix or "", fmt)
+        elif output is not None:
+            if fmt is not None or suffix is not None:
+                raise PlanError(
+                    "--suffix and --format shape derived output names; -o names the file",
+                    output,
+                )
+            target = output
+        else:
+            target = file.parent / _renamed(Path(file.name), _or(suffix, DEFAULT_SUFFIX), fmt)
+        jobs.append(Job(file, target))
+    return Plan(_without_conflicts(jobs), single=not several and folder is None)
+
+
+def check_outputs(plan: Plan, *, overwrite: bool) -> None:
+    """Check every output can be written, before any work (see :func:`check_output_path`).
+
+    In a single-file plan an existing output is refused unless ``overwrite``; in a batch
+    it is allowed here, as :func:`run_jobs` skips it.
+
+    Raises:
+        tvdenoise.io.ImageFileError: An output has an unknown suffix, is its input, is a
+            folder, exists (single file, without ``overwrite``), or its folder cannot be
+            created or written.
+    """
+    for job in plan.jobs:
+        check_output_path(job.output, inputs=[job.input], overwrite=overwrite or not plan.single)
+
+
+def check_report_path(path: Path, plan: Plan) -> None:
+    """Check that a report can be written at ``path``, before any work.
+
+    Raises:
+        PlanError: ``path`` is a folder or one of the plan's images, or the folder it would
+            go into cannot be created or written.
+    """
+    if path.is_dir():
+        raise PlanError("the report must be a file, not a folder", path)
+    key = _key(path)
+    if any(key in (_key(job.input), _key(job.output)) for job in plan.jobs):
+        raise PlanError("the report would replace an image of this run", path)
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise PlanError("permission denied, cannot write the report in the folder", folder)
+
+
+def _or(value: str | None, default: str) -> str:
+    return default if value is None else value
+
+
+def _normalise_format(fmt: str) -> str:
+    suffix = "." + fmt.strip().lower().lstrip(".")
+    if suffix not in SUPPORTED_SUFFIXES:
+        allowed = ", ".join(sorted(s.lstrip(".") for s in SUPPORTED_SUFFIXES))
+        raise PlanError(f"unknown output format {fmt!r} (use one of {allowed})")
+    return suffix
+
+
+def _renamed(relative: Path, suffix: str, fmt: str | None) -> Path:
+    return relative.with_name(relative.stem + suffix + (fmt or relative.suffix))
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in SUPPORTED_SUFFIXES and not path.name.startswith(".")
+
+
+def _expand(text: str) -> tuple[list[tuple[Path, Path]], bool]:
+    """Files named by one input, each with its path under its root; and whether the input
+    was a folder or pattern (which makes the request a batch)."""
+    path = Path(os.path.expanduser(text))
+    if path.is_dir():
+        try:
+            entries = sorted(path.iterdir())
+        except OSError as exc:
+            raise PlanError(f"cannot list the folder ({exc.strerror or exc})", path) from None
+        files = [(p, Path(p.name)) for p in entries if _is_image_name(p) and p.is_file()]
+        if not files:
+            raise PlanError("no supported image files in the folder", path)
+        return files, True
+    if path.exists() or not _GLOB_MAGIC.search(text):
+        if not path.exists():
+            raise PlanError("no such file", path)
+        return [(path, Path(path.name))], False
+
+    parts = path.parts
+    literal = 0
+    while literal < len(parts) - 1 and not _GLOB_MAGIC.search(parts[literal]):
+        literal += 1
+    root = Path(*parts[:literal]) if literal else Path()
+    matches = sorted(
+        Path(m) for m in glob.glob(os.fspath(path), recursive=True) if os.path.isfile(m)
+    )
+    files = [(m, m.relative_to(root)) for m in matches if _is_image_name(m)]
+    if not files:
+        raise PlanError("no supported image files match the pattern", text)
+    return files, True
+
+
+def _key(path: Path) -> str:
+    """A name that is equal for two spellings of one file."""
+    return os.path.normcase(os.path.abspath(path))
+
+
+def _without_conflicts(jobs: Sequence[Job]) -> tuple[Job, ...]:
+    """Drop repeated inputs; refuse two inputs on one output or an output on an input."""
+    kept: list[Job] = []
+    by_output: dict[str, Job] = {}
+    for job in jobs:
+        other = by_output.get(_key(job.output))
+        if other is None:
+            by_output[_key(job.output)] = job
+            kept.append(job)
+        elif _key(other.input) != _key(job.input):
+            raise PlanError(
+                f"{other.input} and {job.input} would both be written to the same output "
+                "(use --suffix or --format, or separate runs)",
+                job.output,
+            )
+    inputs = {_key(job.input): job for job in kept}
+    for job in kept:
+        victim = inputs.get(_key(job.output))
+        if victim is not None:
+            raise PlanError(
+                f"the output for {job.input} would replace the input file, which is never "
+                "overwritten (choose another -o or --suffix)",
+                job.output,
+            )
+    return tuple(kept)
+
+
+# --------------------------------------------------------------------------------------
+# Doing the work
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Loaded:
+    job: Job
+    image: LoadedImage
+    seconds: float
+
+
+@dataclass(frozen=True, eq=False)
+class _Solved:
+    loaded: _Loaded
+    restored: torch.Tensor
+    weight: float
+    iterations: int
+    energy: float
+    seconds: float
+
+
+def _failed(job: Job, error: str, seconds: float) -> Record:
+    return Record(job.input, job.output, "failed", error=error, seconds=seconds)
+
+
+def _read(job: Job, settings: Settings) -> _Loaded | Record:
+    """Load a job's input, or say why not (output already there, unreadable file)."""
+    start = time.perf_counter()
+    if not settings.overwrite and os.path.lexists(job.output):
+        return Record(job.input, job.output, "skipped")
+    try:
+        image = load_image(job.input, max_pixels=settings.max_pixels)
+    except ImageFileError as exc:
+        return _failed(job, str(exc), time.perf_counter() - start)
+    except Exception as exc:  # one odd file must not stop a batch
+        error = f"cannot read the image ({type(exc).__name__}: {exc}): {job.input}"
+        return _failed(job, " ".join(error.split()), time.perf_counter() - start)
+    return _Loaded(job, image, time.perf_counter() - start)
+
+
+def _solve(
+    group: Sequence[_Loaded],
+    settings: Settings,
+    device: torch.device,
+    progress: IterationProgress | None,
+) -> list[_Solved] | list[Record]:
+    """Denoise images of one shape together; a solver failure fails the whole group."""
+    start = time.perf_counter()
+    jobs = [item.job for item in group]
+    try:
+        noisy = torch.stack([item.image.data for item in group]).to(device)
+        with progress(jobs) if progress is not None else contextlib.nullcontext() as callback:
+            result = solve(noisy, **settings.solver.kwargs(), callback=callback)
+        restored = result.restored.cpu()
+    except (RuntimeError, ValueError) as exc:  # out of memory, a broken device, NaN input
+        seconds = time.perf_counter() - start
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        return [
+            _failed(item.job, f"denoising failed ({message}): {item.job.input}", seconds)
+            for item in group
+        ]
+    share = (time.perf_counter() - start) / len(group)
+    return [
+        _Solved(
+            item,
+            restored[i],
+            _single(result.weights[i]),
+            int(result.iterations[i]),
+            _single(result.energy[i]),
+            item.seconds + share,
+        )
+        for i, item in enumerate(group)
+    ]
+
+
+def _single(value: torch.Tensor) -> float:
+    """A float32 number as the shortest decimal that reads back as it (0.1, not 0.10000000149)."""
+    return float(f"{float(value):.7g}")
+
+
+def _write(solved: _Solved, settings: Settings) -> Record:
+    """Save a restored image atomically and describe the result."""
+    start = time.perf_counter()
+    job = solved.loaded.job
+    try:
+        save_image(
+            job.output,
+            solved.restored,
+            like=solved.loaded.image,
+            quality=settings.quality,
+            overwrite=settings.overwrite,
+        )
+    except ImageFileError as exc:
+        return _failed(job, str(exc), solved.seconds + time.perf_counter() - start)
+    except Exception as exc:  # one odd file must not stop a batch
+        error = f"cannot write the image ({type(exc).__name__}: {exc}): {job.output}"
+        return _failed(job, " ".join(error.split()), solved.seconds)
+    return Record(
+        job.input,
+        job.output,
+        "restored",
+        weight=solved.weight,
+        iterations=solved.iterations,
+        energy=solved.energy,
+        seconds=solved.seconds + time.perf_counter() - start,
+    )
+
+
+def process_file(job: Job, settings: Settings) -> Record:
+    """Restore one file: read, denoise, write. Never raises for a bad file.
+
+    A plain function of picklable arguments, so that a cluster engine can map it over
+    jobs (``client.map(process_file, jobs, settings=settings)``). It gives the same pixels
+    as :func:`run_jobs`.
+
+    Args:
+        job: The input and output file.
+        settings: How to denoise and write.
+
+    Returns:
+        The record of what happened.
+
+    Raises:
+        ValueError: ``settings.device`` is unknown or not available.
+    """
+    loaded = _read(job, settings)
+    if isinstance(loaded, Record):
+        return loaded
+    solved = _solve([loaded], settings, resolve_device(settings.device), None)[0]
+    if isinstance(solved, Record):
+        return solved
+    return _write(solved, settings)
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    settings: Settings,
+    *,
+    on_record: Callable[[Record], None],
+    iteration_progress: IterationProgress | None = None,
+) -> None:
+    """Restore many files, stacking images of one shape into batches.
+
+    Reading runs ahead on two threads and writing behind on one, while the solver runs
+    on the calling thread. Loaded images wait in a window of ``2 * batch_size``: an image
+    shape whose group reaches ``batch_size`` is solved at once; when the window is full,
+    the group holding the oldest waiting image is solved as it is. So memory holds at most
+    about ``3 * batch_size`` images whatever the number of files.
+
+    On an exception (such as ``KeyboardInterrupt``) reading stops, the images already
+    restored are still written (each write is atomic) and reported, and the exception
+    propagates.
+
+    Args:
+        jobs: What to do, e.g. ``plan_jobs(...).jobs``.
+        settings: How to denoise and write.
+        on_record: Called on the calling thread with each record as it is settled (not
+            necessarily in job order).
+        iteration_progress: Given the jobs of each solver batch, returns a context manager
+            yielding the solver's callback, e.g. to drive a progress bar.
+
+    Raises:
+        ValueError: ``settings.device`` is unknown or not available.
+    """
+    device = resolve_device(settings.device)
+    window = 2 * settings.batch_size
+    pending = iter(jobs)
+    reads: deque[Future[_Loaded | Record]] = deque()
+    writes: deque[Future[Record]] = deque()
+    groups: dict[tuple[int, ...], list[_Loaded]] = {}  # insertion order = age
+    readers = ThreadPoolExecutor(2, thread_name_prefix="tvdenoise-read")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="tvdenoise-write")
+
+    def waiting() -> int:
+        return sum(len(group) for group in groups.values())
+
+    def read_ahead() -> None:
+        room = window - len(reads) - waiting()
+        for job in _take(pending, room):
+            reads.append(readers.submit(_read, job, settings))
+
+    def settle_writes(keep: int) -> None:
+        while writes and (len(writes) > keep or writes[0].done()):
+            on_record(writes.popleft().result())
+
+    def solve_group(shape: tuple[int, ...]) -> None:
+        group = groups.pop(shape)
+        read_ahead()  # the next files load while this group is solved
+        for item in _solve(group, settings, device, iteration_progress):
+            if isinstance(item, Record):
+                on_record(item)
+            else:
+                writes.append(writer.submit(_write, item, settings))
+        settle_writes(keep=settings.batch_size)
+
+    try:
+        read_ahead()
+        while reads:
+            item = reads.popleft().result()
+            if isinstance(item, Record):
+                on_record(item)
+            else:
+                shape = tuple(item.image.data.shape)
+                groups.setdefault(shape, []).append(item)
+                if len(groups[shape]) >= settings.batch_size:
+                    solve_group(shape)
+                elif waiting() >= window:
+                    solve_group(next(iter(groups)))
+            settle_writes(keep=settings.batch_size)
+            read_ahead()
+        while groups:
+            solve_group(next(iter(groups)))
+        settle_writes(keep=0)
+    except BaseException:
+        readers.shutdown(wait=True, cancel_futures=True)
+        for future in writes:
+            with contextlib.suppress(Exception):
+                on_record(future.result())
+        raise
+    finally:
+        readers.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True)
+
+
+def _take(items: Iterator[Job], count: int) -> list[Job]:
+    taken: list[Job] = []
+    while len(taken) < count:
+        item = next(items, None)
+        if item is None:
+            break
+        taken.append(item)
+    return taken
+
+
+# --------------------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------------------
+
+
+def write_report(
+    path: Path,
+    settings: Settings,
+    jobs: Sequence[Job],
+    records: Sequence[Record],
+    *,
+    interrupted: bool = False,
+) -> None:
+    """Write a JSON report atomically (temporary file in the same folder, then rename).
+
+    The report holds the settings, a count per status, whether the run was interrupted,
+    and one record per settled job in the order of ``jobs`` (jobs never reached when
+    interrupted are counted as ``"not_processed"`` and have no record).
+
+    Args:
+        path: The report file; missing folders are created, an existing file replaced.
+        settings: The settings of the run.
+        jobs: The jobs of the run, to order the records.
+        records: The records received so far.
+        interrupted: Whether the run was stopped before its end.
+
+    Raises:
+        OSError: The report cannot be written.
+    """
+    order = {_key(job.input): i for i, job in enumerate(jobs)}
+    ordered = sorted(records, key=lambda r: order.get(_key(r.input), len(order)))
+    counts = {status: 0 for status in ("restored", "skipped", "failed")}
+    for record in records:
+        counts[record.status] += 1
+    counts["not_processed"] = max(0, len(jobs) - len(records))
+    document = {
+        "settings": settings.to_dict(),
+        "interrupted": interrupted,
+        "summary": counts,
+        "records": [record.to_dict() for record in ordered],
+    }
+    text = json.dumps(document, indent=2) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

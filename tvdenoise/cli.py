@@ -1,0 +1,378 @@
+"""The ``tvdenoise`` command: options, messages and exit codes around :mod:`tvdenoise.batch`.
+
+This module parses and checks the command line, hands the work to :mod:`tvdenoise.batch`
+and reports: progress bars and messages on stderr (messages through ``tqdm.write`` so bars
+are not torn), the path of each file written on stdout. A user's mistake is one line,
+``error: <what went wrong>: <path>``, never a traceback.
+
+Exit codes: 0 all done, 1 some file failed, 2 a usage error (nothing was processed),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+import typer.core
+from torch import Tensor
+from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no stubs
+
+from . import __version__
+from .batch import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_QUALITY,
+    DEFAULT_SUFFIX,
+    IterationProgress,
+    Job,
+    Plan,
+    PlanError,
+    Record,
+    Settings,
+    SolverSettings,
+    check_outputs,
+    check_report_path,
+    plan_jobs,
+    resolve_device,
+    run_jobs,
+    write_report,
+)
+from .io import DEFAULT_MAX_PIXELS, SUPPORTED_SUFFIXES, ImageFileError
+from .solver import DEFAULT_MAX_ITER, DEFAULT_TOL, DEFAULT_WEIGHT, Callback
+from .tv import ColorMode, TVKind
+
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "app", "main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # at least one file could not be read, denoised or written
+EXIT_USAGE = 2  # bad options or file names; nothing was processed
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+_HELP = f"""Restore noisy images by total-variation denoising.
+
+INPUT is an image file, a folder (every supported image directly in it) or a glob
+pattern, quoted so that tvdenoise expands it ('scans/*.png'; '**' matches any depth).
+
+One file goes to -o FILE, or without -o beside the input as <stem>{DEFAULT_SUFFIX}<ext>;
+an existing output is refused unless --overwrite. Several inputs, a folder or a glob go
+into -o FOLDER (created if missing), keeping their paths under the folder or the glob's
+fixed part; existing outputs are skipped unless --overwrite, so a re-run finishes an
+interrupted batch. The input is never overwritten.
+
+The path of each file written is printed on stdout; progress and errors go to stderr.
+Exit codes: 0 done, 1 some file failed, 2 usage error (nothing processed), 130 interrupted.
+"""
+
+
+class _Command(typer.core.TyperCommand):
+    """Typer's command, with Click's usage errors shortened to one ``error:`` line."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            code = super().main(
+                args,
+                prog_name,
+                complete_var,
+                standalone_mode=False,
+                windows_expand_args=windows_expand_args,
+                **extra,
+            )
+        except typer.TyperException as exc:  # bad option value, missing argument, ...
+            message = exc.format_message().strip().rstrip(".")
+            _print_error(f"{message[:1].lower()}{message[1:]} (see --help)")
+            code = exc.exit_code
+        except typer.Abort:
+            _print_error("aborted")
+            code = EXIT_FAILED
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+
+# --------------------------------------------------------------------------------------
+# Option checks that Typer's declarations cannot express
+# --------------------------------------------------------------------------------------
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise typer.BadParameter(f"{value} is not a number > 0")
+    return value
+
+
+def _output_format(value: str | None) -> str | None:
+    if value is None:
+        return None
+    suffix = "." + value.strip().lower().lstrip(".")
+    if suffix not in SUPPORTED_SUFFIXES:
+        allowed = ", ".join(sorted(s.lstrip(".") for s in SUPPORTED_SUFFIXES))
+        raise typer.BadParameter(f"{value!r} is not one of {allowed}")
+    return suffix
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tvdenoise {__version__}")
+        raise typer.Exit()
+
+
+# --------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------
+
+
+@app.command(name="tvdenoise", cls=_Command, help=_HELP)
+def tvdenoise(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(metavar="INPUT", help="Image files, folders or quoted globs."),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Output file (one input) or folder.", show_default=False
+        ),
+    ] = None,
+    weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            callback=_finite,
+            help="Regularisation weight >= 0; larger smooths more (ROF lambda = weight/2).",
+        ),
+    ] = DEFAULT_WEIGHT,
+    tv: Annotated[TVKind, typer.Option(help="Total variation variant.")] = "isotropic",
+    color: Annotated[
+        ColorMode,
+        typer.Option(help="Colour coupling: one edge map for all channels, or each alone."),
+    ] = "joint",
+    max_iter: Annotated[
+        int, typer.Option(min=1, help="Most solver iterations per image.")
+    ] = DEFAULT_MAX_ITER,
+    tol: Annotated[
+        float,
+        typer.Option(callback=_positive, help="Stop once the relative energy change is below."),
+    ] = DEFAULT_TOL,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            callback=_positive,
+            help="Initial learning rate.",
+            show_default="0.3 * weight",
+        ),
+    ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            metavar="auto|cpu|cuda|cuda:N|mps",
+            help="Where to compute; auto picks CUDA, then MPS, then the CPU.",
+        ),
+    ] = "auto",
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Most images of one size denoised together.")
+    ] = DEFAULT_BATCH_SIZE,
+    quality: Annotated[
+        int, typer.Option(min=1, max=100, help="JPEG and WebP quality.")
+    ] = DEFAULT_QUALITY,
+    suffix: Annotated[
+        str | None,
+        typer.Option(
+            help="Added to the stem of output names.",
+            show_default=f"none in a folder, {DEFAULT_SUFFIX} beside the input",
+        ),
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            metavar="EXT",
+            callback=_output_format,
+            help="Extension of derived output names, e.g. png.",
+            show_default="the input's",
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing outputs (never an input).")
+    ] = False,
+    max_pixels: Annotated[
+        int,
+        typer.Option(min=0, help="Refuse larger images (decompression bombs); 0 = no limit."),
+    ] = DEFAULT_MAX_PIXELS,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE.json",
+            dir_okay=False,
+            help="Write settings and one record per input as JSON, also when interrupted.",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars or summary; errors only.")
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Print settings, iterations and times; per-batch bars."
+        ),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    started = time.perf_counter()
+    try:
+        torch_device = resolve_device(device)
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    try:
+        plan = plan_jobs(inputs, output, suffix=suffix, fmt=fmt)
+        check_outputs(plan, overwrite=overwrite)
+        if report is not None:
+            check_report_path(report, plan)
+    except (PlanError, ImageFileError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+
+    settings = Settings(
+        solver=SolverSettings(weight=weight, tv=tv, color=color, max_iter=max_iter, tol=tol, lr=lr),
+        device=str(torch_device),
+        quality=quality,
+        overwrite=overwrite,
+        max_pixels=max_pixels or None,
+        batch_size=batch_size,
+    )
+    quiet = quiet and not verbose
+    if verbose:
+        shown = " ".join(f"{k}={v}" for k, v in settings.to_dict().items())
+        _message(f"settings: {shown}")
+        _message(f"files: {len(plan.jobs)}")
+
+    records, interrupted = _run(plan, settings, quiet=quiet, verbose=verbose)
+
+    counts = {status: 0 for status in ("restored", "skipped", "failed")}
+    for record in records:
+        counts[record.status] += 1
+    if interrupted or (not quiet and not plan.single):
+        summary = ", ".join(f"{n} {status}" for status, n in counts.items())
+        if interrupted:
+            summary = f"interrupted: {summary}, {len(plan.jobs) - len(records)} not processed"
+        _message(summary)
+    if verbose:
+        _message(f"time: {time.perf_counter() - started:.2f} s")
+
+    code = EXIT_INTERRUPTED if interrupted else EXIT_FAILED if counts["failed"] else EXIT_OK
+    if report is not None:
+        try:
+            write_report(report, settings, plan.jobs, records, interrupted=interrupted)
+        except OSError as exc:
+            reason = (exc.strerror or str(exc)).lower()
+            _print_error(f"cannot write the report ({reason}): {report}")
+            code = code or EXIT_FAILED
+    raise typer.Exit(code)
+
+
+def _run(
+    plan: Plan, settings: Settings, *, quiet: bool, verbose: bool
+) -> tuple[list[Record], bool]:
+    """Run the plan under progress bars; return the records and whether Ctrl-C stopped it."""
+    records: list[Record] = []
+    # disable=None: tqdm shows a bar only when stderr is a terminal.
+    auto: bool | None = True if quiet else None
+    files = tqdm(
+        total=len(plan.jobs),
+        desc="files",
+        unit="file",
+        disable=True if plan.single else auto,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    bars = (
+        None if quiet or not (plan.single or verbose) else _iteration_bars(settings.solver.max_iter)
+    )
+
+    def on_record(record: Record) -> None:
+        records.append(record)
+        files.update(1)
+        if record.status == "failed":
+            _print_error(record.error or f"failed: {record.input}")
+        elif record.status == "restored":
+            tqdm.write(os.fspath(record.output), file=sys.stdout)
+            if verbose:
+                _message(
+                    f"restored {record.input}: {record.iterations} iterations, "
+                    f"loss {record.energy:.5g}, weight {record.weight:g}, "
+                    f"{record.seconds:.2f} s"
+                )
+        elif verbose:
+            _message(f"skipped {record.input}: output exists (use --overwrite): {record.output}")
+
+    interrupted = False
+    try:
+        run_jobs(plan.jobs, settings, on_record=on_record, iteration_progress=bars)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        files.close()
+    return records, interrupted
+
+
+def _iteration_bars(max_iter: int) -> IterationProgress:
+    """Progress over the solver's iterations for each batch, showing the loss."""
+
+    @contextlib.contextmanager
+    def bar(jobs: Sequence[Job]) -> Iterator[Callback]:
+        name = jobs[0].input.name if len(jobs) == 1 else f"{len(jobs)} images"
+        with tqdm(
+            total=max_iter, desc=name, unit="it", leave=False, file=sys.stderr, disable=None
+        ) as progress:
+
+            def update(iteration: int, energy: Tensor) -> None:
+                progress.set_postfix(loss=f"{float(energy.mean()):.5g}", refresh=False)
+                progress.update(iteration - progress.n)
+
+            yield update
+
+    return bar
+
+
+def _message(text: str) -> None:
+    tqdm.write(text, file=sys.stderr)
+
+
+def _print_error(text: str) -> None:
+    tqdm.write(f"error: {' '.join(text.split())}", file=sys.stderr)
+
+
+def _fail(text: str, code: int) -> NoReturn:
+    _print_error(text)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Entry point of the ``tvdenoise`` console script."""
+    app(prog_name="tvdenoise")
