@@ -119,6 +119,13 @@ def test_output_into_an_existing_folder(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "noisy.png").is_file()
 
 
+def test_trailing_slash_names_a_new_folder(tmp_path: Path) -> None:
+    noisy = _image(tmp_path / "noisy.png")
+    result = _run(noisy, "-o", f"{tmp_path / 'new'}/", *FAST)
+    assert result.exit_code == EXIT_OK, result.output
+    assert (tmp_path / "new" / "noisy.png").is_file()
+
+
 def test_overwrite_replaces_an_existing_output(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "noisy.png")
     out = tmp_path / "out.png"

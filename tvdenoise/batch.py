@@ -298,7 +298,7 @@ class Plan:
 
 def plan_jobs(
     inputs: Sequence[str],
-    output: Path | None,
+    output: str | os.PathLike[str] | None,
     *,
     suffix: str | None = None,
     fmt: str | None = None,
@@ -319,7 +319,7 @@ def plan_jobs(
 
     Args:
         inputs: What the user named, in order.
-        output: The ``-o`` value, or ``None``.
+        output: The ``-o`` value, or ``None``; a trailing slash marks a folder.
         suffix: Added to each output stem; default ``""`` in a folder, ``"_denoised"``
             beside the input.
         fmt: Output extension such as ``".png"`` (the input's own when ``None``).
@@ -344,36 +344,38 @@ def plan_jobs(
         sources.extend(found)
 
     folder: Path | None = None
+    target: Path | None = None
     if output is not None:
         as_text = os.fspath(output)
-        output = Path(os.path.expanduser(as_text))
-        if output.is_dir() or as_text.endswith(("/", os.sep)):
-            folder = output
+        target = Path(os.path.expanduser(as_text))
+        if target.is_dir() or as_text.endswith(("/", os.sep)):
+            folder = target
         elif several:
-            if output.exists():
-                raise PlanError("several inputs need -o to name a folder, not a file", output)
-            if output.suffix.lower() in SUPPORTED_SUFFIXES:
+            if target.exists():
+                raise PlanError("several inputs need -o to name a folder, not a file", target)
+            if target.suffix.lower() in SUPPORTED_SUFFIXES:
                 raise PlanError(
-                    "several inputs need -o to name a folder, not an image file", output
+                    "several inputs need -o to name a folder, not an image file", target
                 )
-            folder = output
+            folder = target
     elif several:
         raise PlanError("several inputs need -o to name the folder for the results")
 
     jobs: list[Job] = []
     for file, relative in sources:
         if folder is not None:
-            target = folder / _renamed(relative, suffix or "", fmt)
-        elif output is not None:
+            destination = folder / _renamed(relative, suffix or "", fmt)
+        elif target is not None:
             if fmt is not None or suffix is not None:
                 raise PlanError(
                     "--suffix and --format shape derived output names; -o names the file",
-                    output,
+                    target,
                 )
-            target = output
+            destination = target
         else:
-            target = file.parent / _renamed(Path(file.name), _or(suffix, DEFAULT_SUFFIX), fmt)
-        jobs.append(Job(file, target))
+            name = _renamed(Path(file.name), _or(suffix, DEFAULT_SUFFIX), fmt)
+            destination = file.parent / name
+        jobs.append(Job(file, destination))
     return Plan(_without_conflicts(jobs), single=not several and folder is None)
 
 

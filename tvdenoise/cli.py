@@ -152,9 +152,13 @@ def tvdenoise(
         typer.Argument(metavar="INPUT", help="Image files, folders or quoted globs."),
     ],
     output: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            "--output", "-o", help="Output file (one input) or folder.", show_default=False
+            "--output",
+            "-o",
+            metavar="PATH",
+            help="Output file (one input) or folder (several, or ending in /).",
+            show_default=False,
         ),
     ] = None,
     weight: Annotated[
