@@ -40,6 +40,7 @@ from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 TVKind = Literal["isotropic", "anisotropic"]
 ColorMode = Literal["joint", "separate"]
@@ -96,10 +97,8 @@ def forward_differences(u: Tensor) -> tuple[Tensor, Tensor]:
         >>> dx[0, 0].tolist(), dy[0, 0].tolist()
         ([1.0, 1.0, 0.0], [3.0, 3.0, 3.0])
     """
-    dy = torch.zeros_like(u)
-    dx = torch.zeros_like(u)
-    torch.sub(u[..., 1:, :], u[..., :-1, :], out=dy[..., :-1, :])
-    torch.sub(u[..., :, 1:], u[..., :, :-1], out=dx[..., :, :-1])
+    dy = F.pad(u[..., 1:, :] - u[..., :-1, :], (0, 0, 0, 1))
+    dx = F.pad(u[..., :, 1:] - u[..., :, :-1], (0, 1))
     return dy, dx
 
 
@@ -116,12 +115,14 @@ def divergence(py: Tensor, px: Tensor) -> Tensor:
     Returns:
         Tensor of shape ``(..., H, W)``.
     """
-    div = torch.zeros_like(py)
-    div[..., :-1, :] += py[..., :-1, :]
-    div[..., 1:, :] -= py[..., :-1, :]
-    div[..., :, :-1] += px[..., :, :-1]
-    div[..., :, 1:] -= px[..., :, :-1]
-    return div
+    inner_y = py[..., :-1, :]
+    inner_x = px[..., :, :-1]
+    return (
+        F.pad(inner_y, (0, 0, 0, 1))
+        - F.pad(inner_y, (0, 0, 1, 0))
+        + F.pad(inner_x, (0, 1))
+        - F.pad(inner_x, (1, 0))
+    )
 
 
 def _magnitudes(dy: Tensor, dx: Tensor, kind: str, color: str) -> Tensor:
