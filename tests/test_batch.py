@@ -128,6 +128,23 @@ def test_one_file_to_a_file_is_single(tree: Path) -> None:
     assert not into.single and into.jobs[0].output == tree / "out" / "a.png"
 
 
+def test_patterns_leave_out_the_output_folder(tree: Path) -> None:
+    out = tree / "scans" / "clean"
+    _image(out / "a.png")  # a result of an earlier run
+    plan = plan_jobs([str(tree / "scans" / "**" / "*.png")], out)
+    assert [job.input.relative_to(tree).as_posix() for job in plan.jobs] == [
+        "scans/a.png",
+        "scans/b.png",
+        "scans/sub/c.png",
+        "scans/sub/deeper/d.png",
+    ]
+    _image(tree / "x" / "clean" / "a.png")
+    with pytest.raises(PlanError, match="inside the output folder"):
+        plan_jobs([str(tree / "x" / "**" / "*.png")], tree / "x" / "clean")
+    beside = plan_jobs([str(tree / "scans" / "*.png")], tree / "scans", suffix="_tv")
+    assert _outputs(beside, tree) == ["scans/a_tv.png", "scans/b_tv.png"]
+
+
 def test_an_input_named_twice_is_done_once(tree: Path) -> None:
     a = str(tree / "scans" / "a.png")
     plan = plan_jobs([a, str(tree / "scans" / "*.png"), a], tree / "out")

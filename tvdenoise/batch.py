@@ -308,7 +308,8 @@ def plan_jobs(
     Each input is an existing file, a folder (every supported image directly in it), or a
     glob pattern (``*``, ``?``, ``[...]``; ``**`` matches any depth), expanded here so that
     quoted patterns work. Globs and folders keep only files with a supported suffix; hidden
-    files are left out.
+    files are left out, and so are files inside an ``output`` folder that lies below the
+    folder or the pattern's root (earlier results).
 
     Output names: an input keeps its path relative to its root (the folder, the literal
     part of the glob, or the file's own folder), under the ``output`` folder, with
@@ -336,12 +337,12 @@ def plan_jobs(
         raise PlanError("no input given")
     if fmt is not None:
         fmt = _normalise_format(fmt)
-    sources: list[tuple[Path, Path]] = []  # (file, path relative to its root)
+    sources: list[tuple[Path, Path, Path | None]] = []  # (file, path under root, root)
     several = len(inputs) > 1
     for text in inputs:
-        found, expanded = _expand(text)
-        several = several or expanded
-        sources.extend(found)
+        found, root = _expand(text)
+        several = several or root is not None
+        sources.extend((file, relative, root) for file, relative in found)
 
     folder: Path | None = None
     target: Path | None = None
@@ -361,8 +362,18 @@ def plan_jobs(
     elif several:
         raise PlanError("several inputs need -o to name the folder for the results")
 
+    if folder is not None:
+        # A pattern or folder whose tree holds the output folder never picks up earlier
+        # results from inside it ('scans/**/*.png' -o scans/clean).
+        sources = [
+            (file, relative, root)
+            for file, relative, root in sources
+            if root is None or not (_below(folder, root) and _below(file, folder))
+        ]
+        if not sources:
+            raise PlanError("every matching file is inside the output folder", folder)
     jobs: list[Job] = []
-    for file, relative in sources:
+    for file, relative, _ in sources:
         if folder is not None:
             destination = folder / _renamed(relative, suffix or "", fmt)
         elif target is not None:
@@ -433,9 +444,9 @@ def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in SUPPORTED_SUFFIXES and not path.name.startswith(".")
 
 
-def _expand(text: str) -> tuple[list[tuple[Path, Path]], bool]:
-    """Files named by one input, each with its path under its root; and whether the input
-    was a folder or pattern (which makes the request a batch)."""
+def _expand(text: str) -> tuple[list[tuple[Path, Path]], Path | None]:
+    """Files named by one input, each with its path under its root; and that root for a
+    folder or pattern (which makes the request a batch), ``None`` for a named file."""
     path = Path(os.path.expanduser(text))
     if path.is_dir():
         try:
@@ -445,11 +456,11 @@ def _expand(text: str) -> tuple[list[tuple[Path, Path]], bool]:
         files = [(p, Path(p.name)) for p in entries if _is_image_name(p) and p.is_file()]
         if not files:
             raise PlanError("no supported image files in the folder", path)
-        return files, True
+        return files, path
     if path.exists() or not _GLOB_MAGIC.search(text):
         if not path.exists():
             raise PlanError("no such file", path)
-        return [(path, Path(path.name))], False
+        return [(path, Path(path.name))], None
 
     parts = path.parts
     literal = 0
@@ -462,12 +473,17 @@ def _expand(text: str) -> tuple[list[tuple[Path, Path]], bool]:
     files = [(m, m.relative_to(root)) for m in matches if _is_image_name(m)]
     if not files:
         raise PlanError("no supported image files match the pattern", text)
-    return files, True
+    return files, root
 
 
 def _key(path: Path) -> str:
     """A name that is equal for two spellings of one file."""
     return os.path.normcase(os.path.abspath(path))
+
+
+def _below(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies strictly inside ``folder``."""
+    return _key(path).startswith(os.path.join(_key(folder), ""))
 
 
 def _without_conflicts(jobs: Sequence[Job]) -> tuple[Job, ...]:
