@@ -247,6 +247,12 @@ def test_bad_option_value(tmp_path: Path, option: str, value: str) -> None:
     assert _files(tmp_path) == {noisy}
 
 
+def test_quiet_and_verbose_together(tmp_path: Path) -> None:
+    noisy = _image(tmp_path / "noisy.png")
+    _assert_error(_run(noisy, "-q", "-v"), EXIT_USAGE, "--quiet and --verbose")
+    assert _files(tmp_path) == {noisy}
+
+
 def test_missing_input_argument() -> None:
     _assert_error(_run(), EXIT_USAGE, "missing argument")
 

@@ -346,6 +346,7 @@ def plan_jobs(
 
     folder: Path | None = None
     target: Path | None = None
+    needs_folder = "several inputs, a folder or a pattern need -o to name"
     if output is not None:
         as_text = os.fspath(output)
         target = Path(os.path.expanduser(as_text))
@@ -353,14 +354,12 @@ def plan_jobs(
             folder = target
         elif several:
             if target.exists():
-                raise PlanError("several inputs need -o to name a folder, not a file", target)
+                raise PlanError(f"{needs_folder} a folder, not a file", target)
             if target.suffix.lower() in SUPPORTED_SUFFIXES:
-                raise PlanError(
-                    "several inputs need -o to name a folder, not an image file", target
-                )
+                raise PlanError(f"{needs_folder} a folder, not an image file", target)
             folder = target
     elif several:
-        raise PlanError("several inputs need -o to name the folder for the results")
+        raise PlanError(f"{needs_folder} the folder for the results")
 
     if folder is not None:
         # A pattern or folder whose tree holds the output folder never picks up earlier

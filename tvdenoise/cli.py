@@ -250,6 +250,8 @@ def tvdenoise(
     ] = False,
 ) -> None:
     started = time.perf_counter()
+    if quiet and verbose:
+        _fail("--quiet and --verbose exclude each other", EXIT_USAGE)
     try:
         torch_device = resolve_device(device)
     except ValueError as exc:
@@ -270,7 +272,6 @@ def tvdenoise(
         max_pixels=max_pixels or None,
         batch_size=batch_size,
     )
-    quiet = quiet and not verbose
     if verbose:
         shown = " ".join(f"{k}={v}" for k, v in settings.to_dict().items())
         _message(f"settings: {shown}")
