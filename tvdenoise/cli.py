@@ -61,13 +61,18 @@ INPUT is an image file, a folder (every supported image directly in it) or a glo
 pattern, quoted so that tvdenoise expands it ('scans/*.png'; '**' matches any depth).
 
 One file goes to -o FILE, or without -o beside the input as <stem>{DEFAULT_SUFFIX}<ext>;
-an existing output is refused unless --overwrite. Several inputs, a folder or a glob go
-into -o FOLDER (created if missing), keeping their paths under the folder or the glob's
-fixed part; existing outputs are skipped unless --overwrite, so a re-run finishes an
-interrupted batch. The input is never overwritten.
+an existing output is then refused unless --overwrite.
 
-The path of each file written is printed on stdout; progress and errors go to stderr.
-Exit codes: 0 done, 1 some file failed, 2 usage error (nothing processed), 130 interrupted.
+Several inputs, a folder or a glob need -o FOLDER (created if missing; a single file may
+use one too). Outputs keep their paths under the folder or the glob's fixed part, and
+existing outputs are skipped unless --overwrite, so a re-run finishes an interrupted
+batch. Images of one size are denoised together, --batch-size at a time.
+
+The input is never overwritten. The path of each file written is printed on stdout;
+progress, messages and errors go to stderr.
+
+Exit codes: 0 done, 1 some file failed, 2 usage error (nothing processed), 130
+interrupted (files finished so far are kept; the summary and report are written).
 """
 
 
