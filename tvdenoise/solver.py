@@ -28,6 +28,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .fidelity import (
+    IMPULSE_DELTA,
+    NOISE_MODELS,
+    POISSON_FLOOR,
+    NoiseModel,
+    impulse_fidelity,
+    poisson_fidelity,
+)
 from .tv import (
     COLOR_MODES,
     TV_KINDS,
@@ -54,6 +62,26 @@ _LR_PER_WEIGHT = 0.3
 _FINAL_LR_RATIO = 0.03
 _BETA1, _BETA2, _ADAM_EPS = 0.8, 0.999, 1e-8
 
+
+@dataclass(frozen=True)
+class _Schedule:
+    """Adam's step rule for one noise model: ``lr = lr_per_weight * weight + lr_floor``."""
+
+    lr_per_weight: float
+    lr_floor: float
+    final_lr_ratio: float
+
+
+# Floor of v = sqrt(u) in the Poisson model (u >= POISSON_FLOOR).
+_SQRT_FLOOR = math.sqrt(POISSON_FLOOR)
+# Gaussian: the measured schedule above. Impulse and Poisson: measured against
+# tvdenoise.reference.reference_solve (scripts/eval_noise.py --convergence).
+_SCHEDULES = {
+    "gaussian": _Schedule(_LR_PER_WEIGHT, 0.0, _FINAL_LR_RATIO),
+    "impulse": _Schedule(_LR_PER_WEIGHT, 0.0, _FINAL_LR_RATIO),
+    "poisson": _Schedule(0.03, 0.0, 0.1),
+}
+
 #: Called at each energy check with (iteration, energy per image).
 Callback = Callable[[int, Tensor], None]
 
@@ -79,9 +107,16 @@ class _Workspace:
     """Preallocated buffers and the fused, in-place gradient of the energy."""
 
     def __init__(
-        self, f: Tensor, half_weight: Tensor, kind: TVKind, color: ColorMode, eps: float
+        self,
+        f: Tensor,
+        half_weight: Tensor,
+        kind: TVKind,
+        color: ColorMode,
+        eps: float,
+        noise: NoiseModel = "gaussian",
     ) -> None:
         self.f = f
+        self.noise = noise
         self.half_weight = half_weight
         self.kind = kind
         self.color = color
@@ -94,7 +129,11 @@ class _Workspace:
         self.scratch = torch.empty_like(f)
 
     def gradient(self, u: Tensor, out: Tensor) -> Tensor:
-        """Write ``(u - f) + (w / 2) * grad TV(u)`` (half the energy gradient times N)."""
+        """Write ``(u - f) + (w / 2) * grad TV(u)`` (half the energy gradient times N).
+
+        For the other noise models ``(u - f)`` is half the gradient of their fidelity,
+        and for Poisson the whole is multiplied by ``u``.
+        """
         dy, dx, norm = self.dy, self.dx, self.norm
         torch.sub(u[..., 1:, :], u[..., :-1, :], out=dy[..., :-1, :])
         torch.sub(u[..., :, 1:], u[..., :, :-1], out=dx[..., :, :-1])
@@ -113,18 +152,37 @@ class _Workspace:
             norm.sqrt_().clamp_min_(self.eps).reciprocal_().mul_(self.half_weight)
             dy.mul_(norm)
             dx.mul_(norm)
-        torch.sub(u, self.f, out=out)
+        self._half_fidelity_gradient(u, out)
         out.sub_(dy).sub_(dx)
         out[..., 1:, :].add_(dy[..., :-1, :])
         out[..., :, 1:].add_(dx[..., :, :-1])
+        if self.noise == "poisson":
+            # u is v = sqrt(intensity) here. Precondition by v: 2 (v**2 - f) + v (w/2)
+            # grad TV(v) stays bounded as v -> 0, where f / v explodes and would freeze a
+            # pixel under Adam's second moment. Same zeros (v > 0), and Adam is
+            # insensitive to slowly varying per-pixel scales.
+            out.mul_(u)
         return out
+
+    def _half_fidelity_gradient(self, u: Tensor, out: Tensor) -> None:
+        """Write half the gradient of the summed fidelity (see tvdenoise.fidelity)."""
+        torch.sub(u, self.f, out=out)
+        if self.noise == "impulse":
+            out.div_(IMPULSE_DELTA).clamp_(-1.0, 1.0).mul_(0.5)
+        elif self.noise == "poisson":  # u is v = sqrt(intensity): 2 (v - f / v), v > 0
+            torch.div(self.f, u, out=out).neg_().add_(u).mul_(2.0)
 
     def energy(self, u: Tensor) -> Tensor:
         """``E(u)`` per image."""
         tv = total_variation(
             u, kind=self.kind, color=self.color, eps=self.eps, reduction="per_image"
         )
-        fidelity = torch.sub(u, self.f, out=self.scratch).square_().flatten(1).mean(1)
+        if self.noise == "impulse":
+            fidelity = impulse_fidelity(u, self.f, reduction="per_image")
+        elif self.noise == "poisson":
+            fidelity = poisson_fidelity(u.square(), self.f, reduction="per_image")
+        else:
+            fidelity = torch.sub(u, self.f, out=self.scratch).square_().flatten(1).mean(1)
         return fidelity + 2 * self.half_weight.reshape(-1) * tv
 
 
@@ -151,6 +209,8 @@ def solve(
     eps: float = DEFAULT_EPS,
     check_every: int = 10,
     callback: Callback | None = None,
+    noise: NoiseModel = "gaussian",
+    peak: float | None = None,
 ) -> DenoiseResult:
     """Denoise a batch and report how the solver went; see :func:`denoise` for the options.
 
@@ -160,12 +220,14 @@ def solve(
         tv, color, max_iter, tol, lr, eps: as in :func:`denoise`.
         check_every: iterations between energy checks (and ``callback`` calls).
         callback: called as ``callback(iteration, energy)`` at every check.
+        noise, peak: as in :func:`denoise`.
 
     Returns:
         A :class:`DenoiseResult` with ``(B, C, H, W)`` restored images.
     """
     check_choice("tv", tv, TV_KINDS)
     check_choice("color", color, COLOR_MODES)
+    _check_noise(noise, peak)
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     if not tol > 0:
@@ -185,10 +247,30 @@ def solve(
     iterations = torch.zeros(b, dtype=torch.long)
     active = weights > 0
     u = f.clone()
-    ws = _Workspace(f, (weights / 2).reshape(b, 1, 1, 1), tv, color, eps)
+    if noise == "poisson":
+        if bool((f < 0).any()):
+            raise ValueError("noisy must be >= 0 for noise='poisson' (photon counts / peak)")
+        # The Poisson model is solved for v = sqrt(u), whose noise is homogeneous.
+        u.clamp_min_(POISSON_FLOOR).sqrt_()
+    ws = _Workspace(f, (weights / 2).reshape(b, 1, 1, 1), tv, color, eps, noise)
     energy = ws.energy(u)
     if bool(active.any()):
-        _adam(u, ws, weights, active, iterations, energy, max_iter, tol, lr, check_every, callback)
+        _adam(
+            u,
+            ws,
+            weights,
+            active,
+            iterations,
+            energy,
+            max_iter,
+            tol,
+            lr,
+            check_every,
+            callback,
+            _SCHEDULES[noise],
+        )
+    if noise == "poisson":
+        u.square_()
     return DenoiseResult(u.clamp_(0.0, 1.0), weights, iterations, energy)
 
 
@@ -204,15 +286,20 @@ def _adam(
     lr: float | None,
     check_every: int,
     callback: Callback | None,
+    schedule: _Schedule,
 ) -> None:
     """Run Adam in place on ``u``; updates ``iterations`` and ``energy``."""
     b = u.shape[0]
-    base_lr = (weights * _LR_PER_WEIGHT if lr is None else torch.full_like(weights, lr)).reshape(
-        b, 1, 1, 1
-    )
+    if lr is not None:
+        base_lr = torch.full_like(weights, lr).reshape(b, 1, 1, 1)
+    elif schedule.lr_floor == 0:
+        base_lr = (weights * schedule.lr_per_weight).reshape(b, 1, 1, 1)
+    else:
+        base_lr = (weights * schedule.lr_per_weight + schedule.lr_floor).reshape(b, 1, 1, 1)
+    floor = _SQRT_FLOOR if ws.noise == "poisson" else None
     # A frozen image (weight 0 or converged) gets a zero learning rate.
     lr_scale = base_lr * active.to(u.device, u.dtype).reshape(b, 1, 1, 1)
-    decay = _FINAL_LR_RATIO ** (1.0 / max(max_iter - 1, 1))
+    decay = schedule.final_lr_ratio ** (1.0 / max(max_iter - 1, 1))
     grad = torch.empty_like(u)
     m = torch.zeros_like(u)
     v = torch.zeros_like(u)
@@ -226,6 +313,8 @@ def _adam(
         torch.sqrt(v, out=denom).add_(_ADAM_EPS * correction2)
         denom.div_(lr_scale)
         u.addcdiv_(m, denom, value=-correction2 / correction1 * decay ** (k - 1))
+        if floor is not None:
+            u.clamp_min_(floor)
         iterations += active.to(iterations.device)
         if k % check_every == 0 or k == max_iter:
             new_energy = ws.energy(u)
@@ -241,6 +330,15 @@ def _adam(
                 lr_scale = base_lr * active.to(u.device, u.dtype).reshape(b, 1, 1, 1)
 
 
+def _check_noise(noise: str, peak: float | None) -> None:
+    check_choice("noise", noise, NOISE_MODELS)
+    if peak is not None:
+        if noise != "poisson":
+            raise ValueError(f"peak applies to noise='poisson' only; got noise={noise!r}")
+        if not (math.isfinite(peak) and peak > 0):
+            raise ValueError(f"peak must be a finite number of photons > 0, got {peak}")
+
+
 def denoise(
     image: Tensor,
     weight: float | Sequence[float] | Tensor = DEFAULT_WEIGHT,
@@ -251,6 +349,8 @@ def denoise(
     tol: float = DEFAULT_TOL,
     lr: float | None = None,
     eps: float = DEFAULT_EPS,
+    noise: NoiseModel = "gaussian",
+    peak: float | None = None,
 ) -> Tensor:
     """Total-variation denoising of an image or a batch of images.
 
@@ -283,5 +383,16 @@ def denoise(
         >>> restored.shape
         torch.Size([3, 32, 32])
     """
-    result = solve(image, weight, tv=tv, color=color, max_iter=max_iter, tol=tol, lr=lr, eps=eps)
+    result = solve(
+        image,
+        weight,
+        tv=tv,
+        color=color,
+        max_iter=max_iter,
+        tol=tol,
+        lr=lr,
+        eps=eps,
+        noise=noise,
+        peak=peak,
+    )
     return result.restored.to(image.dtype).reshape(image.shape)
