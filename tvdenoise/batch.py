@@ -31,7 +31,6 @@ import glob
 import json
 import os
 import re
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -51,6 +50,7 @@ from .io import (
     check_output_path,
     load_image,
     save_image,
+    write_atomically,
 )
 from .solver import DEFAULT_MAX_ITER, DEFAULT_TOL, DEFAULT_WEIGHT, Callback, solve
 from .tv import ColorMode, TVKind
@@ -774,7 +774,7 @@ def write_report(
         interrupted: Whether the run was stopped before its end.
 
     Raises:
-        OSError: The report cannot be written.
+        ImageFileError: The report cannot be written.
     """
     order = {_key(job.input): i for i, job in enumerate(jobs)}
     ordered = sorted(records, key=lambda r: order.get(_key(r.input), len(order)))
@@ -789,13 +789,4 @@ def write_report(
         "records": [record.to_dict() for record in ordered],
     }
     text = json.dumps(document, indent=2) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    write_atomically(path, lambda fh: fh.write(text.encode("utf-8")), overwrite=True)

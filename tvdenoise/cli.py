@@ -23,7 +23,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 import typer.core
 from torch import Tensor
-from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no stubs
+from tqdm import tqdm
 
 from . import __version__
 from .batch import (
@@ -299,9 +299,8 @@ def tvdenoise(
     if report is not None:
         try:
             write_report(report, settings, plan.jobs, records, interrupted=interrupted)
-        except OSError as exc:
-            reason = (exc.strerror or str(exc)).lower()
-            _print_error(f"cannot write the report ({reason}): {report}")
+        except ImageFileError as exc:
+            _print_error(f"cannot write the report: {exc}")
             code = code or EXIT_FAILED
     raise typer.Exit(code)
 

@@ -955,7 +955,7 @@ def save_image(
         def write(fh: IO[bytes]) -> None:
             image.save(fh, format=fmt, **options)
 
-    _write_atomically(file, write, overwrite=overwrite)
+    write_atomically(file, write, overwrite=overwrite)
 
 
 def _prepare_samples(
@@ -1010,8 +1010,22 @@ def _pillow_image(samples: npt.NDArray[Any], fmt: str) -> Image.Image:
     return Image.frombytes(mode, (width, height), np.ascontiguousarray(samples).tobytes())
 
 
-def _write_atomically(file: Path, write: Callable[[IO[bytes]], None], *, overwrite: bool) -> None:
-    """Write through a temporary file in the target folder, then rename it into place."""
+def write_atomically(
+    file: Path, write: Callable[[IO[bytes]], object], *, overwrite: bool = False
+) -> None:
+    """Write a file through a temporary file in its folder, then rename it into place.
+
+    An interrupted or failed ``write`` leaves no file behind; missing folders are created.
+
+    Args:
+        file: The destination.
+        write: Writes the content to the binary handle it is given.
+        overwrite: Replace an existing ``file``.
+
+    Raises:
+        ImageFileError: The folder cannot be created or written, ``file`` exists and
+            ``overwrite`` is false, or ``write`` raised ``OSError``/``ValueError``.
+    """
     if file.is_dir():
         raise ImageFileError("output is a folder, not a file", file)
     if file.exists() and not overwrite:
@@ -1034,7 +1048,7 @@ def _write_atomically(file: Path, write: Callable[[IO[bytes]], None], *, overwri
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         if isinstance(exc, OSError | ValueError):
-            raise ImageFileError(f"could not write the image ({_first_line(exc)})", file) from exc
+            raise ImageFileError(f"could not write ({_first_line(exc)})", file) from exc
         raise
 
 
