@@ -100,3 +100,13 @@ def test_bad_options(kwargs: dict[str, object], message: str) -> None:
     options: dict[str, object] = {"weight": 0.1, **kwargs}
     with pytest.raises(ValueError, match=message):
         denoise(torch.rand(1, 8, 8), **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu() -> None:
+    noisy = add_noise(piecewise_image(3, 37, 31), 0.1)
+    on_cpu = denoise(noisy, 0.2)
+    on_gpu = denoise(noisy.cuda(), 0.2)
+    assert on_gpu.device.type == "cuda"
+    assert torch.allclose(on_gpu.cpu(), on_cpu, atol=1e-4)
