@@ -24,7 +24,9 @@ The three noise models, per value ``r = u - f`` (intensities on [0, 1]):
   inside the logarithm, so a pixel without photons (``f = 0``) costs exactly ``2 u``.
 
 ``reduction="per_image"`` is the mean over the ``C*H*W`` values of each image, the
-normalisation the solver's energy uses (:func:`tvdenoise.solve`).
+normalisation the solver's energy uses (:func:`tvdenoise.solve`). The solver pairs the
+Poisson term with the total variation of ``sqrt(u)``:
+``poisson_fidelity(v**2, f) + w * total_variation(v)`` in ``v = sqrt(u)``.
 """
 
 from __future__ import annotations

@@ -17,6 +17,29 @@ because the distance a pixel travels to the minimiser scales with the weight. Ev
 ``check_every`` iterations the energy is evaluated and an image stops once the relative
 change of its energy since the previous check is below ``tol``; the batch stops when all
 its images have.
+
+Noise models (``noise=``, fidelities in :mod:`tvdenoise.fidelity`):
+
+* ``"gaussian"`` — the energy above (unchanged by the other models).
+* ``"impulse"`` — ``mean(h_delta(u - f)) + w TV_eps(u) / N`` with the Huber function
+  ``h_delta`` (``delta = 1e-3``): a smoothed absolute error, for salt-and-pepper noise and
+  dead or hot pixels. Same schedule as the Gaussian model.
+* ``"poisson"`` — ``mean(2 (u - f + f log(f / u))) + w TV_eps(sqrt u) / N``: the Poisson
+  deviance of counts ``peak * f`` (``2 / peak`` times their negative log-likelihood, up to
+  a constant), with the total variation of ``v = sqrt(u)``, where shot noise has the same
+  level ``1 / (2 sqrt(peak))`` at every intensity; the TV of ``u`` itself would smooth
+  bright areas too much and dark ones too little (measured 0.2-0.6 dB below the Gaussian
+  model at 10 photons). The problem is convex in ``v``; Adam runs on ``v >= 1e-3`` with
+  the gradient multiplied by ``v`` (bounded where ``f / v`` is not), ``lr = 0.03 * weight``
+  decaying to 10 %. ``peak`` does not change the minimiser for a given weight; it is the
+  photon scale the automatic weight is computed from
+  (:func:`tvdenoise.noise_weight.auto_weight_for_noise`).
+
+Against the certified minimiser (:func:`tvdenoise.reference.reference_solve`), at their
+automatic weights on 64x64 photograph crops (``scripts/eval_noise.py --convergence``),
+60 iterations reach an RMS of 2e-4 to 2e-3 (Poisson, 10 and 30 photons; impulse, 10 %)
+and up to 2e-2 for impulse noise on 30 % of the values, where the near-L1 energy is
+almost flat along some directions.
 """
 
 from __future__ import annotations
@@ -372,8 +395,16 @@ def denoise(
         max_iter: maximum number of Adam iterations; the learning rate decays from
             ``lr`` to ``0.03 * lr`` over them.
         tol: relative energy change below which an image stops.
-        lr: initial learning rate; default ``0.3 * weight``.
+        lr: initial learning rate; default ``0.3 * weight`` (``0.03 * weight`` for
+            ``noise="poisson"``).
         eps: Huber smoothing radius of the total variation (> 0).
+        noise: the noise model, ``"gaussian"`` (squared error), ``"impulse"``
+            (smoothed absolute error) or ``"poisson"`` (photon counts); see the module
+            docstring for each energy. Weights are not interchangeable between models.
+        peak: photons at intensity 1, for ``noise="poisson"`` only (``> 0``). It does
+            not change the result for a given weight; the automatic weight
+            (:func:`tvdenoise.noise_weight.auto_weight_for_noise`) is computed from it,
+            or from an estimate when ``None``.
 
     Returns:
         The restored image(s), shape and device of ``image``, clipped to [0, 1].

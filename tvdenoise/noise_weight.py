@@ -1,0 +1,288 @@
+"""Noise levels and automatic weights for the impulse and Poisson noise models.
+
+Gaussian noise has its own estimator (:func:`tvdenoise.estimate_sigma`) and weight rule
+(:mod:`tvdenoise.auto`); this module gives the other two models theirs, with one entry
+point, :func:`auto_weight_for_noise`.
+
+Impulse (salt-and-pepper) noise
+-------------------------------
+:func:`estimate_impulse_fraction` counts the values that sit at an extreme of the range
+(``<= 0.5/255`` or ``>= 254.5/255``) while differing from the median of their 3x3
+neighbourhood (same channel) by more than ``0.2``: dead, hot and salt-and-pepper pixels.
+Saturated areas are not counted (their median is saturated too). The TV-L1 energy keeps a
+bright or dark blob of ``a`` pixels only while its fidelity cost, ``a`` times its contrast,
+is below ``weight`` times its total variation, about its perimeter times its contrast:
+the weight is a length scale, independent of the contrast. Isolated outliers go for
+``weight > 1 / (2 + sqrt 2) = 0.29``; corrupted pixels that touch form larger blobs, and
+their size grows with the corrupted fraction ``rho``, hence the rule
+:func:`impulse_weight` ``= a * (1 + b * rho)``. With the joint colour TV (isotropic,
+``color="joint"``) a spike in one channel costs less total variation where the other
+channels already vary, so colour images need a larger weight: measured, a factor of 1.5
+for three channels; with separate channels or the anisotropic TV each channel is an image
+of its own and the factor is 1.
+
+Poisson (photon) noise
+----------------------
+:func:`estimate_peak` reads the photon scale from the variance-mean relation of counts:
+for ``f = counts / peak`` the variance at intensity ``x`` is ``x / peak``. It takes the
+unit-norm Immerkaer residual (as :func:`tvdenoise.estimate_sigma` does), whose variance on
+smooth content is the local variance, and per 8x8 block the ratio of the mean squared
+residual to the mean intensity. Texture only adds to a ratio, so ``1 / peak`` is the 10th
+percentile of the block ratios divided by the same percentile for pure noise (0.629).
+Blocks close to 1 (where a file clips the counts) or holding fewer than about 2 photons
+per pixel are skipped.
+
+The solver restores ``v = sqrt(u)`` for this model (:func:`tvdenoise.solve`), where
+shot noise has the same standard deviation ``1 / (2 sqrt(peak))`` at every intensity, and
+the TV weight is, as for Gaussian noise, proportional to that noise level:
+:func:`poisson_weight` ``= c * sqrt(C) / (2 sqrt(peak))``. The ``sqrt(C)`` (joint colour
+TV only) is the growth of the noise's joint gradient magnitude with the channel count
+``C``, against a fidelity that grows like ``C``.
+
+Both rules were fitted on 256x256 crops of astronaut, camera, coffee and chelsea, and are
+checked on other photographs by ``scripts/eval_noise.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .fidelity import NOISE_MODELS, NoiseModel
+from .sigma import MIN_SIZE
+from .tv import COLOR_MODES, TV_KINDS, ColorMode, TVKind, as_batch, check_choice
+
+__all__ = [
+    "auto_weight_for_noise",
+    "estimate_impulse_fraction",
+    "estimate_peak",
+    "impulse_weight",
+    "poisson_weight",
+]
+
+# Values this close to 0 or 1 are extreme (half an 8-bit level).
+_EXTREME = 0.5 / 255
+# An extreme value is an impulse if it differs this much from its 3x3 median.
+_IMPULSE_JUMP = 0.2
+# 10th percentile of the 8x8 block mean of r**2 for unit white noise (see sigma.py).
+_BLOCK = 8
+_QUANTILE = 0.1
+_NOISE_QUANTILE = 0.629
+_MAD_TO_SIGMA = 0.6744897501960817
+# Blocks need this many expected photons per pixel (with the pilot peak) ...
+_MIN_PHOTONS = 2.0
+# ... and a local mean this many noise standard deviations below 1.
+_CLIP_MARGIN = 2.0
+_MIN_BLOCKS = 16
+
+# Weight rules, fitted with scripts/eval_noise.py on astronaut, camera, coffee and chelsea
+# (256x256 crops); see the module docstring for their form. Impulse: best weights
+# 0.47-0.74 (grey) and 0.70-1.04 (colour) for 5-40 % of the values hit (estimated
+# fractions 0.04-0.32: values hit where the image is already near 0 or 1 go unseen).
+_IMPULSE_BASE = 0.44
+_IMPULSE_PER_FRACTION = 2.0
+_IMPULSE_JOINT_COLOUR = 1.5
+# Poisson: best weight / (sqrt(C) * noise std of sqrt(u)) was 5.1-5.9 at peaks 10 and 30.
+_POISSON_PER_SIGMA = 5.7
+
+
+def _planes(image: Tensor) -> tuple[Tensor, int, int]:
+    x = as_batch(image, "image")
+    b, c, h, w = x.shape
+    if h < MIN_SIZE or w < MIN_SIZE:
+        raise ValueError(
+            f"image must be at least {MIN_SIZE}x{MIN_SIZE} pixels (H x W), got {h}x{w}"
+        )
+    return x.to(torch.float32).reshape(b * c, 1, h, w), b, c
+
+
+def estimate_impulse_fraction(image: Tensor) -> Tensor:
+    """Fraction of values hit by salt-and-pepper (or dead/hot pixel) noise.
+
+    Args:
+        image: float tensor ``(C, H, W)`` or ``(B, C, H, W)`` in [0, 1], ``H, W >= 8``.
+
+    Returns:
+        The fraction in [0, 1] per image: shape ``()`` for a 3-D input, ``(B,)`` else.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> clean = torch.full((1, 64, 64), 0.5)
+        >>> hit = torch.rand(clean.shape, generator=g) < 0.2
+        >>> noisy = torch.where(hit, torch.rand(clean.shape, generator=g).round(), clean)
+        >>> round(float(estimate_impulse_fraction(noisy)), 2)
+        0.2
+    """
+    planes, b, _ = _planes(image)
+    padded = F.pad(planes, (1, 1, 1, 1), mode="replicate")
+    windows = F.unfold(padded, 3)  # (B*C, 9, H*W)
+    median = windows.median(dim=1).values.reshape(planes.shape)
+    extreme = (planes <= _EXTREME) | (planes >= 1 - _EXTREME)
+    impulse = extreme & ((planes - median).abs() > _IMPULSE_JUMP)
+    fraction = impulse.reshape(b, -1).to(torch.float32).mean(dim=1)
+    return fraction if image.dim() == 4 else fraction[0]
+
+
+def _residual(planes: Tensor) -> Tensor:
+    k = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], device=planes.device)
+    return F.conv2d(planes, (k / 6.0).view(1, 1, 3, 3))
+
+
+def estimate_peak(image: Tensor) -> Tensor:
+    """Estimate the photon scale ``peak`` (photons at intensity 1) of a Poisson image.
+
+    The image is taken as ``counts / peak``; see the module docstring for the method.
+
+    Args:
+        image: float tensor ``(C, H, W)`` or ``(B, C, H, W)``, ``H, W >= 8``, intensities
+            ``>= 0`` (values at or above 1 count as clipped).
+
+    Returns:
+        The estimated ``peak`` per image (``inf`` for an image without measurable noise):
+        shape ``()`` for a 3-D input, ``(B,)`` else.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> clean = torch.full((1, 128, 128), 0.4)
+        >>> noisy = torch.poisson(clean * 20, generator=g) / 20
+        >>> round(float(estimate_peak(noisy)) / 20, 1)
+        1.0
+    """
+    planes, b, c = _planes(image)
+    if bool((planes < 0).any()):
+        raise ValueError("image must be >= 0 to estimate a photon scale (counts / peak)")
+    squared = _residual(planes).square()  # (B*C, 1, H-2, W-2)
+    local_mean = F.avg_pool2d(planes, 3, stride=1)  # same grid as the residual
+    nan = torch.tensor(float("nan"), device=planes.device)
+
+    def block_ratios(usable: Tensor) -> Tensor:
+        var = F.avg_pool2d(torch.where(usable, squared, nan), _BLOCK)
+        mean = F.avg_pool2d(torch.where(usable, local_mean, nan), _BLOCK)
+        return (var / mean).reshape(b, -1)
+
+    unsaturated = F.max_pool2d((planes >= 1.0).to(planes.dtype), 3, stride=1) == 0
+    # Pilot: the ratio of the sums over all pixels away from clipping (texture inflates it).
+    sq_sum = torch.where(unsaturated, squared, 0.0).reshape(b, -1).sum(dim=1)
+    mean_sum = torch.where(unsaturated, local_mean, 0.0).reshape(b, -1).sum(dim=1)
+    pilot_ratio = sq_sum / mean_sum
+    pilot = (1.0 / pilot_ratio.clamp_min(1e-12)).nan_to_num(nan=math.inf)
+    pilot_px = pilot.repeat_interleave(c).view(b * c, 1, 1, 1)
+    usable = (
+        unsaturated
+        & (local_mean * pilot_px >= _MIN_PHOTONS)
+        & (local_mean < 1.0 - _CLIP_MARGIN * (1.0 / pilot_px).sqrt())
+    )
+    ratios = block_ratios(usable)
+    n_blocks = (~ratios.isnan()).sum(dim=1)
+    low = ratios.nanquantile(_QUANTILE, dim=1) / _NOISE_QUANTILE
+    ratio = torch.where(n_blocks >= _MIN_BLOCKS, low, pilot_ratio)
+    peak = (1.0 / ratio.clamp_min(1e-12)).nan_to_num(nan=math.inf)
+    return peak if image.dim() == 4 else peak[0]
+
+
+def _joint(channels: int, tv: str, color: str) -> bool:
+    return channels > 1 and tv == "isotropic" and color == "joint"
+
+
+def impulse_weight(
+    fraction: Tensor | float,
+    *,
+    channels: int = 1,
+    tv: TVKind = "isotropic",
+    color: ColorMode = "joint",
+) -> Tensor:
+    """Weight for ``noise="impulse"`` from the fraction of values hit.
+
+    ``0.44 * (1 + 2 * fraction)``, times 1.5 for colour images under the joint
+    isotropic TV (see the module docstring).
+
+    Args:
+        fraction: corrupted fraction(s) in [0, 1], e.g. from
+            :func:`estimate_impulse_fraction`.
+        channels: number of channels ``C`` of the image.
+        tv, color: the total variation the weight is for.
+
+    Returns:
+        The weight(s), float32, the shape of ``fraction``.
+    """
+    rho = torch.as_tensor(fraction, dtype=torch.float32).clamp(0.0, 1.0)
+    colour = _IMPULSE_JOINT_COLOUR if _joint(channels, tv, color) else 1.0
+    return colour * _IMPULSE_BASE * (1 + _IMPULSE_PER_FRACTION * rho)
+
+
+def poisson_weight(
+    peak: Tensor | float,
+    *,
+    channels: int = 1,
+    tv: TVKind = "isotropic",
+    color: ColorMode = "joint",
+) -> Tensor:
+    """Weight for ``noise="poisson"`` from the photon scale.
+
+    ``5.7 * sqrt(C) * sigma`` with ``sigma = 1 / (2 sqrt(peak))``, the noise level of
+    ``sqrt(u)``; ``sqrt(C)`` only for the joint isotropic TV of a ``C``-channel image.
+
+    Args:
+        peak: photons at intensity 1, ``> 0`` (a number or a tensor).
+        channels: number of channels ``C`` of the image.
+        tv, color: the total variation the weight is for.
+
+    Returns:
+        The weight(s), float32, the shape of ``peak``.
+    """
+    peak_t = torch.as_tensor(peak, dtype=torch.float32)
+    sigma = 0.5 / peak_t.clamp_min(1e-6).sqrt()
+    scale = math.sqrt(channels) if _joint(channels, tv, color) else 1.0
+    return _POISSON_PER_SIGMA * scale * sigma
+
+
+def auto_weight_for_noise(
+    image: Tensor,
+    noise: NoiseModel,
+    *,
+    peak: float | None = None,
+    tv: TVKind = "isotropic",
+    color: ColorMode = "joint",
+) -> Tensor:
+    """Automatic TV weight for the impulse and Poisson noise models.
+
+    Args:
+        image: the noisy image(s), ``(C, H, W)`` or ``(B, C, H, W)`` in [0, 1],
+            ``H, W >= 8``.
+        noise: ``"impulse"`` or ``"poisson"`` (the Gaussian rule lives in
+            :mod:`tvdenoise.auto`).
+        peak: photons at intensity 1 for ``"poisson"``; estimated per image when
+            ``None`` (:func:`estimate_peak`).
+        tv, color: the total variation the weight is for (the joint isotropic TV of a
+            colour image needs larger weights; see the module docstring).
+
+    Returns:
+        One weight per image, float32, shape ``(B,)`` (``(1,)`` for a 3-D input).
+
+    Example:
+        >>> noisy = torch.rand(3, 32, 32)
+        >>> auto_weight_for_noise(noisy, "impulse").shape
+        torch.Size([1])
+    """
+    check_choice("noise", noise, NOISE_MODELS)
+    if noise == "gaussian":
+        raise ValueError(
+            "auto_weight_for_noise handles noise='impulse' and 'poisson'; "
+            "use tvdenoise.auto for noise='gaussian'"
+        )
+    check_choice("tv", tv, TV_KINDS)
+    check_choice("color", color, COLOR_MODES)
+    batch = as_batch(image, "image")
+    channels = batch.shape[1]
+    if noise == "impulse":
+        if peak is not None:
+            raise ValueError("peak applies to noise='poisson' only")
+        fraction = estimate_impulse_fraction(batch)
+        return impulse_weight(fraction, channels=channels, tv=tv, color=color).reshape(-1)
+    if peak is not None and not (math.isfinite(peak) and peak > 0):
+        raise ValueError(f"peak must be a finite number of photons > 0, got {peak}")
+    peaks = estimate_peak(batch) if peak is None else torch.full((batch.shape[0],), peak)
+    return poisson_weight(peaks, channels=channels, tv=tv, color=color).reshape(-1)
