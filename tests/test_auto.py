@@ -1,0 +1,188 @@
+"""Tests for tvdenoise.auto: the weight rule and the SURE-refined automatic weight."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import tvdenoise.auto as auto
+from tvdenoise.auto import auto_weight, weight_for_sigma
+from tvdenoise.solver import solve
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _photo(name: str, size: int) -> torch.Tensor:
+    """Centre crop of a bundled scikit-image photograph, (C, H, W) in 8-bit levels."""
+    data = pytest.importorskip("skimage.data")
+    array = np.asarray(getattr(data, name)())
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)[:3]
+    h, w = array.shape[1:]
+    top, left = (h - size) // 2, (w - size) // 2
+    crop = np.ascontiguousarray(array[:, top : top + size, left : left + size])
+    return torch.from_numpy(crop).to(torch.float64)
+
+
+def _noisy(levels: torch.Tensor, sigma_levels: float, seed: int) -> torch.Tensor:
+    """8-bit noise: added in levels, rounded, clipped; returned on [0, 1] as float32."""
+    noise = torch.randn(levels.shape, generator=_generator(seed), dtype=torch.float64)
+    return ((levels + sigma_levels * noise).round().clamp(0, 255) / 255).to(torch.float32)
+
+
+def _psnr(restored: torch.Tensor, clean: torch.Tensor) -> float:
+    mse = (restored.to(torch.float64).reshape(clean.shape) - clean).square().mean()
+    return float(-10 * torch.log10(mse))
+
+
+def _cartoon(size: int, seed: int) -> torch.Tensor:
+    """Piecewise-constant image in [0.25, 0.75]: flat areas and straight edges."""
+    gen = _generator(seed)
+    image = torch.full((1, size, size), 0.5)
+    for _ in range(8):
+        top, left = (int(v) for v in torch.randint(0, size - 8, (2,), generator=gen))
+        side = int(torch.randint(8, size // 2, (1,), generator=gen))
+        image[:, top : top + side, left : left + side] = 0.25 + 0.5 * torch.rand(1, generator=gen)
+    return image
+
+
+# --- the rule ---------------------------------------------------------------------------
+
+
+def test_rule_is_zero_at_zero_and_increasing_in_sigma() -> None:
+    sigmas = torch.linspace(0, 0.3, 31)
+    for tv in ("isotropic", "anisotropic"):
+        for color in ("joint", "separate"):
+            weights = weight_for_sigma(sigmas, tv=tv, color=color, channels=3)
+            assert weights.shape == sigmas.shape
+            assert float(weights[0]) == 0.0
+            assert bool((weights.diff() > 0).all())
+
+
+def test_rule_depends_on_tv_and_channels_as_documented() -> None:
+    sigma = 0.1
+    gray = float(weight_for_sigma(sigma))
+    assert gray == pytest.approx(auto.ISOTROPIC_GAIN * sigma)
+    joint = float(weight_for_sigma(sigma, color="joint", channels=3))
+    assert joint == pytest.approx(gray * 3**auto.JOINT_EXPONENT)
+    assert float(weight_for_sigma(sigma, color="separate", channels=3)) == pytest.approx(gray)
+    aniso = [float(weight_for_sigma(sigma, tv="anisotropic", channels=c)) for c in (1, 3)]
+    assert aniso[0] == aniso[1] < gray
+
+
+@pytest.mark.parametrize("sigma", [-0.01, float("nan"), float("inf"), torch.tensor([0.1, -1.0])])
+def test_rule_rejects_bad_sigma(sigma: float | torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="sigma must be a finite noise level >= 0"):
+        weight_for_sigma(sigma)
+
+
+def test_rule_rejects_bad_options() -> None:
+    with pytest.raises(ValueError, match="channels must be an integer >= 1"):
+        weight_for_sigma(0.1, channels=0)
+    with pytest.raises(ValueError, match="tv must be one of"):
+        weight_for_sigma(0.1, tv="l1")  # type: ignore[arg-type]
+
+
+# --- auto_weight ------------------------------------------------------------------------
+
+
+def test_explicit_sigma_bypasses_the_estimator(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(image: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("estimate_sigma must not be called when sigma is given")
+
+    monkeypatch.setattr(auto, "estimate_sigma", fail)
+    noisy = torch.rand(2, 1, 32, 32, generator=_generator(0))
+    weights, sigmas = auto_weight(noisy, sigma=torch.tensor([0.05, 0.1]), method="rule")
+    assert sigmas.tolist() == pytest.approx([0.05, 0.1])
+    assert weights.tolist() == pytest.approx(weight_for_sigma(sigmas).tolist())
+
+
+def test_rule_method_uses_the_estimate() -> None:
+    clean = _cartoon(64, seed=1)
+    noisy = clean + 0.08 * torch.randn(clean.shape, generator=_generator(2))
+    weights, sigmas = auto_weight(noisy, method="rule")
+    assert weights.shape == sigmas.shape == (1,)
+    assert float(sigmas[0]) == pytest.approx(0.08, rel=0.1)
+    assert float(weights[0]) == pytest.approx(float(weight_for_sigma(sigmas[0])))
+
+
+def test_zero_sigma_gives_zero_weight() -> None:
+    noisy = torch.rand(3, 32, 32, generator=_generator(3))
+    weights, _ = auto_weight(noisy, sigma=0.0)
+    assert weights.tolist() == [0.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sigma": -0.1}, "sigma must be a finite noise level >= 0"),
+        ({"sigma": [0.1, 0.2, 0.3]}, r"sigma must be one number or one per image \(2\)"),
+        ({"method": "gcv"}, "method must be one of sure, rule"),
+        ({"color": "rgb"}, "color must be one of"),
+    ],
+)
+def test_auto_weight_errors(kwargs: dict[str, object], message: str) -> None:
+    noisy = torch.rand(2, 1, 16, 16, generator=_generator(4))
+    with pytest.raises(ValueError, match=message):
+        auto_weight(noisy, **kwargs)  # type: ignore[arg-type]
+
+
+def test_auto_weight_rejects_tiny_and_integer_images() -> None:
+    with pytest.raises(ValueError, match="at least 8x8 pixels"):
+        auto_weight(torch.rand(1, 5, 40))
+    with pytest.raises(TypeError, match="floating-point"):
+        auto_weight(torch.zeros(1, 16, 16, dtype=torch.uint8))
+
+
+def test_batch_equals_one_by_one() -> None:
+    gen = _generator(5)
+    clean = torch.stack([_cartoon(48, seed=6), _cartoon(48, seed=7)])
+    noisy = clean + torch.tensor([0.04, 0.12]).view(2, 1, 1, 1) * torch.randn(
+        clean.shape, generator=gen
+    )
+    weights, sigmas = auto_weight(noisy)
+    for i in range(2):
+        alone_w, alone_s = auto_weight(noisy[i])
+        assert float(alone_s[0]) == pytest.approx(float(sigmas[i]), rel=1e-6)
+        assert float(alone_w[0]) == pytest.approx(float(weights[i]), rel=1e-6)
+    assert float(weights[1]) > float(weights[0])
+
+
+def test_sure_moves_the_weight_where_the_rule_is_wrong() -> None:
+    # A piecewise-constant image wants far more smoothing than a photograph; the rule
+    # cannot know that, SURE sees it.
+    clean = _cartoon(96, seed=8)
+    noisy = clean + 0.1 * torch.randn(clean.shape, generator=_generator(9))
+    rule, _ = auto_weight(noisy, sigma=0.1, method="rule")
+    sure, _ = auto_weight(noisy, sigma=0.1)
+    assert float(sure[0]) > 1.3 * float(rule[0])
+    psnr_rule = _psnr(solve(noisy, rule).restored, clean)
+    psnr_sure = _psnr(solve(noisy, sure).restored, clean)
+    assert psnr_sure > psnr_rule + 0.3
+
+
+def test_photograph_sigma_25_close_to_the_best_weight() -> None:
+    clean = _photo("camera", 128)
+    noisy = _noisy(clean, 25, seed=0)
+    weights, sigmas = auto_weight(noisy)
+    assert 255 * float(sigmas[0]) == pytest.approx(25, rel=0.15)
+    psnr_auto = _psnr(solve(noisy, weights).restored, clean / 255)
+    grid = float(weights[0]) * 2.0 ** (torch.arange(-6, 7) / 4)
+    batch = noisy.expand(len(grid), *noisy.shape).contiguous()
+    restored = solve(batch, grid).restored.to(torch.float64)
+    best = max(_psnr(r, clean / 255) for r in restored)
+    noisy_psnr = _psnr(noisy, clean / 255)
+    assert psnr_auto > noisy_psnr + 3
+    assert psnr_auto >= best - 0.3
+
+
+@pytest.mark.parametrize("name", ["camera", "astronaut"])
+def test_clean_photograph_nearly_unchanged(name: str) -> None:
+    clean = _photo(name, 128)
+    image = (clean / 255).to(torch.float32)
+    weights, sigmas = auto_weight(image)
+    assert 255 * float(sigmas[0]) < 5
+    restored = solve(image, weights).restored
+    assert _psnr(restored, clean / 255) >= 40.0

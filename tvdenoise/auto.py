@@ -1,0 +1,375 @@
+"""Choosing the regularisation weight from the noise level (Gaussian noise).
+
+Two layers, one on top of the other:
+
+1. :func:`weight_for_sigma` — a closed-form rule, ``weight = gain * sigma``.
+2. :func:`auto_weight` — per image: estimate ``sigma`` (:func:`tvdenoise.estimate_sigma`)
+   unless it is given, start from the rule, and refine the weight by minimising Stein's
+   unbiased estimate of the mean squared error (SURE) of the denoised image.
+
+Why ``weight`` is proportional to ``sigma``
+-------------------------------------------
+The energy ``mean((u - f)**2) + weight * TV(u) / N`` is the ROF problem with
+``lambda = weight / 2``. Scaling an image and its noise by ``s`` scales the minimiser by
+``s`` when ``weight`` scales by ``s``, so for a given scene the best weight is a length in
+intensity units, proportional to the noise level. Because both terms are means over
+``C*H*W`` values the weight does not depend on the image size.
+
+The gain depends on the total variation:
+
+* one channel, or ``color="separate"`` (each channel its own ROF problem): ``gain = A``;
+* ``color="joint"`` on ``C`` channels: the noise in the joint gradient magnitude
+  ``sqrt(sum_c |grad n_c|**2)`` grows like ``sqrt(C)`` and a shared edge is penalised
+  ``sqrt(C)`` times less per channel than separately, so ``gain = A * C**(1/2)`` —
+  measured, colour photographs want ``C**JOINT_EXPONENT`` with a slightly smaller exponent
+  because their channels are correlated;
+* ``kind="anisotropic"``: ``|dx| + |dy|`` of noise is on average ``4/pi`` times its
+  Euclidean norm ``sqrt(dx**2 + dy**2)``, so a smaller gain does the same work (the
+  constant is measured; the colour mode has no effect).
+
+The constants are the median of the best weight over ``sigma`` on 8-bit photographs
+(``scripts/eval_auto_weight.py --fit``); they are the best *single* number for all images,
+but the best weight of a particular image differs from it by up to a factor two (fine
+texture wants less smoothing, smooth areas more), which costs up to 1-2 dB. Hence layer 2.
+
+SURE refinement
+---------------
+For ``f = x + n`` with white Gaussian noise of standard deviation ``sigma``,
+
+.. math::
+
+    \\mathrm{SURE}(w) = \\frac{1}{M}\\sum_{i \\in S} (u_w(f)_i - f_i)^2 - \\sigma^2
+        + \\frac{2\\sigma^2}{M} \\sum_{i \\in S} \\frac{\\partial u_w(f)_i}{\\partial f_i}
+
+is an unbiased estimate of the mean squared error ``mean((u_w - x)**2)`` over the pixel
+set ``S`` of size ``M`` (Stein's lemma, one pixel at a time). The divergence is measured
+by one Monte-Carlo probe (Ramani, Blu and Unser, 2008): for a fixed Gaussian field ``b``,
+``sum_i du_i/df_i ~ <b, u_w(f + delta b) - u_w(f)> / delta`` with
+``delta = sigma / 100``. ``S`` holds the pixels whose 5x5 local mean lies more than
+``2 sigma`` inside (0, 1): where an 8-bit file clips the noise it is not Gaussian, and
+SURE there is biased (on bright skies and dark coats it picks weights 1.5x too large).
+If fewer than ``MIN_SURE_FRACTION`` of the pixels qualify, the rule is kept.
+
+The weight is searched on a geometric grid (ratio ``2**(1/3)``) around the rule, moved while
+the minimum sits at an edge, within ``[rule / 8, rule * 8]``, and refined by a parabola
+through the three best points in ``log(weight)``. Each grid point costs two solves of the
+image (the probe and the plain image, in one batch), about 10-16 solves in all. Large
+images are represented by up to ``16`` evenly spread ``64 x 64`` tiles — the weight is a
+per-pixel quantity, so a weight chosen on a sample of the image holds for all of it.
+
+The refinement trusts the noise estimate: SURE with ``sigma`` 15 % too high picks a weight
+that is too large by about as much as the rule would. On fine texture at low noise
+(``estimate_sigma`` reads texture as noise) this matters most; see the evaluation table in
+``scripts/eval_auto_weight.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .sigma import MIN_SIZE, estimate_sigma
+from .solver import DEFAULT_EPS, solve
+from .tv import COLOR_MODES, TV_KINDS, ColorMode, TVKind, as_batch, check_choice
+
+__all__ = ["AutoMethod", "auto_weight", "weight_for_sigma"]
+
+AutoMethod = Literal["sure", "rule"]
+AUTO_METHODS: tuple[str, ...] = get_args(AutoMethod)
+
+#: Weight per unit of noise level for one channel, isotropic TV (fitted, see module doc).
+ISOTROPIC_GAIN = 1.4
+#: The same for the anisotropic TV.
+ANISOTROPIC_GAIN = 1.15
+#: Joint isotropic TV on ``C`` channels: ``gain * C**JOINT_EXPONENT``.
+JOINT_EXPONENT = 0.38
+
+#: SURE is used only when at least this fraction of the pixels is away from clipping.
+MIN_SURE_FRACTION = 0.5
+
+# Search grid: ratio between neighbouring weights, points per side of the rule at start,
+# and how far from the rule the search may go.
+_STEP = 2.0 ** (1.0 / 3.0)
+_HALF_WIDTH = 3
+_MAX_FACTOR = 8.0
+# Monte-Carlo divergence: probe size relative to sigma, and the probe's seed.
+_PROBE_RATIO = 0.01
+_PROBE_SEED = 20080915
+# Pixels count for SURE if their local mean is this many sigmas inside (0, 1).
+_CLIP_MARGIN = 2.0
+_LOCAL_MEAN_SIZE = 5
+# Large images: SURE on at most this many tiles of this size.
+_TILE = 64
+_MAX_TILES = 16
+# Solver settings for the refinement: the divergence is a small difference of two
+# solutions, so they must be converged well beyond the default stopping rule.
+_SURE_MAX_ITER = 150
+_SURE_TOL = 1e-5
+
+
+def _gain(tv: str, color: str, channels: int) -> float:
+    if tv == "anisotropic":
+        return ANISOTROPIC_GAIN
+    if color == "joint":
+        return ISOTROPIC_GAIN * math.pow(channels, JOINT_EXPONENT)
+    return ISOTROPIC_GAIN
+
+
+def _check_sigma(sigma: Tensor) -> None:
+    if not bool(torch.isfinite(sigma).all()) or bool((sigma < 0).any()):
+        values = sigma.tolist() if sigma.numel() <= 8 else f"a tensor of shape {sigma.shape}"
+        raise ValueError(
+            f"sigma must be a finite noise level >= 0 on the [0, 1] scale, got {values}"
+        )
+
+
+def weight_for_sigma(
+    sigma: float | Tensor,
+    *,
+    tv: TVKind = "isotropic",
+    color: ColorMode = "joint",
+    channels: int = 1,
+) -> Tensor:
+    """The rule ``weight = gain * sigma`` for a known noise level.
+
+    ``gain`` is ``ISOTROPIC_GAIN`` (one channel or ``color="separate"``),
+    ``ISOTROPIC_GAIN * channels**JOINT_EXPONENT`` (joint isotropic TV) or
+    ``ANISOTROPIC_GAIN``; see the module docstring for where the form comes from.
+
+    Args:
+        sigma: standard deviation of the Gaussian noise on the [0, 1] scale (``25/255``
+            for 25 grey levels of an 8-bit image), ``>= 0``: a number or a tensor of any
+            shape, e.g. ``(B,)``.
+        tv: ``"isotropic"`` or ``"anisotropic"`` total variation.
+        color: ``"joint"`` or ``"separate"``; only matters for isotropic TV with
+            ``channels > 1``.
+        channels: number of channels ``C`` of the image, ``>= 1``.
+
+    Returns:
+        The weight, a tensor of the shape of ``sigma`` (0-d for a number), float32 for a
+        number and the dtype of ``sigma`` otherwise.
+
+    Raises:
+        ValueError: for a negative or non-finite ``sigma``, ``channels < 1`` or an
+            unknown ``tv``/``color``.
+
+    Example:
+        >>> float(weight_for_sigma(0.0))
+        0.0
+        >>> bool(weight_for_sigma(0.1, channels=3) > weight_for_sigma(0.1, channels=1))
+        True
+    """
+    check_choice("tv", tv, TV_KINDS)
+    check_choice("color", color, COLOR_MODES)
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
+    if isinstance(sigma, Tensor):
+        values = sigma if sigma.is_floating_point() else sigma.to(torch.float32)
+    else:
+        values = torch.tensor(float(sigma), dtype=torch.float32)
+    _check_sigma(values)
+    return values * _gain(tv, color, channels)
+
+
+def _sigmas(sigma: float | Tensor | None, batch: Tensor) -> Tensor:
+    """Noise level per image, shape (B,), float32 on the image's device."""
+    b = batch.shape[0]
+    if sigma is None:
+        return estimate_sigma(batch).to(torch.float32)
+    values = torch.as_tensor(sigma, dtype=torch.float32).to(batch.device).reshape(-1)
+    if values.numel() == 1:
+        values = values.expand(b).clone()
+    if values.numel() != b:
+        raise ValueError(
+            f"sigma must be one number or one per image ({b}), got {values.numel()} values"
+        )
+    _check_sigma(values)
+    return values
+
+
+def _tiles(f: Tensor) -> Tensor:
+    """Up to ``_MAX_TILES`` evenly spread tiles of every image, ``(B, T, C, h, w)``."""
+    h, w = f.shape[-2:]
+    if h * w <= _MAX_TILES * _TILE * _TILE or min(h, w) < _TILE:
+        return f.unsqueeze(1)
+    side = math.isqrt(_MAX_TILES)
+    rows = min(side, h // _TILE)
+    cols = min(_MAX_TILES // rows, w // _TILE)
+    tops = [round(i * (h - _TILE) / max(rows - 1, 1)) for i in range(rows)]
+    lefts = [round(j * (w - _TILE) / max(cols - 1, 1)) for j in range(cols)]
+    tiles = [f[:, :, t : t + _TILE, s : s + _TILE] for t in tops for s in lefts]
+    return torch.stack(tiles, dim=1)
+
+
+def _usable(tiles: Tensor, sigma: Tensor) -> Tensor:
+    """Pixels whose local mean is ``_CLIP_MARGIN`` sigmas inside (0, 1); like ``tiles``."""
+    b, t, c, h, w = tiles.shape
+    planes = tiles.reshape(b * t * c, 1, h, w)
+    local = F.avg_pool2d(
+        planes,
+        _LOCAL_MEAN_SIZE,
+        stride=1,
+        padding=_LOCAL_MEAN_SIZE // 2,
+        count_include_pad=False,
+    ).reshape(tiles.shape)
+    margin = (_CLIP_MARGIN * sigma).reshape(b, 1, 1, 1, 1)
+    return (local > margin) & (local < 1 - margin)
+
+
+class _Sure:
+    """SURE of one image's tiles at any weight, with its solutions cached."""
+
+    def __init__(
+        self,
+        tiles: Tensor,
+        mask: Tensor,
+        sigma: float,
+        tv: TVKind,
+        color: ColorMode,
+        eps: float,
+    ) -> None:
+        self.tiles = tiles  # (T, C, h, w)
+        self.mask = mask.to(torch.float64)
+        self.count = float(self.mask.sum())
+        self.sigma = sigma
+        self.tv: TVKind = tv
+        self.color: ColorMode = color
+        self.eps = eps
+        self.delta = _PROBE_RATIO * sigma
+        # The same probe for every image, so that an image gets the same weight alone
+        # or in a batch.
+        generator = torch.Generator().manual_seed(_PROBE_SEED)
+        probe = torch.randn(tiles.shape, generator=generator, dtype=torch.float32)
+        self.probe = probe.to(tiles.device, tiles.dtype)
+        self.values: dict[int, float] = {}
+
+    def evaluate(self, steps: list[int], rule: float) -> None:
+        """SURE at ``rule * _STEP**k`` for every ``k`` in ``steps`` not yet known."""
+        steps = [k for k in steps if k not in self.values]
+        if not steps:
+            return
+        t = self.tiles.shape[0]
+        weights = torch.tensor([rule * _STEP**k for k in steps], dtype=self.tiles.dtype)
+        weights = weights.repeat_interleave(t).repeat(2).to(self.tiles.device)
+        k = len(steps)
+        plain = self.tiles.repeat(k, 1, 1, 1)
+        probed = (self.tiles + self.delta * self.probe).repeat(k, 1, 1, 1)
+        result = solve(
+            torch.cat([plain, probed]),
+            weights,
+            tv=self.tv,
+            color=self.color,
+            eps=self.eps,
+            max_iter=_SURE_MAX_ITER,
+            tol=_SURE_TOL,
+        )
+        u = result.restored[: k * t].to(torch.float64).reshape(k, *self.tiles.shape)
+        v = result.restored[k * t :].to(torch.float64).reshape(k, *self.tiles.shape)
+        f = self.tiles.to(torch.float64)
+        residual = ((u - f).square() * self.mask).flatten(1).sum(1)
+        divergence = ((v - u) * self.probe.to(torch.float64) * self.mask).flatten(1).sum(1)
+        divergence = divergence / self.delta
+        var = self.sigma**2
+        sure = residual / self.count - var + 2 * var * divergence / self.count
+        for step, value in zip(steps, sure.tolist(), strict=True):
+            self.values[step] = value
+
+
+def _refine(sure: _Sure, rule: float) -> float:
+    """The weight minimising SURE: grid search around ``rule`` and a parabola."""
+    limit = round(math.log(_MAX_FACTOR) / math.log(_STEP))
+    steps = list(range(-_HALF_WIDTH, _HALF_WIDTH + 1))
+    while True:
+        sure.evaluate(steps, rule)
+        best = min(sure.values, key=sure.values.__getitem__)
+        if best == max(sure.values.keys()) and best < limit:
+            steps = [best + i for i in range(1, _HALF_WIDTH + 1) if best + i <= limit]
+        elif best == min(sure.values.keys()) and best > -limit:
+            steps = [best - i for i in range(1, _HALF_WIDTH + 1) if best - i >= -limit]
+        else:
+            break
+    if best - 1 not in sure.values or best + 1 not in sure.values:
+        return rule * float(_STEP**best)
+    left, mid, right = (sure.values[best + i] for i in (-1, 0, 1))
+    curvature = left - 2 * mid + right
+    offset = 0.5 * (left - right) / curvature if curvature > 0 else 0.0
+    return rule * float(_STEP ** (best + max(-0.5, min(0.5, offset))))
+
+
+def auto_weight(
+    image: Tensor,
+    *,
+    sigma: float | Tensor | None = None,
+    tv: TVKind = "isotropic",
+    color: ColorMode = "joint",
+    method: AutoMethod = "sure",
+    eps: float = DEFAULT_EPS,
+) -> tuple[Tensor, Tensor]:
+    """Choose the weight of every image from its noise level.
+
+    With ``method="rule"`` the weight is :func:`weight_for_sigma` of the noise level.
+    With ``method="sure"`` (default) that weight is the starting point of a search for
+    the weight that minimises Stein's unbiased risk estimate of the image's mean squared
+    error (see the module docstring); this takes about 10-16 extra solves of the image
+    (of at most 16 tiles of 64x64 pixels for large images). An image with ``sigma = 0``
+    gets weight 0.
+
+    Args:
+        image: noisy image(s), float tensor ``(C, H, W)`` or ``(B, C, H, W)`` in [0, 1],
+            at least ``8 x 8`` pixels.
+        sigma: standard deviation of the noise on the [0, 1] scale: one number for all
+            images, one per image (shape ``(B,)``), or ``None`` to estimate it per image
+            with :func:`tvdenoise.estimate_sigma`.
+        tv: ``"isotropic"`` or ``"anisotropic"`` total variation, as in
+            :func:`tvdenoise.solve`.
+        color: ``"joint"`` or ``"separate"``, as in :func:`tvdenoise.solve`.
+        method: ``"sure"`` (rule, then SURE refinement) or ``"rule"`` (rule only).
+        eps: Huber smoothing radius of the total variation, as in :func:`tvdenoise.solve`
+            (the SURE search solves with it).
+
+    Returns:
+        ``(weights, sigmas)``, each of shape ``(B,)`` (``(1,)`` for a ``(C, H, W)`` image),
+        float32 on the device of ``image``: the weight for :func:`tvdenoise.solve` and the
+        noise level it was chosen for (the estimate, or ``sigma`` as given).
+
+    Raises:
+        TypeError: if ``image`` is not a floating-point tensor.
+        ValueError: for a wrong shape, an image smaller than 8x8, a negative or
+            non-finite ``sigma``, a ``sigma`` with the wrong number of values, or an
+            unknown ``tv``, ``color`` or ``method``.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> clean = torch.linspace(0.2, 0.8, 64).expand(1, 64, 64)
+        >>> noisy = clean + 0.1 * torch.randn(1, 64, 64, generator=g)
+        >>> weights, sigmas = auto_weight(noisy, method="rule")
+        >>> round(float(sigmas[0]), 2), weights.shape
+        (0.1, torch.Size([1]))
+    """
+    check_choice("tv", tv, TV_KINDS)
+    check_choice("color", color, COLOR_MODES)
+    check_choice("method", method, AUTO_METHODS)
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    batch = as_batch(image, "image")
+    b, c, h, w = batch.shape
+    if h < MIN_SIZE or w < MIN_SIZE:
+        raise ValueError(f"image must be at least {MIN_SIZE}x{MIN_SIZE} pixels, got {h}x{w}")
+    sigmas = _sigmas(sigma, batch)
+    weights = weight_for_sigma(sigmas, tv=tv, color=color, channels=c).clone()
+    if method == "rule" or b == 0:
+        return weights, sigmas
+    f = batch.to(torch.float64 if batch.dtype == torch.float64 else torch.float32)
+    tiles = _tiles(f)
+    usable = _usable(tiles, sigmas.to(f.dtype))
+    for i in range(b):
+        rule = float(weights[i])
+        if rule <= 0 or float(usable[i].to(torch.float32).mean()) < MIN_SURE_FRACTION:
+            continue
+        sure = _Sure(tiles[i], usable[i], float(sigmas[i]), tv, color, eps)
+        weights[i] = _refine(sure, rule)
+    return weights, sigmas
