@@ -56,6 +56,7 @@ class Row:
     weight_best: float
     psnr_noisy: float
     seconds: float
+    seconds_solve: float
 
 
 def load(name: str, size: int) -> torch.Tensor:
@@ -114,8 +115,10 @@ def evaluate(name: str, sigma: int, args: argparse.Namespace) -> Row:
     noisy = add_noise(clean8, sigma, args.seed)
     start = time.perf_counter()
     weights, sigmas = auto_weight(noisy, tv=args.tv, color=args.color)
-    restored = run(noisy, [float(weights[0])], args)
     seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    restored = run(noisy, [float(weights[0])], args)
+    seconds_solve = time.perf_counter() - start
     rule, _ = auto_weight(noisy, tv=args.tv, color=args.color, method="rule")
     p_auto = float(psnr(restored, clean[None])[0])
     p_rule = float(psnr(run(noisy, [float(rule[0])], args), clean[None])[0])
@@ -135,6 +138,7 @@ def evaluate(name: str, sigma: int, args: argparse.Namespace) -> Row:
         w_best,
         float(psnr(noisy[None], clean[None])[0]),
         seconds,
+        seconds_solve,
     )
 
 
@@ -156,7 +160,8 @@ def main() -> None:
     print(f"# tv={args.tv} color={args.color} size={args.size} seed={args.seed}")
     header = (
         f"{'image':>10} {'C':>1} {'sigma':>5} {'est':>6} {'w_auto':>7} {'auto':>6} "
-        f"{'rule':>6} {'best':>6} {'w_best':>7} {'gap':>5} {'gap_r':>5} {'noisy':>6} {'sec':>5}"
+        f"{'rule':>6} {'best':>6} {'w_best':>7} {'gap':>5} {'gap_r':>5} {'noisy':>6} "
+        f"{'t_auto':>6} {'t_solve':>7}"
     )
     print(header)
     rows: list[Row] = []
@@ -171,7 +176,7 @@ def main() -> None:
                 f"{row.name:>10} {row.channels:>1} {sigma:>5} {row.estimate:6.2f} "
                 f"{row.weight:7.4f} {row.psnr_auto:6.2f} {row.psnr_rule:6.2f} {best} "
                 f"{row.weight_best:7.4f} {gap:5.2f} {gap_r:5.2f} {row.psnr_noisy:6.2f} "
-                f"{row.seconds:5.1f}",
+                f"{row.seconds:6.2f} {row.seconds_solve:7.2f}",
                 flush=True,
             )
 
@@ -195,8 +200,18 @@ def main() -> None:
             f"{'clean':>12}: min PSNR vs original {low.psnr_auto:.2f} dB ({low.name}, "
             f"est {low.estimate:.2f}/255)"
         )
-    times = [r.seconds for r in rows]
-    print(f"{'time':>12}: auto weight + solve {np.mean(times):.2f} s mean, {max(times):.2f} s max")
+    if noisy_rows:
+        ratios = [r.weight_best / (r.sigma / 255) for r in noisy_rows]
+        print(
+            f"{'best w/sigma':>12}: median {np.median(ratios):.3f} "
+            f"(range {min(ratios):.2f}-{max(ratios):.2f}); compare the rule's gain"
+        )
+    t_auto = np.array([r.seconds for r in rows])
+    t_solve = np.array([r.seconds_solve for r in rows])
+    print(
+        f"{'time':>12}: auto_weight {t_auto.mean():.2f} s mean ({t_auto.max():.2f} max), "
+        f"one solve {t_solve.mean():.3f} s mean; ratio {t_auto.sum() / t_solve.sum():.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -186,3 +186,29 @@ def test_clean_photograph_nearly_unchanged(name: str) -> None:
     assert 255 * float(sigmas[0]) < 5
     restored = solve(image, weights).restored
     assert _psnr(restored, clean / 255) >= 40.0
+
+
+def test_large_images_are_sampled_by_tiles() -> None:
+    image = torch.arange(300 * 410, dtype=torch.float32).reshape(1, 1, 300, 410)
+    tiles = auto._tiles(image)
+    assert tiles.shape == (1, auto._MAX_TILES, 1, auto._TILE, auto._TILE)
+    # The grid reaches all four corners.
+    assert float(tiles[0, 0, 0, 0, 0]) == float(image[0, 0, 0, 0])
+    assert float(tiles[0, -1, 0, -1, -1]) == float(image[0, 0, -1, -1])
+    small = torch.zeros(2, 3, 200, 200)
+    assert auto._tiles(small).shape == (2, 1, 3, 200, 200)
+
+
+def test_large_image_weight_matches_its_scaled_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The weight is a per-pixel quantity: an image made of 2x2 copies of a noisy cartoon
+    # (sampled by tiles, made small here to keep the test fast) gets about the weight of
+    # the cartoon itself (solved whole).
+    monkeypatch.setattr(auto, "_TILE", 32)
+    monkeypatch.setattr(auto, "_MAX_TILES", 9)
+    clean = _cartoon(80, seed=10)
+    noisy = clean + 0.06 * torch.randn(clean.shape, generator=_generator(11))
+    big = noisy.repeat(1, 2, 2)
+    assert auto._tiles(big[None]).shape == (1, 9, 1, 32, 32)
+    small_w, _ = auto_weight(noisy, sigma=0.06)
+    big_w, _ = auto_weight(big, sigma=0.06)
+    assert float(big_w[0]) == pytest.approx(float(small_w[0]), rel=0.25)

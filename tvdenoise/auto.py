@@ -17,20 +17,25 @@ intensity units, proportional to the noise level. Because both terms are means o
 
 The gain depends on the total variation:
 
-* one channel, or ``color="separate"`` (each channel its own ROF problem): ``gain = A``;
-* ``color="joint"`` on ``C`` channels: the noise in the joint gradient magnitude
-  ``sqrt(sum_c |grad n_c|**2)`` grows like ``sqrt(C)`` and a shared edge is penalised
-  ``sqrt(C)`` times less per channel than separately, so ``gain = A * C**(1/2)`` —
-  measured, colour photographs want ``C**JOINT_EXPONENT`` with a slightly smaller exponent
-  because their channels are correlated;
-* ``kind="anisotropic"``: ``|dx| + |dy|`` of noise is on average ``4/pi`` times its
-  Euclidean norm ``sqrt(dx**2 + dy**2)``, so a smaller gain does the same work (the
-  constant is measured; the colour mode has no effect).
+* one channel, or ``color="separate"`` (each channel its own ROF problem):
+  ``gain = ISOTROPIC_GAIN``;
+* ``color="joint"`` on ``C`` channels: the joint magnitude ``sqrt(sum_c |grad u_c|**2)``
+  of uncorrelated noise is ``sqrt(C)`` times that of one channel, and an edge shared by
+  all channels is penalised ``sqrt(C)`` times less per channel than separately, so the
+  physical form is ``gain = ISOTROPIC_GAIN * C**p`` with ``p = 1/2`` for independent
+  channels. Colour photographs have strongly correlated channels; measured, the best
+  joint weight is 1.52 times the best separate weight on the same images (median),
+  ``p = JOINT_EXPONENT = 0.38``;
+* ``kind="anisotropic"``: for white noise ``E(|dx| + |dy|) = (4/pi) E sqrt(dx**2 + dy**2)``,
+  so the anisotropic penalty is stronger and needs a gain about ``pi/4 = 0.79`` times the
+  isotropic one; measured 0.83 (``ANISOTROPIC_GAIN``; the colour mode has no effect on
+  this TV).
 
-The constants are the median of the best weight over ``sigma`` on 8-bit photographs
-(``scripts/eval_auto_weight.py --fit``); they are the best *single* number for all images,
-but the best weight of a particular image differs from it by up to a factor two (fine
-texture wants less smoothing, smooth areas more), which costs up to 1-2 dB. Hence layer 2.
+The constants are medians of the best weight divided by sigma (the ``w_best`` column of
+``scripts/eval_auto_weight.py``) over eight 256x256 photographs and sigma = 5..50/255.
+They are the best *single* numbers, but a particular image's best weight differs from them
+by up to a factor of two (fine texture and low noise want less smoothing; smooth scenes
+and high noise want more), which costs the rule alone up to 2-5 dB. Hence layer 2.
 
 SURE refinement
 ---------------
@@ -44,23 +49,31 @@ For ``f = x + n`` with white Gaussian noise of standard deviation ``sigma``,
 is an unbiased estimate of the mean squared error ``mean((u_w - x)**2)`` over the pixel
 set ``S`` of size ``M`` (Stein's lemma, one pixel at a time). The divergence is measured
 by one Monte-Carlo probe (Ramani, Blu and Unser, 2008): for a fixed Gaussian field ``b``,
-``sum_i du_i/df_i ~ <b, u_w(f + delta b) - u_w(f)> / delta`` with
-``delta = sigma / 100``. ``S`` holds the pixels whose 5x5 local mean lies more than
-``2 sigma`` inside (0, 1): where an 8-bit file clips the noise it is not Gaussian, and
-SURE there is biased (on bright skies and dark coats it picks weights 1.5x too large).
-If fewer than ``MIN_SURE_FRACTION`` of the pixels qualify, the rule is kept.
+``sum_i du_i/df_i ~ <b, u_w(f + delta b) - u_w(f)> / delta`` with ``delta = sigma / 100``.
 
-The weight is searched on a geometric grid (ratio ``2**(1/3)``) around the rule, moved while
-the minimum sits at an edge, within ``[rule / 8, rule * 8]``, and refined by a parabola
-through the three best points in ``log(weight)``. Each grid point costs two solves of the
-image (the probe and the plain image, in one batch), about 10-16 solves in all. Large
-images are represented by up to ``16`` evenly spread ``64 x 64`` tiles — the weight is a
-per-pixel quantity, so a weight chosen on a sample of the image holds for all of it.
+``S`` holds the pixels whose 5x5 local mean lies more than ``2 sigma`` inside (0, 1):
+where an 8-bit file clips the noise it is not Gaussian and SURE is biased towards too
+much smoothing (by 1.5-3x on skies and dark coats at sigma = 50/255). When fewer than
+``MIN_SURE_FRACTION`` (half) of the pixels qualify, the SURE minimiser describes a
+minority of the image and the rule is kept; in practice this happens only at high
+noise on images with large dark or bright areas, where the estimator is accurate and the
+rule is within 0.3 dB of the best weight (except bright smooth scenes such as the
+``rocket`` crop at 50/255: 0.8 dB).
 
-The refinement trusts the noise estimate: SURE with ``sigma`` 15 % too high picks a weight
-that is too large by about as much as the rule would. On fine texture at low noise
-(``estimate_sigma`` reads texture as noise) this matters most; see the evaluation table in
-``scripts/eval_auto_weight.py``.
+The weight is searched on a geometric grid (ratio ``2**(1/3)``) around the rule, moved
+while the minimum sits at an edge, within ``[rule / 8, rule * 8]``, and refined by a
+parabola through the three best points in ``log(weight)``. Each grid point costs two
+solves (the image and the probed image, batched), about 14-20 solves of the image in all,
+with a tighter stopping rule than the default so that the difference of the two solutions
+is accurate. Large images are represented by up to 16 evenly spread 64x64 tiles (65536
+pixels) — the weight is a per-pixel quantity, so a weight chosen on a sample of the
+image holds for all of it.
+
+Limits: SURE trusts the noise level. On fine texture at low noise ``estimate_sigma``
+reads texture as noise (``gravel`` at 5/255 reads 7/255), and SURE with a sigma 40 %
+too high chooses about twice the best weight (0.6 dB short). At sigma = 50/255 the SURE
+curve is flat and noisy and the choice can be 0.8 dB short (``moon``). The measured
+table is in ``scripts/eval_auto_weight.py``'s output and the project's notes.
 """
 
 from __future__ import annotations
