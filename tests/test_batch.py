@@ -3,6 +3,7 @@ failure isolation, reports and interruption."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import pickle
@@ -29,8 +30,8 @@ from tvdenoise.batch import (
 )
 from tvdenoise.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, app
 
-FAST = ["--max-iter", "6", "--device", "cpu"]
-FAST_SETTINGS = Settings(solver=SolverSettings(max_iter=6), device="cpu")
+FAST = ["--max-iter", "6", "--device", "cpu", "--weight", "0.1"]
+FAST_SETTINGS = Settings(solver=SolverSettings(weight=0.1, max_iter=6), device="cpu")
 
 runner = CliRunner()
 
@@ -190,6 +191,19 @@ def test_several_inputs_need_an_output_folder(tree: Path) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def test_automatic_weight_is_reported_per_image(tree: Path) -> None:
+    report = tree / "run.json"
+    args = [tree / "scans" / "*.png", "-o", tree / "out", "--max-iter", "6", "--sigma", "20"]
+    result = _run(*args, "--report", report)
+    assert result.exit_code == EXIT_OK, result.output
+    document = json.loads(report.read_text())
+    assert document["settings"]["weight"] == "auto"
+    assert document["settings"]["sigma"] == pytest.approx(20 / 255)
+    for record in document["records"]:
+        assert record["sigma"] == pytest.approx(20.0)
+        assert record["weight"] > 0
+
+
 def test_glob_batch_writes_everything_and_reports(tree: Path) -> None:
     out = tree / "out"
     report = tree / "run.json"
@@ -211,6 +225,7 @@ def test_glob_batch_writes_everything_and_reports(tree: Path) -> None:
     for record in records:
         assert record["status"] == "restored" and record["error"] is None
         assert record["weight"] == pytest.approx(0.1)
+        assert record["sigma"] is None
         assert record["iterations"] == 6
         assert record["energy"] > 0 and record["seconds"] >= 0
     assert [p.name for p in tree.iterdir() if p.name.endswith(".tmp")] == []
@@ -356,7 +371,7 @@ class _SolveSpy:
         self.read = 0
         self.solved = 0
         self.most_in_memory = 0
-        real_solve, real_load = batch.solve, batch.load_image
+        real_solve, real_load = batch.restore, batch.load_image
 
         def solve(noisy: torch.Tensor, **kwargs: Any) -> Any:
             self.batches.append(tuple(noisy.shape))
@@ -368,7 +383,7 @@ class _SolveSpy:
             self.read += 1
             return real_load(path, **kwargs)
 
-        monkeypatch.setattr(batch, "solve", solve)
+        monkeypatch.setattr(batch, "restore", solve)
         monkeypatch.setattr(batch, "load_image", load_image)
 
 
@@ -426,7 +441,9 @@ def test_settings_are_checked() -> None:
         Settings(batch_size=0)
     with pytest.raises(ValueError, match="quality"):
         Settings(quality=0)
-    assert set(SolverSettings().kwargs()) == {"weight", "tv", "color", "max_iter", "tol", "lr"}
+    options = SolverSettings().kwargs()
+    assert {"weight", "sigma", "noise", "peak", "tile", "tv", "color", "max_iter"} <= set(options)
+    assert set(options) <= set(inspect.signature(batch.restore).parameters)
 
 
 # --------------------------------------------------------------------------------------
@@ -439,7 +456,7 @@ def test_interruption_keeps_finished_files_and_writes_the_report(
 ) -> None:
     for i in range(5):
         _image(tmp_path / "in" / f"{i}.png", seed=i)
-    real_solve = batch.solve
+    real_solve = batch.restore
     calls = 0
 
     def solve(noisy: torch.Tensor, **kwargs: Any) -> Any:
@@ -449,7 +466,7 @@ def test_interruption_keeps_finished_files_and_writes_the_report(
             raise KeyboardInterrupt
         return real_solve(noisy, **kwargs)
 
-    monkeypatch.setattr(batch, "solve", solve)
+    monkeypatch.setattr(batch, "restore", solve)
     report = tmp_path / "run.json"
     out = tmp_path / "out"
     result = _run(tmp_path / "in", "-o", out, *FAST, "--batch-size", "1", "--report", report)
@@ -463,7 +480,7 @@ def test_interruption_keeps_finished_files_and_writes_the_report(
     assert document["summary"]["not_processed"] == 3
     assert [r["status"] for r in document["records"]] == ["restored", "restored"]
 
-    monkeypatch.setattr(batch, "solve", real_solve)
+    monkeypatch.setattr(batch, "restore", real_solve)
     resumed = _run(tmp_path / "in", "-o", out, *FAST)
     assert resumed.exit_code == EXIT_OK
     assert resumed.stderr == "3 restored, 2 skipped, 0 failed\n"

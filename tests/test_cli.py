@@ -24,7 +24,12 @@ from tvdenoise.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, app
 from tvdenoise.io import load_image
 
 WIDTH, HEIGHT = 24, 20
-FAST = ["--max-iter", "6"]  # few iterations: these tests are about the command, not the solver
+FAST = [
+    "--max-iter",
+    "6",
+    "--weight",
+    "0.1",
+]  # fixed weight, few iterations: these tests are about the command, not the solver
 
 runner = CliRunner()
 

@@ -42,6 +42,8 @@ from typing import Any, Literal
 
 import torch
 
+from .api import restore
+from .fidelity import NoiseModel
 from .io import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_SUFFIXES,
@@ -52,7 +54,7 @@ from .io import (
     save_image,
     write_atomically,
 )
-from .solver import DEFAULT_MAX_ITER, DEFAULT_TOL, DEFAULT_WEIGHT, Callback, solve
+from .solver import DEFAULT_MAX_ITER, DEFAULT_TOL, Callback
 from .tv import ColorMode, TVKind
 
 __all__ = [
@@ -120,13 +122,19 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class SolverSettings:
-    """Keyword arguments of :func:`tvdenoise.solver.solve`, passed through unchanged.
+    """Keyword arguments of :func:`tvdenoise.restore`, passed through unchanged.
 
     A new solver option needs a field here (with the solver's default) and an option in the
     command line; nothing in between has to change.
 
     Attributes:
-        weight: Regularisation weight (>= 0), see :func:`tvdenoise.denoise`.
+        weight: Regularisation weight (>= 0), or ``"auto"`` to choose it per image from
+            its noise level; see :func:`tvdenoise.denoise`.
+        sigma: Gaussian noise level on the [0, 1] scale for the automatic weight;
+            ``None`` estimates it per image.
+        noise: ``"gaussian"``, ``"impulse"`` or ``"poisson"``.
+        peak: Photons at full scale for Poisson noise; ``None`` estimates it.
+        tile: Tile size in pixels; ``None`` decides automatically, ``0`` never tiles.
         tv: ``"isotropic"`` or ``"anisotropic"``.
         color: ``"joint"`` or ``"separate"``.
         max_iter: Most iterations per image.
@@ -134,7 +142,11 @@ class SolverSettings:
         lr: Initial learning rate; ``None`` lets the solver choose from the weight.
     """
 
-    weight: float = DEFAULT_WEIGHT
+    weight: float | Literal["auto"] = "auto"
+    sigma: float | None = None
+    noise: NoiseModel = "gaussian"
+    peak: float | None = None
+    tile: int | None = None
     tv: TVKind = "isotropic"
     color: ColorMode = "joint"
     max_iter: int = DEFAULT_MAX_ITER
@@ -142,7 +154,7 @@ class SolverSettings:
     lr: float | None = None
 
     def kwargs(self) -> dict[str, Any]:
-        """The settings as keyword arguments for :func:`~tvdenoise.solver.solve`."""
+        """The settings as keyword arguments for :func:`~tvdenoise.restore`."""
         return dataclasses.asdict(self)
 
 
@@ -205,6 +217,8 @@ class Record:
         status: ``"restored"``, ``"skipped"`` (the output existed) or ``"failed"``.
         error: For a failure, one line ``"<what went wrong>: <path>"``; else ``None``.
         weight: The weight the solver used.
+        sigma: The Gaussian noise level (on the 0-255 scale) the automatic weight was
+            chosen for, estimated or given; ``None`` for a fixed weight or other noise.
         iterations: Iterations the solver ran for this image.
         energy: The final energy (loss) of this image.
         seconds: Wall time spent on this file: reading, its share of a batched solve,
@@ -216,6 +230,7 @@ class Record:
     status: Status
     error: str | None = None
     weight: float | None = None
+    sigma: float | None = None
     iterations: int | None = None
     energy: float | None = None
     seconds: float = 0.0
@@ -529,6 +544,7 @@ class _Solved:
     loaded: _Loaded
     restored: torch.Tensor
     weight: float
+    sigma: float | None
     iterations: int
     energy: float
     seconds: float
@@ -565,7 +581,7 @@ def _solve(
     try:
         noisy = torch.stack([item.image.data for item in group]).to(device)
         with progress(jobs) if progress is not None else contextlib.nullcontext() as callback:
-            result = solve(noisy, **settings.solver.kwargs(), callback=callback)
+            result = restore(noisy, **settings.solver.kwargs(), callback=callback)
         restored = result.restored.cpu()
     except (RuntimeError, ValueError) as exc:  # out of memory, a broken device, NaN input
         seconds = time.perf_counter() - start
@@ -580,6 +596,7 @@ def _solve(
             item,
             restored[i],
             _single(result.weights[i]),
+            None if result.sigmas is None else _single(result.sigmas[i] * 255),
             int(result.iterations[i]),
             _single(result.energy[i]),
             item.seconds + share,
@@ -615,6 +632,7 @@ def _write(solved: _Solved, settings: Settings) -> Record:
         job.output,
         "restored",
         weight=solved.weight,
+        sigma=solved.sigma,
         iterations=solved.iterations,
         energy=solved.energy,
         seconds=solved.seconds + time.perf_counter() - start,

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 import typer.core
@@ -44,8 +44,9 @@ from .batch import (
     run_jobs,
     write_report,
 )
+from .fidelity import NoiseModel
 from .io import DEFAULT_MAX_PIXELS, SUPPORTED_SUFFIXES, ImageFileError
-from .solver import DEFAULT_MAX_ITER, DEFAULT_TOL, DEFAULT_WEIGHT, Callback
+from .solver import DEFAULT_MAX_ITER, DEFAULT_TOL, Callback
 from .tv import ColorMode, TVKind
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "app", "main"]
@@ -117,9 +118,26 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_mar
 # --------------------------------------------------------------------------------------
 
 
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise typer.BadParameter(f"{value} is not a finite number")
+def _weight(value: str) -> str:
+    """Accept ``auto`` or a finite number >= 0 (kept as text; see :func:`_weight_value`)."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        number = float(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is neither 'auto' nor a number") from None
+    if not (math.isfinite(number) and number >= 0):
+        raise typer.BadParameter(f"{value} is not a number >= 0")
+    return value
+
+
+def _weight_value(value: str) -> float | Literal["auto"]:
+    return "auto" if value == "auto" else float(value)
+
+
+def _non_negative(value: float | None) -> float | None:
+    if value is not None and not (value >= 0 and math.isfinite(value)):
+        raise typer.BadParameter(f"{value} is not a number >= 0")
     return value
 
 
@@ -167,13 +185,44 @@ def tvdenoise(
         ),
     ] = None,
     weight: Annotated[
-        float,
+        str,
         typer.Option(
-            min=0.0,
-            callback=_finite,
-            help="Regularisation weight >= 0; larger smooths more (ROF lambda = weight/2).",
+            metavar="auto|W",
+            callback=_weight,
+            help=(
+                "Regularisation weight >= 0, larger smooths more (ROF lambda = weight/2); "
+                "auto: chosen per image from its estimated noise level."
+            ),
         ),
-    ] = DEFAULT_WEIGHT,
+    ] = "auto",
+    sigma: Annotated[
+        float | None,
+        typer.Option(
+            callback=_non_negative,
+            help=(
+                "Gaussian noise std in grey levels of 0-255 (16-bit files: relative to full "
+                "range); sets the automatic weight instead of estimating the noise."
+            ),
+            show_default="estimated",
+        ),
+    ] = None,
+    noise: Annotated[
+        NoiseModel,
+        typer.Option(
+            help=(
+                "Noise model: gaussian (squared error), impulse (salt-and-pepper, dead "
+                "pixels), poisson (photon counts)."
+            )
+        ),
+    ] = "gaussian",
+    peak: Annotated[
+        float | None,
+        typer.Option(
+            callback=_positive,
+            help="Photons at full scale, for --noise poisson.",
+            show_default="estimated",
+        ),
+    ] = None,
     tv: Annotated[TVKind, typer.Option(help="Total variation variant.")] = "isotropic",
     color: Annotated[
         ColorMode,
@@ -191,7 +240,7 @@ def tvdenoise(
         typer.Option(
             callback=_positive,
             help="Initial learning rate.",
-            show_default="0.3 * weight",
+            show_default="proportional to the weight",
         ),
     ] = None,
     device: Annotated[
@@ -201,6 +250,14 @@ def tvdenoise(
             help="Where to compute; auto picks CUDA, then MPS, then the CPU.",
         ),
     ] = "auto",
+    tile: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Solve in overlapping tiles of this many pixels; 0 = never.",
+            show_default="automatic for very large images",
+        ),
+    ] = None,
     batch_size: Annotated[
         int, typer.Option(min=1, help="Most images of one size denoised together.")
     ] = DEFAULT_BATCH_SIZE,
@@ -257,6 +314,12 @@ def tvdenoise(
     started = time.perf_counter()
     if quiet and verbose:
         _fail("--quiet and --verbose exclude each other", EXIT_USAGE)
+    if sigma is not None and weight != "auto":
+        _fail("--sigma sets the automatic weight; it cannot go with --weight W", EXIT_USAGE)
+    if sigma is not None and noise != "gaussian":
+        _fail("--sigma applies to --noise gaussian only", EXIT_USAGE)
+    if peak is not None and noise != "poisson":
+        _fail("--peak applies to --noise poisson only", EXIT_USAGE)
     try:
         torch_device = resolve_device(device)
     except ValueError as exc:
@@ -270,7 +333,18 @@ def tvdenoise(
         _fail(str(exc), EXIT_USAGE)
 
     settings = Settings(
-        solver=SolverSettings(weight=weight, tv=tv, color=color, max_iter=max_iter, tol=tol, lr=lr),
+        solver=SolverSettings(
+            weight=_weight_value(weight),
+            sigma=None if sigma is None else sigma / 255,
+            noise=noise,
+            peak=peak,
+            tile=tile,
+            tv=tv,
+            color=color,
+            max_iter=max_iter,
+            tol=tol,
+            lr=lr,
+        ),
         device=str(torch_device),
         quality=quality,
         overwrite=overwrite,
@@ -335,7 +409,8 @@ def _run(
                 _message(
                     f"restored {record.input}: {record.iterations} iterations, "
                     f"loss {record.energy:.5g}, weight {record.weight:g}, "
-                    f"{record.seconds:.2f} s"
+                    + ("" if record.sigma is None else f"sigma {record.sigma:.3g}/255, ")
+                    + f"{record.seconds:.2f} s"
                 )
         elif verbose:
             _message(f"skipped {record.input}: output exists (use --overwrite): {record.output}")

@@ -1,0 +1,66 @@
+"""The public entry points: automatic weight, tiles, banded energy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tvdenoise import denoise, restore, solve
+from tvdenoise.solver import energy
+
+from helpers import add_noise, piecewise_image
+
+#: Tiled and untiled results may differ by at most this (issue bar: 1e-3 on [0, 1]).
+SEAM_TOLERANCE = 1e-3
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "impulse", "poisson"])
+def test_tiles_leave_no_seams(noise: str) -> None:
+    noisy = add_noise(piecewise_image(3, 150, 131, seed=7), 0.1, seed=8)
+    whole = restore(noisy, 0.2, noise=noise, tile=0)  # type: ignore[arg-type]
+    tiled = restore(noisy, 0.2, noise=noise, tile=48)  # type: ignore[arg-type]
+    assert float((whole.restored - tiled.restored).abs().max()) <= SEAM_TOLERANCE
+    assert torch.allclose(whole.energy, tiled.energy, rtol=1e-3)
+
+
+def test_banded_energy_equals_the_solver_energy() -> None:
+    noisy = add_noise(piecewise_image(3, 45, 37, seed=9), 0.1, seed=10).unsqueeze(0)
+    for kind, color in [
+        ("isotropic", "joint"),
+        ("anisotropic", "joint"),
+        ("isotropic", "separate"),
+    ]:
+        result = solve(noisy, 0.2, tv=kind, color=color)  # type: ignore[arg-type]
+        banded = energy(result.restored, noisy, result.weights, tv=kind, color=color, rows=7)  # type: ignore[arg-type]
+        whole = energy(result.restored, noisy, result.weights, tv=kind, color=color, rows=1000)  # type: ignore[arg-type]
+        assert torch.allclose(banded, whole, rtol=1e-5)
+        assert torch.allclose(whole, result.energy, rtol=1e-5)
+
+
+def test_automatic_weight_reports_the_noise_level() -> None:
+    noisy = add_noise(piecewise_image(1, 64, 64, seed=11), 0.1, seed=12)
+    result = restore(noisy, sigma=0.1)
+    assert result.sigmas is not None and float(result.sigmas[0]) == pytest.approx(0.1)
+    assert float(result.weights[0]) > 0
+    fixed = restore(noisy, 0.2)
+    assert fixed.sigmas is None and float(fixed.weights[0]) == pytest.approx(0.2)
+
+
+def test_denoise_keeps_shape_and_dtype() -> None:
+    noisy = add_noise(piecewise_image(3, 40, 33), 0.1).double()
+    restored = denoise(noisy, 0.1)
+    assert restored.shape == noisy.shape and restored.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"weight": "big"}, "weight must be"),
+        ({"weight": 0.2, "sigma": 0.1}, "needs weight='auto'"),
+        ({"sigma": 0.1, "noise": "impulse"}, "applies to noise='gaussian'"),
+        ({"weight": 0.2, "tile": -1}, "tile must be"),
+    ],
+)
+def test_bad_options(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        restore(torch.rand(1, 16, 16), **kwargs)  # type: ignore[arg-type]
