@@ -58,13 +58,19 @@ much smoothing (by 1.5-3x on skies and dark coats at sigma = 50/255). When fewer
 minority of the image and the rule is kept; this happens only at high noise (35-50/255)
 on images with large dark or bright areas.
 
-The weight is searched on a geometric grid (ratio ``2**(1/3)``) around the rule, moved
-while the minimum sits at an edge, within ``[rule / 4, rule * 2]`` (the best weights of
-the photographs measured lie within 0.3-1.8 times the rule; beyond, a SURE minimum was
-only a sign of its bias), and refined by a parabola through the three best points in
-``log(weight)``. Each grid point costs two solves (the image and the probed image,
-batched), about 14-20 solves of the image in all, with a tighter stopping rule than the
-default so that the difference of the two solutions is accurate. Large images are
+SURE holds for any weakly differentiable map of ``f``, the truncated solver included, so
+the candidates are solved exactly as the output will be (``DEFAULT_MAX_ITER``
+iterations) and SURE estimates the error of the image actually returned; early stopping
+is switched off so that the image and the probed image run the same iterations (a
+stopping test would make the map discontinuous in ``f``).
+
+The weight is searched on a geometric grid (ratio ``2**(1/3)``): the rule and its two
+neighbours first, then two more points at a time while the minimum sits at an edge,
+within ``[rule / 4, rule * 2]`` (the best weights of the photographs measured lie within
+0.3-1.8 times the rule; beyond, a SURE minimum was only a sign of its bias), and refined
+by a parabola through the three best points in ``log(weight)``. Each grid point costs
+two solves (the image and the probed image, batched), usually 6-10 solves of the image
+(or of its tiles) in all. Large images are
 represented by up to 16 evenly spread 64x64 tiles (65536 pixels): the weight is a
 per-pixel quantity, so a weight chosen on a sample of the image holds for all of it.
 
@@ -93,7 +99,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .sigma import MIN_SIZE, estimate_sigma
-from .solver import DEFAULT_EPS, solve
+from .solver import DEFAULT_EPS, DEFAULT_MAX_ITER, solve
 from .tv import COLOR_MODES, TV_KINDS, ColorMode, TVKind, as_batch, check_choice
 
 __all__ = ["AutoMethod", "auto_weight", "weight_for_sigma"]
@@ -111,12 +117,14 @@ JOINT_EXPONENT = 0.38
 #: SURE is used only when at least this fraction of the pixels is away from clipping.
 MIN_SURE_FRACTION = 0.5
 
-# Search grid: ratio between neighbouring weights and points per side of the rule at
-# start. The search stays within [rule / 4, rule * 2], in steps: the best weights of the
-# photographs measured lie within [0.3, 1.8] times the rule, and outside that range
-# SURE's minimum was only ever a sign of its own bias (clipping at high noise).
+# Search grid: ratio between neighbouring weights, points per side of the rule at
+# start, and points added at a time when the minimum sits at an edge. The search stays
+# within [rule / 4, rule * 2], in steps: the best weights of the photographs measured
+# lie within [0.3, 1.8] times the rule, and outside that range SURE's minimum was only
+# ever a sign of its own bias (clipping at high noise).
 _STEP = 2.0 ** (1.0 / 3.0)
-_HALF_WIDTH = 3
+_HALF_WIDTH = 1
+_EXTEND = 2
 _LOWEST_STEP = -6
 _HIGHEST_STEP = 3
 # Monte-Carlo divergence: probe size relative to sigma, and the probe's seed.
@@ -128,10 +136,12 @@ _LOCAL_MEAN_SIZE = 5
 # Large images: SURE on at most this many tiles of this size.
 _TILE = 64
 _MAX_TILES = 16
-# Solver settings for the refinement: the divergence is a small difference of two
-# solutions, so they must be converged well beyond the default stopping rule.
-_SURE_MAX_ITER = 150
-_SURE_TOL = 1e-5
+# Solver settings for the refinement: exactly the iterations of the final solve
+# (``DEFAULT_MAX_ITER``), so SURE estimates the error of the output actually returned,
+# and no early stopping (a tolerance no change reaches), so that the plain and the probed
+# image run the same iterations and the map stays differentiable.
+_SURE_MAX_ITER = DEFAULT_MAX_ITER
+_SURE_TOL = 1e-30
 
 
 def _gain(tv: str, color: str, channels: int) -> float:
@@ -310,9 +320,9 @@ def _refine(sure: _Sure, rule: float) -> float:
         sure.evaluate(steps, rule)
         best = min(sure.values, key=sure.values.__getitem__)
         if best == max(sure.values.keys()) and best < high:
-            steps = [best + i for i in range(1, _HALF_WIDTH + 1) if best + i <= high]
+            steps = [best + i for i in range(1, _EXTEND + 1) if best + i <= high]
         elif best == min(sure.values.keys()) and best > low:
-            steps = [best - i for i in range(1, _HALF_WIDTH + 1) if best - i >= low]
+            steps = [best - i for i in range(1, _EXTEND + 1) if best - i >= low]
         else:
             break
     if best - 1 not in sure.values or best + 1 not in sure.values:
@@ -337,7 +347,7 @@ def auto_weight(
     With ``method="rule"`` the weight is :func:`weight_for_sigma` of the noise level.
     With ``method="sure"`` (default) that weight is the starting point of a search for
     the weight that minimises Stein's unbiased risk estimate of the image's mean squared
-    error (see the module docstring); this takes about 10-16 extra solves of the image
+    error (see the module docstring); this takes usually 6-10 extra solves of the image
     (of at most 16 tiles of 64x64 pixels for large images). An image with ``sigma = 0``
     gets weight 0.
 
