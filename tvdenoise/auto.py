@@ -65,7 +65,7 @@ is switched off so that the image and the probed image run the same iterations (
 stopping test would make the map discontinuous in ``f``).
 
 The weight is searched on a geometric grid (ratio ``2**(1/3)``): the rule and its two
-neighbours first, then two more points at a time while the minimum sits at an edge,
+neighbours first, then one more point at a time while the minimum sits at an edge,
 within ``[rule / 4, rule * 2]`` (the best weights of the photographs measured lie within
 0.3-1.8 times the rule; beyond, a SURE minimum was only a sign of its bias), and refined
 by a parabola through the three best points in ``log(weight)``. Each grid point costs
@@ -124,7 +124,7 @@ MIN_SURE_FRACTION = 0.5
 # ever a sign of its own bias (clipping at high noise).
 _STEP = 2.0 ** (1.0 / 3.0)
 _HALF_WIDTH = 1
-_EXTEND = 2
+_EXTEND = 1
 _LOWEST_STEP = -6
 _HIGHEST_STEP = 3
 # Monte-Carlo divergence: probe size relative to sigma, and the probe's seed.
