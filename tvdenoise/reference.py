@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .solver import weights_per_image
 from .tv import (
     COLOR_MODES,
     TV_KINDS,
@@ -95,11 +96,7 @@ def reference_denoise(
     f = as_batch(noisy, "noisy").to(dtype)
     b, c, h, w = f.shape
     n = c * h * w
-    weights = torch.as_tensor(weight, dtype=dtype, device=f.device).reshape(-1)
-    if weights.numel() == 1:
-        weights = weights.expand(b)
-    if weights.numel() != b or bool((weights < 0).any()):
-        raise ValueError(f"weight must be >= 0, one number or one per image; got {weight}")
+    weights = weights_per_image(weight, b, f)
     lam = (weights / 2).reshape(b, 1, 1, 1)
     # 1/L with L = 8 lam^2 + lam eps, the Lipschitz constant of the dual gradient.
     step = 1.0 / (8 * lam * lam + lam * eps).clamp_min(torch.finfo(dtype).tiny)
@@ -275,11 +272,7 @@ def reference_solve(
         raise ValueError("noisy must be >= 0 for the Poisson model")
     b, c, h, w = f.shape
     n = c * h * w
-    weights = torch.as_tensor(weight, dtype=dtype, device=f.device).reshape(-1)
-    if weights.numel() == 1:
-        weights = weights.expand(b)
-    if weights.numel() != b or bool((weights < 0).any()):
-        raise ValueError(f"weight must be >= 0, one number or one per image; got {weight}")
+    weights = weights_per_image(weight, b, f)
     radius = weights.reshape(b, 1, 1, 1)
     # Dual smoothing eps / w; zero weight means p = 0 (its ball has radius 0).
     smooth = eps / radius.clamp_min(torch.finfo(dtype).tiny)
