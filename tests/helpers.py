@@ -1,8 +1,19 @@
-"""Shared test helpers: tolerances per dtype (kept here, in one place), seeded images."""
+"""Shared test helpers: tolerances per dtype (kept here, in one place), seeded images,
+running the command in-process and reading back what it wrote."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 import torch
+from PIL import Image
+from typer.testing import CliRunner, Result
+
+from tvdenoise.cli import app
 
 #: Absolute tolerances for exact identities, per dtype (one place for all tests).
 ATOL = {torch.float32: 1e-5, torch.float64: 1e-12}
@@ -30,3 +41,14 @@ def add_noise(clean: torch.Tensor, sigma: float, *, seed: int = 0) -> torch.Tens
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """Peak signal-to-noise ratio in dB for images on [0, 1]."""
     return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
+
+
+def opened(path: Path) -> tuple[npt.NDArray[Any], str]:
+    """The pixels and mode of an image file (closed again at once)."""
+    with Image.open(path) as im:
+        return np.asarray(im), im.mode
+
+
+def run_cli(*args: str | os.PathLike[str]) -> Result:
+    """Run the ``tvdenoise`` command in-process with these arguments."""
+    return CliRunner().invoke(app, [os.fspath(a) for a in args])

@@ -11,11 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner, Result
 
 from tvdenoise import batch
 from tvdenoise.batch import (
@@ -28,12 +26,12 @@ from tvdenoise.batch import (
     process_file,
     run_jobs,
 )
-from tvdenoise.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, app
+from tvdenoise.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+
+from helpers import opened, run_cli
 
 FAST = ["--max-iter", "6", "--device", "cpu", "--weight", "0.1"]
 FAST_SETTINGS = Settings(solver=SolverSettings(weight=0.1, max_iter=6), device="cpu")
-
-runner = CliRunner()
 
 
 def _image(
@@ -50,15 +48,6 @@ def _image(
     values = rng.integers(0, 256, size=(size[1], size[0], bands), dtype=np.uint8)
     Image.fromarray(values.squeeze(2) if bands == 1 else values, mode).save(path)
     return path
-
-
-def _opened(path: Path) -> tuple[npt.NDArray[Any], str]:
-    with Image.open(path) as im:
-        return np.asarray(im), im.mode
-
-
-def _run(*args: str | os.PathLike[str]) -> Result:
-    return runner.invoke(app, [os.fspath(a) for a in args])
 
 
 def _files(folder: Path) -> set[Path]:
@@ -194,7 +183,7 @@ def test_several_inputs_need_an_output_folder(tree: Path) -> None:
 def test_automatic_weight_is_reported_per_image(tree: Path) -> None:
     report = tree / "run.json"
     args = [tree / "scans" / "*.png", "-o", tree / "out", "--max-iter", "6", "--sigma", "20"]
-    result = _run(*args, "--report", report)
+    result = run_cli(*args, "--report", report)
     assert result.exit_code == EXIT_OK, result.output
     document = json.loads(report.read_text())
     assert document["settings"]["weight"] == "auto"
@@ -207,7 +196,7 @@ def test_automatic_weight_is_reported_per_image(tree: Path) -> None:
 def test_glob_batch_writes_everything_and_reports(tree: Path) -> None:
     out = tree / "out"
     report = tree / "run.json"
-    result = _run(tree / "scans" / "**" / "*.png", "-o", out, *FAST, "--report", report)
+    result = run_cli(tree / "scans" / "**" / "*.png", "-o", out, *FAST, "--report", report)
     assert result.exit_code == EXIT_OK, result.output
     expected = [out / "a.png", out / "b.png", out / "sub/c.png", out / "sub/deeper/d.png"]
     assert _files(out) == set(expected)
@@ -232,14 +221,14 @@ def test_glob_batch_writes_everything_and_reports(tree: Path) -> None:
 
 
 def test_folder_batch(tree: Path) -> None:
-    result = _run(tree / "scans", "-o", tree / "out", *FAST, "--format", "webp")
+    result = run_cli(tree / "scans", "-o", tree / "out", *FAST, "--format", "webp")
     assert result.exit_code == EXIT_OK, result.output
     assert _files(tree / "out") == {tree / "out/a.webp", tree / "out/b.webp"}
 
 
 def test_shell_list_batch(tree: Path) -> None:
     a, c = tree / "scans/a.png", tree / "scans/sub/c.png"
-    result = _run(a, c, "-o", tree / "new" / "folder", *FAST)
+    result = run_cli(a, c, "-o", tree / "new" / "folder", *FAST)
     assert result.exit_code == EXIT_OK, result.output
     assert _files(tree / "new") == {tree / "new/folder/a.png", tree / "new/folder/c.png"}
 
@@ -256,7 +245,7 @@ def test_shell_list_batch(tree: Path) -> None:
 def test_batch_usage_errors_write_nothing(tree: Path, inputs: list[str], message: str) -> None:
     _image(tree / "elsewhere" / "a.png")
     before = _files(tree)
-    result = _run(*[tree / i for i in inputs], "-o", tree / "out", *FAST)
+    result = run_cli(*[tree / i for i in inputs], "-o", tree / "out", *FAST)
     assert result.exit_code == EXIT_USAGE
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.output
@@ -266,19 +255,19 @@ def test_batch_usage_errors_write_nothing(tree: Path, inputs: list[str], message
 def test_existing_outputs_are_skipped_unless_overwrite(tree: Path) -> None:
     out = tree / "out"
     pattern = tree / "scans" / "*.png"
-    assert _run(pattern, "-o", out, *FAST).exit_code == EXIT_OK
+    assert run_cli(pattern, "-o", out, *FAST).exit_code == EXIT_OK
     (out / "a.png").write_bytes(b"marker")  # a skipped file must stay as it is
 
-    again = _run(pattern, "-o", out, *FAST, "--verbose")
+    again = run_cli(pattern, "-o", out, *FAST, "--verbose")
     assert again.exit_code == EXIT_OK, again.output
     assert "0 restored, 2 skipped, 0 failed" in again.stderr
     assert again.stdout == ""
     assert (out / "a.png").read_bytes() == b"marker"
 
-    forced = _run(pattern, "-o", out, *FAST, "--overwrite")
+    forced = run_cli(pattern, "-o", out, *FAST, "--overwrite")
     assert forced.exit_code == EXIT_OK
     assert forced.stderr == "2 restored, 0 skipped, 0 failed\n"
-    assert _opened(out / "a.png")[0].shape == (20, 24, 3)
+    assert opened(out / "a.png")[0].shape == (20, 24, 3)
 
 
 def test_a_corrupt_file_does_not_stop_the_batch(tmp_path: Path) -> None:
@@ -288,7 +277,7 @@ def test_a_corrupt_file_does_not_stop_the_batch(tmp_path: Path) -> None:
     whole = (scans / "a.png").read_bytes()
     (scans / "b.png").write_bytes(whole[: len(whole) // 2])
     report = tmp_path / "report.json"
-    result = _run(scans, "-o", tmp_path / "out", *FAST, "--report", report, "--batch-size", "2")
+    result = run_cli(scans, "-o", tmp_path / "out", *FAST, "--report", report, "--batch-size", "2")
     assert result.exit_code == EXIT_FAILED
     assert _files(tmp_path / "out") == {tmp_path / "out" / n for n in ["a.png", "c.png", "d.png"]}
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -317,11 +306,11 @@ def test_mixed_sizes_and_modes_in_one_batch(tmp_path: Path) -> None:
     }
     for seed, (name, (mode, size)) in enumerate(cases.items()):
         _image(tmp_path / "in" / name, mode=mode, size=size, seed=seed)
-    result = _run(tmp_path / "in", "-o", tmp_path / "out", *FAST, "--batch-size", "2")
+    result = run_cli(tmp_path / "in", "-o", tmp_path / "out", *FAST, "--batch-size", "2")
     assert result.exit_code == EXIT_OK, result.output
     for name, (_, size) in cases.items():
-        pixels, written_mode = _opened(tmp_path / "out" / name)
-        original, original_mode = _opened(tmp_path / "in" / name)
+        pixels, written_mode = opened(tmp_path / "out" / name)
+        original, original_mode = opened(tmp_path / "in" / name)
         assert written_mode == original_mode
         assert pixels.shape == original.shape
         assert pixels.shape[:2] == (size[1], size[0])
@@ -332,16 +321,16 @@ def test_batched_and_one_by_one_give_the_same_pixels(tmp_path: Path) -> None:
     for seed, name in enumerate(names):
         _image(tmp_path / "in" / name, seed=seed)
     common = [tmp_path / "in", "--max-iter", "30", "--tol", "1e-3", "--device", "cpu"]
-    assert _run(*common, "-o", tmp_path / "batched", "--batch-size", "4").exit_code == 0
-    assert _run(*common, "-o", tmp_path / "single", "--batch-size", "1").exit_code == 0
+    assert run_cli(*common, "-o", tmp_path / "batched", "--batch-size", "4").exit_code == 0
+    assert run_cli(*common, "-o", tmp_path / "single", "--batch-size", "1").exit_code == 0
     settings = Settings(solver=SolverSettings(max_iter=30, tol=1e-3), device="cpu")
     for name in names:
-        batched = _opened(tmp_path / "batched" / name)[0].astype(np.int64)
-        single = _opened(tmp_path / "single" / name)[0].astype(np.int64)
+        batched = opened(tmp_path / "batched" / name)[0].astype(np.int64)
+        single = opened(tmp_path / "single" / name)[0].astype(np.int64)
         assert np.abs(batched - single).max() <= 1
         record = process_file(Job(tmp_path / "in" / name, tmp_path / "pf" / name), settings)
         assert record.status == "restored"
-        alone = _opened(tmp_path / "pf" / name)[0].astype(np.int64)
+        alone = opened(tmp_path / "pf" / name)[0].astype(np.int64)
         assert np.abs(batched - alone).max() <= 1
 
 
@@ -469,7 +458,7 @@ def test_interruption_keeps_finished_files_and_writes_the_report(
     monkeypatch.setattr(batch, "restore", solve)
     report = tmp_path / "run.json"
     out = tmp_path / "out"
-    result = _run(tmp_path / "in", "-o", out, *FAST, "--batch-size", "1", "--report", report)
+    result = run_cli(tmp_path / "in", "-o", out, *FAST, "--batch-size", "1", "--report", report)
     assert result.exit_code == EXIT_INTERRUPTED
     assert result.stderr.splitlines()[-1] == (
         "interrupted: 2 restored, 0 skipped, 0 failed, 3 not processed"
@@ -481,6 +470,6 @@ def test_interruption_keeps_finished_files_and_writes_the_report(
     assert [r["status"] for r in document["records"]] == ["restored", "restored"]
 
     monkeypatch.setattr(batch, "restore", real_solve)
-    resumed = _run(tmp_path / "in", "-o", out, *FAST)
+    resumed = run_cli(tmp_path / "in", "-o", out, *FAST)
     assert resumed.exit_code == EXIT_OK
     assert resumed.stderr == "3 restored, 2 skipped, 0 failed\n"

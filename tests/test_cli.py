@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from tvdenoise import __version__, denoise
 from tvdenoise.batch import resolve_device
-from tvdenoise.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, app
+from tvdenoise.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from tvdenoise.io import load_image
+
+from helpers import opened, run_cli
 
 WIDTH, HEIGHT = 24, 20
 FAST = [
@@ -30,8 +32,6 @@ FAST = [
     "--weight",
     "0.1",
 ]  # fixed weight, few iterations: these tests are about the command, not the solver
-
-runner = CliRunner()
 
 
 def _image(
@@ -43,16 +43,6 @@ def _image(
     values = rng.integers(0, 256, size=(size[1], size[0], bands), dtype=np.uint8)
     Image.fromarray(values.squeeze(2) if bands == 1 else values, mode).save(path)
     return path
-
-
-def _opened(path: Path) -> tuple[np.ndarray, str]:
-    """The pixels and mode of an image file (closed again at once)."""
-    with Image.open(path) as im:
-        return np.asarray(im), im.mode
-
-
-def _run(*args: str | os.PathLike[str]) -> Result:
-    return runner.invoke(app, [os.fspath(a) for a in args])
 
 
 def _files(folder: Path) -> set[Path]:
@@ -81,21 +71,21 @@ def _assert_error(result: Result, code: int, *fragments: str) -> None:
 def test_one_image_gives_the_library_result(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "noisy.png")
     out = tmp_path / "clean.png"
-    result = _run(noisy, "-o", out, "--weight", "0.2", "--max-iter", "8", "--device", "cpu")
+    result = run_cli(noisy, "-o", out, "--weight", "0.2", "--max-iter", "8", "--device", "cpu")
     assert result.exit_code == EXIT_OK, result.output
     assert result.stdout == f"{out}\n"  # the result, and nothing else, on stdout
     assert result.stderr == ""  # no bar: stderr is not a terminal here
-    written, _ = _opened(out)
+    written, _ = opened(out)
     expected = denoise(load_image(noisy).data, 0.2, max_iter=8)
     expected_u8 = np.rint(expected.numpy().transpose(1, 2, 0) * 255)
     assert written.shape == (HEIGHT, WIDTH, 3)
     assert np.abs(written.astype(np.int64) - expected_u8).max() <= 1
-    assert not np.array_equal(written, _opened(noisy)[0])
+    assert not np.array_equal(written, opened(noisy)[0])
 
 
 def test_default_output_goes_beside_the_input(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "photo.jpg")
-    result = _run(noisy, *FAST)
+    result = run_cli(noisy, *FAST)
     assert result.exit_code == EXIT_OK, result.output
     assert _files(tmp_path) == {noisy, tmp_path / "photo_denoised.jpg"}
     assert result.stdout == f"{tmp_path / 'photo_denoised.jpg'}\n"
@@ -103,7 +93,7 @@ def test_default_output_goes_beside_the_input(tmp_path: Path) -> None:
 
 def test_suffix_and_format_shape_the_default_name(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "photo.png")
-    result = _run(noisy, *FAST, "--suffix", "-tv", "--format", "TIF")
+    result = run_cli(noisy, *FAST, "--suffix", "-tv", "--format", "TIF")
     assert result.exit_code == EXIT_OK, result.output
     assert (tmp_path / "photo-tv.tif").is_file()
 
@@ -111,22 +101,22 @@ def test_suffix_and_format_shape_the_default_name(tmp_path: Path) -> None:
 def test_missing_output_folders_are_created(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "noisy.png", mode="L")
     out = tmp_path / "a" / "b" / "clean.png"
-    result = _run(noisy, "-o", out, *FAST)
+    result = run_cli(noisy, "-o", out, *FAST)
     assert result.exit_code == EXIT_OK, result.output
-    assert _opened(out)[1] == "L"
+    assert opened(out)[1] == "L"
 
 
 def test_output_into_an_existing_folder(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "noisy.png")
     (tmp_path / "out").mkdir()
-    result = _run(noisy, "-o", tmp_path / "out", *FAST)
+    result = run_cli(noisy, "-o", tmp_path / "out", *FAST)
     assert result.exit_code == EXIT_OK, result.output
     assert (tmp_path / "out" / "noisy.png").is_file()
 
 
 def test_trailing_slash_names_a_new_folder(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "noisy.png")
-    result = _run(noisy, "-o", f"{tmp_path / 'new'}/", *FAST)
+    result = run_cli(noisy, "-o", f"{tmp_path / 'new'}/", *FAST)
     assert result.exit_code == EXIT_OK, result.output
     assert (tmp_path / "new" / "noisy.png").is_file()
 
@@ -135,20 +125,20 @@ def test_overwrite_replaces_an_existing_output(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "noisy.png")
     out = tmp_path / "out.png"
     out.write_bytes(b"old")
-    result = _run(noisy, "-o", out, *FAST, "--overwrite")
+    result = run_cli(noisy, "-o", out, *FAST, "--overwrite")
     assert result.exit_code == EXIT_OK, result.output
-    assert _opened(out)[0].shape[:2] == (HEIGHT, WIDTH)
+    assert opened(out)[0].shape[:2] == (HEIGHT, WIDTH)
 
 
 def test_max_pixels_can_be_raised_or_lifted(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "noisy.png")
-    assert _run(noisy, "-o", tmp_path / "a.png", *FAST, "--max-pixels", "480").exit_code == 0
-    assert _run(noisy, "-o", tmp_path / "b.png", *FAST, "--max-pixels", "0").exit_code == 0
+    assert run_cli(noisy, "-o", tmp_path / "a.png", *FAST, "--max-pixels", "480").exit_code == 0
+    assert run_cli(noisy, "-o", tmp_path / "b.png", *FAST, "--max-pixels", "0").exit_code == 0
 
 
 def test_verbose_reports_settings_iterations_and_time(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "noisy.png")
-    result = _run(noisy, *FAST, "--verbose", "--weight", "0.3", "--tv", "anisotropic")
+    result = run_cli(noisy, *FAST, "--verbose", "--weight", "0.3", "--tv", "anisotropic")
     assert result.exit_code == EXIT_OK, result.output
     assert "weight=0.3" in result.stderr and "tv=anisotropic" in result.stderr
     assert "6 iterations" in result.stderr
@@ -158,13 +148,13 @@ def test_verbose_reports_settings_iterations_and_time(tmp_path: Path) -> None:
 
 def test_quiet_prints_no_messages(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "noisy.png")
-    result = _run(noisy, *FAST, "--quiet")
+    result = run_cli(noisy, *FAST, "--quiet")
     assert result.exit_code == EXIT_OK
     assert result.stderr == ""
 
 
 def test_version() -> None:
-    result = _run("--version")
+    result = run_cli("--version")
     assert result.exit_code == EXIT_OK
     assert result.stdout == f"tvdenoise {__version__}\n"
 
@@ -182,7 +172,7 @@ def test_auto_device_is_one_that_exists() -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    result = _run(tmp_path / "nope.png", *FAST)
+    result = run_cli(tmp_path / "nope.png", *FAST)
     _assert_error(result, EXIT_USAGE, "no such file", "nope.png")
     assert _files(tmp_path) == set()
 
@@ -192,7 +182,7 @@ def test_folder_where_a_file_is_expected(tmp_path: Path) -> None:
     folder.mkdir()
     _image(folder / "one.png")
     before = _files(tmp_path)
-    result = _run(folder, "-o", tmp_path / "clean.png", *FAST)
+    result = run_cli(folder, "-o", tmp_path / "clean.png", *FAST)
     _assert_error(result, EXIT_USAGE, "need -o to name a folder", "clean.png")
     assert _files(tmp_path) == before
 
@@ -215,14 +205,14 @@ def test_unreadable_file(tmp_path: Path, content: bytes | str, reason: str) -> N
     else:
         assert isinstance(content, bytes)
         bad.write_bytes(content)
-    result = _run(bad, "-o", tmp_path / "out.png", *FAST)
+    result = run_cli(bad, "-o", tmp_path / "out.png", *FAST)
     _assert_error(result, EXIT_FAILED, reason, "bad.png")
     assert _files(tmp_path) == {bad}
 
 
 def test_image_over_the_pixel_limit(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "noisy.png")
-    result = _run(noisy, "-o", tmp_path / "out.png", *FAST, "--max-pixels", "479")
+    result = run_cli(noisy, "-o", tmp_path / "out.png", *FAST, "--max-pixels", "479")
     _assert_error(result, EXIT_FAILED, "limit of 479", "--max-pixels", "noisy.png")
     assert _files(tmp_path) == {noisy}
 
@@ -247,27 +237,27 @@ def test_image_over_the_pixel_limit(tmp_path: Path) -> None:
 )
 def test_bad_option_value(tmp_path: Path, option: str, value: str) -> None:
     noisy = _image(tmp_path / "noisy.png")
-    result = _run(noisy, option, value)
+    result = run_cli(noisy, option, value)
     _assert_error(result, EXIT_USAGE, "invalid value", option)
     assert _files(tmp_path) == {noisy}
 
 
 def test_quiet_and_verbose_together(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "noisy.png")
-    _assert_error(_run(noisy, "-q", "-v"), EXIT_USAGE, "--quiet and --verbose")
+    _assert_error(run_cli(noisy, "-q", "-v"), EXIT_USAGE, "--quiet and --verbose")
     assert _files(tmp_path) == {noisy}
 
 
 def test_missing_input_argument() -> None:
-    _assert_error(_run(), EXIT_USAGE, "missing argument")
+    _assert_error(run_cli(), EXIT_USAGE, "missing argument")
 
 
 def test_unavailable_device(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "noisy.png")
     missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
-    result = _run(noisy, "--device", missing)
+    result = run_cli(noisy, "--device", missing)
     _assert_error(result, EXIT_USAGE, f"device '{missing}' is not available")
-    _assert_error(_run(noisy, "--device", "tpu"), EXIT_USAGE, "unknown device 'tpu'")
+    _assert_error(run_cli(noisy, "--device", "tpu"), EXIT_USAGE, "unknown device 'tpu'")
     assert _files(tmp_path) == {noisy}
 
 
@@ -280,7 +270,7 @@ def test_unwritable_output_folder(tmp_path: Path) -> None:
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        result = _run(noisy, "-o", locked / "out.png", *FAST)
+        result = run_cli(noisy, "-o", locked / "out.png", *FAST)
     finally:
         locked.chmod(0o700)
     _assert_error(result, EXIT_USAGE, "permission denied", "locked")
@@ -290,7 +280,7 @@ def test_unwritable_output_folder(tmp_path: Path) -> None:
 def test_output_folder_blocked_by_a_file(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "noisy.png")
     (tmp_path / "blocker").write_bytes(b"x")
-    result = _run(noisy, "-o", tmp_path / "blocker" / "out.png", *FAST)
+    result = run_cli(noisy, "-o", tmp_path / "blocker" / "out.png", *FAST)
     _assert_error(result, EXIT_USAGE, "a file is in the way", "blocker")
     assert _files(tmp_path) == {noisy, tmp_path / "blocker"}
 
@@ -298,7 +288,7 @@ def test_output_folder_blocked_by_a_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["out.gif", "out.xyz", "out"])
 def test_unknown_output_extension(tmp_path: Path, name: str) -> None:
     noisy = _image(tmp_path / "noisy.png")
-    result = _run(noisy, "-o", tmp_path / name, *FAST)
+    result = run_cli(noisy, "-o", tmp_path / name, *FAST)
     _assert_error(result, EXIT_USAGE, "cannot tell the output format", name)
     assert _files(tmp_path) == {noisy}
 
@@ -307,7 +297,7 @@ def test_existing_output_without_overwrite(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "noisy.png")
     out = tmp_path / "out.png"
     out.write_bytes(b"keep me")
-    result = _run(noisy, "-o", out, *FAST)
+    result = run_cli(noisy, "-o", out, *FAST)
     _assert_error(result, EXIT_USAGE, "output exists (use --overwrite)", "out.png")
     assert out.read_bytes() == b"keep me"
     assert _files(tmp_path) == {noisy, out}
@@ -317,7 +307,7 @@ def test_existing_output_without_overwrite(tmp_path: Path) -> None:
 def test_output_is_the_input(tmp_path: Path, extra: list[str]) -> None:
     noisy = _image(tmp_path / "noisy.png")
     original = noisy.read_bytes()
-    result = _run(noisy, "-o", tmp_path / "." / "noisy.png", *FAST, *extra)
+    result = run_cli(noisy, "-o", tmp_path / "." / "noisy.png", *FAST, *extra)
     _assert_error(result, EXIT_USAGE, "input file", "noisy.png")
     assert noisy.read_bytes() == original
     assert _files(tmp_path) == {noisy}
@@ -325,18 +315,18 @@ def test_output_is_the_input(tmp_path: Path, extra: list[str]) -> None:
 
 def test_empty_suffix_beside_the_input_is_refused(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "noisy.png")
-    _assert_error(_run(noisy, "--suffix", "", *FAST), EXIT_USAGE, "input file", "noisy.png")
+    _assert_error(run_cli(noisy, "--suffix", "", *FAST), EXIT_USAGE, "input file", "noisy.png")
 
 
 def test_format_with_a_named_output_file_is_refused(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "noisy.png")
-    result = _run(noisy, "-o", tmp_path / "out.png", "--format", "jpg")
+    result = run_cli(noisy, "-o", tmp_path / "out.png", "--format", "jpg")
     _assert_error(result, EXIT_USAGE, "-o names the file", "out.png")
 
 
 def test_report_path_that_is_a_folder(tmp_path: Path) -> None:
     noisy = _image(tmp_path / "noisy.png")
-    result = _run(noisy, *FAST, "--report", tmp_path)
+    result = run_cli(noisy, *FAST, "--report", tmp_path)
     assert result.exit_code == EXIT_USAGE
     assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
     assert _files(tmp_path) == {noisy}
@@ -360,7 +350,7 @@ def test_installed_console_script(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{out}\n"
-    assert _opened(out)[0].shape[:2] == (HEIGHT, WIDTH)
+    assert opened(out)[0].shape[:2] == (HEIGHT, WIDTH)
 
 
 def test_python_m_tvdenoise_help() -> None:
