@@ -52,3 +52,24 @@ def opened(path: Path) -> tuple[npt.NDArray[Any], str]:
 def run_cli(*args: str | os.PathLike[str]) -> Result:
     """Run the ``tvdenoise`` command in-process with these arguments."""
     return CliRunner().invoke(app, [os.fspath(a) for a in args])
+
+
+def write_image(
+    path: Path, *, mode: str = "RGB", size: tuple[int, int] = (24, 20), seed: int = 0
+) -> Path:
+    """Write a small seeded noisy image (creating folders) and return its path."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "I;16":
+        values = rng.integers(0, 65536, size=(size[1], size[0]), dtype=np.uint16)
+        Image.frombytes("I;16", size, values.astype("<u2").tobytes()).save(path)
+        return path
+    bands = len(Image.new(mode, (1, 1)).getbands())
+    values = rng.integers(0, 256, size=(size[1], size[0], bands), dtype=np.uint8)
+    Image.fromarray(values.squeeze(2) if bands == 1 else values, mode).save(path)
+    return path
+
+
+def files_under(folder: Path) -> set[Path]:
+    """Every file under ``folder``, temporary and hidden ones included."""
+    return {p for p in folder.rglob("*") if p.is_file()}

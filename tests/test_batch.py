@@ -28,30 +28,10 @@ from tvdenoise.batch import (
 )
 from tvdenoise.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
-from helpers import opened, run_cli
+from helpers import files_under, opened, run_cli, write_image
 
 FAST = ["--max-iter", "6", "--device", "cpu", "--weight", "0.1"]
 FAST_SETTINGS = Settings(solver=SolverSettings(weight=0.1, max_iter=6), device="cpu")
-
-
-def _image(
-    path: Path, *, mode: str = "RGB", size: tuple[int, int] = (24, 20), seed: int = 0
-) -> Path:
-    """Write a small seeded noisy image (creating folders) and return its path."""
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if mode == "I;16":
-        values = rng.integers(0, 65536, size=(size[1], size[0]), dtype=np.uint16)
-        Image.frombytes("I;16", size, values.astype("<u2").tobytes()).save(path)
-        return path
-    bands = len(Image.new(mode, (1, 1)).getbands())
-    values = rng.integers(0, 256, size=(size[1], size[0], bands), dtype=np.uint8)
-    Image.fromarray(values.squeeze(2) if bands == 1 else values, mode).save(path)
-    return path
-
-
-def _files(folder: Path) -> set[Path]:
-    return {p for p in folder.rglob("*") if p.is_file()}
 
 
 def _outputs(plan: batch.Plan, base: Path) -> list[str]:
@@ -68,7 +48,7 @@ def tree(tmp_path: Path) -> Path:
     """scans/{a.png, b.png, notes.txt, .hidden.png, sub/c.png, sub/deeper/d.png}."""
     scans = tmp_path / "scans"
     for name in ["a.png", "b.png", ".hidden.png", "sub/c.png", "sub/deeper/d.png"]:
-        _image(scans / name)
+        write_image(scans / name)
     (scans / "notes.txt").write_text("not an image")
     return tmp_path
 
@@ -120,7 +100,7 @@ def test_one_file_to_a_file_is_single(tree: Path) -> None:
 
 def test_patterns_leave_out_the_output_folder(tree: Path) -> None:
     out = tree / "scans" / "clean"
-    _image(out / "a.png")  # a result of an earlier run
+    write_image(out / "a.png")  # a result of an earlier run
     plan = plan_jobs([str(tree / "scans" / "**" / "*.png")], out)
     assert [job.input.relative_to(tree).as_posix() for job in plan.jobs] == [
         "scans/a.png",
@@ -128,7 +108,7 @@ def test_patterns_leave_out_the_output_folder(tree: Path) -> None:
         "scans/sub/c.png",
         "scans/sub/deeper/d.png",
     ]
-    _image(tree / "x" / "clean" / "a.png")
+    write_image(tree / "x" / "clean" / "a.png")
     with pytest.raises(PlanError, match="inside the output folder"):
         plan_jobs([str(tree / "x" / "**" / "*.png")], tree / "x" / "clean")
     beside = plan_jobs([str(tree / "scans" / "*.png")], tree / "scans", suffix="_tv")
@@ -142,11 +122,11 @@ def test_an_input_named_twice_is_done_once(tree: Path) -> None:
 
 
 def test_two_inputs_on_one_output_is_an_error(tree: Path) -> None:
-    _image(tree / "other" / "a.png")
+    write_image(tree / "other" / "a.png")
     with pytest.raises(PlanError, match=r"would both be written to the same output") as err:
         plan_jobs([str(tree / "scans" / "a.png"), str(tree / "other" / "a.png")], tree / "out")
     assert str(err.value).endswith(os.path.join("out", "a.png"))
-    _image(tree / "scans" / "a.jpg")
+    write_image(tree / "scans" / "a.jpg")
     with pytest.raises(PlanError, match="same output"):
         plan_jobs([str(tree / "scans" / "a.*")], tree / "out", fmt="png")
 
@@ -180,7 +160,7 @@ def test_several_inputs_need_an_output_folder(tree: Path) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def test_automatic_weight_is_reported_per_image(tree: Path) -> None:
+def test_automatic_weight_is_reported_perwrite_image(tree: Path) -> None:
     report = tree / "run.json"
     args = [tree / "scans" / "*.png", "-o", tree / "out", "--max-iter", "6", "--sigma", "20"]
     result = run_cli(*args, "--report", report)
@@ -199,7 +179,7 @@ def test_glob_batch_writes_everything_and_reports(tree: Path) -> None:
     result = run_cli(tree / "scans" / "**" / "*.png", "-o", out, *FAST, "--report", report)
     assert result.exit_code == EXIT_OK, result.output
     expected = [out / "a.png", out / "b.png", out / "sub/c.png", out / "sub/deeper/d.png"]
-    assert _files(out) == set(expected)
+    assert files_under(out) == set(expected)
     assert sorted(result.stdout.splitlines()) == sorted(str(p) for p in expected)
     assert result.stderr == "4 restored, 0 skipped, 0 failed\n"
 
@@ -223,14 +203,14 @@ def test_glob_batch_writes_everything_and_reports(tree: Path) -> None:
 def test_folder_batch(tree: Path) -> None:
     result = run_cli(tree / "scans", "-o", tree / "out", *FAST, "--format", "webp")
     assert result.exit_code == EXIT_OK, result.output
-    assert _files(tree / "out") == {tree / "out/a.webp", tree / "out/b.webp"}
+    assert files_under(tree / "out") == {tree / "out/a.webp", tree / "out/b.webp"}
 
 
 def test_shell_list_batch(tree: Path) -> None:
     a, c = tree / "scans/a.png", tree / "scans/sub/c.png"
     result = run_cli(a, c, "-o", tree / "new" / "folder", *FAST)
     assert result.exit_code == EXIT_OK, result.output
-    assert _files(tree / "new") == {tree / "new/folder/a.png", tree / "new/folder/c.png"}
+    assert files_under(tree / "new") == {tree / "new/folder/a.png", tree / "new/folder/c.png"}
 
 
 @pytest.mark.parametrize(
@@ -243,13 +223,13 @@ def test_shell_list_batch(tree: Path) -> None:
     ids=["nothing-matched", "collision", "missing-file"],
 )
 def test_batch_usage_errors_write_nothing(tree: Path, inputs: list[str], message: str) -> None:
-    _image(tree / "elsewhere" / "a.png")
-    before = _files(tree)
+    write_image(tree / "elsewhere" / "a.png")
+    before = files_under(tree)
     result = run_cli(*[tree / i for i in inputs], "-o", tree / "out", *FAST)
     assert result.exit_code == EXIT_USAGE
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.output
-    assert _files(tree) == before and not (tree / "out").exists()
+    assert files_under(tree) == before and not (tree / "out").exists()
 
 
 def test_existing_outputs_are_skipped_unless_overwrite(tree: Path) -> None:
@@ -273,13 +253,15 @@ def test_existing_outputs_are_skipped_unless_overwrite(tree: Path) -> None:
 def test_a_corrupt_file_does_not_stop_the_batch(tmp_path: Path) -> None:
     scans = tmp_path / "scans"
     for name in ["a.png", "c.png", "d.png"]:
-        _image(scans / name)
+        write_image(scans / name)
     whole = (scans / "a.png").read_bytes()
     (scans / "b.png").write_bytes(whole[: len(whole) // 2])
     report = tmp_path / "report.json"
     result = run_cli(scans, "-o", tmp_path / "out", *FAST, "--report", report, "--batch-size", "2")
     assert result.exit_code == EXIT_FAILED
-    assert _files(tmp_path / "out") == {tmp_path / "out" / n for n in ["a.png", "c.png", "d.png"]}
+    assert files_under(tmp_path / "out") == {
+        tmp_path / "out" / n for n in ["a.png", "c.png", "d.png"]
+    }
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {_record(report, 'b.png')['error']}"]
     assert "truncated or corrupt" in errors[0] and errors[0].endswith(str(scans / "b.png"))
@@ -305,7 +287,7 @@ def test_mixed_sizes_and_modes_in_one_batch(tmp_path: Path) -> None:
         "photo.jpg": ("RGB", (24, 20)),
     }
     for seed, (name, (mode, size)) in enumerate(cases.items()):
-        _image(tmp_path / "in" / name, mode=mode, size=size, seed=seed)
+        write_image(tmp_path / "in" / name, mode=mode, size=size, seed=seed)
     result = run_cli(tmp_path / "in", "-o", tmp_path / "out", *FAST, "--batch-size", "2")
     assert result.exit_code == EXIT_OK, result.output
     for name, (_, size) in cases.items():
@@ -319,7 +301,7 @@ def test_mixed_sizes_and_modes_in_one_batch(tmp_path: Path) -> None:
 def test_batched_and_one_by_one_give_the_same_pixels(tmp_path: Path) -> None:
     names = [f"img{i}.png" for i in range(5)]
     for seed, name in enumerate(names):
-        _image(tmp_path / "in" / name, seed=seed)
+        write_image(tmp_path / "in" / name, seed=seed)
     common = [tmp_path / "in", "--max-iter", "30", "--tol", "1e-3", "--device", "cpu"]
     assert run_cli(*common, "-o", tmp_path / "batched", "--batch-size", "4").exit_code == 0
     assert run_cli(*common, "-o", tmp_path / "single", "--batch-size", "1").exit_code == 0
@@ -338,7 +320,7 @@ def test_each_image_of_a_batch_keeps_its_own_stopping_test(tmp_path: Path) -> No
     flat = tmp_path / "in" / "flat.png"
     flat.parent.mkdir()
     Image.new("RGB", (24, 20), (90, 120, 150)).save(flat)  # already a minimiser
-    _image(tmp_path / "in" / "noisy.png")
+    write_image(tmp_path / "in" / "noisy.png")
     records: list[Record] = []
     plan = plan_jobs([str(tmp_path / "in")], tmp_path / "out")
     settings = Settings(solver=SolverSettings(max_iter=40, tol=1e-9), device="cpu")
@@ -381,7 +363,7 @@ def test_batches_hold_one_shape_and_at_most_batch_size(
 ) -> None:
     sizes = [(24, 20), (16, 12)] * 4 + [(24, 20)] * 3  # interleaved shapes
     for i, size in enumerate(sizes):
-        _image(tmp_path / "in" / f"{i:02d}.png", size=size, seed=i)
+        write_image(tmp_path / "in" / f"{i:02d}.png", size=size, seed=i)
     spy = _SolveSpy(monkeypatch)
     plan = plan_jobs([str(tmp_path / "in")], tmp_path / "out")
     records: list[Record] = []
@@ -398,11 +380,11 @@ def test_batches_hold_one_shape_and_at_most_batch_size(
     assert len(spy.batches) == 5  # 7 of one shape -> 3 + 3 + 1, 4 of the other -> 3 + 1
 
 
-def test_memory_is_bounded_whatever_the_number_of_files(
+def test_memory_is_bounded_whatever_the_number_offiles_under(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for i in range(30):
-        _image(tmp_path / "in" / f"{i:02d}.png", size=(8, 6), seed=i)
+        write_image(tmp_path / "in" / f"{i:02d}.png", size=(8, 6), seed=i)
     spy = _SolveSpy(monkeypatch)
     plan = plan_jobs([str(tmp_path / "in")], tmp_path / "out")
     settings = Settings(SolverSettings(max_iter=2), device="cpu", batch_size=2)
@@ -412,7 +394,7 @@ def test_memory_is_bounded_whatever_the_number_of_files(
 
 
 def test_units_of_work_pickle(tmp_path: Path) -> None:
-    job = Job(_image(tmp_path / "a.png"), tmp_path / "out" / "a.png")
+    job = Job(write_image(tmp_path / "a.png"), tmp_path / "out" / "a.png")
     settings = Settings(SolverSettings(weight=0.2, max_iter=4), device="cpu")
     function, job2, settings2 = pickle.loads(pickle.dumps((process_file, job, settings)))
     record = function(job2, settings2)
@@ -444,7 +426,7 @@ def test_interruption_keeps_finished_files_and_writes_the_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for i in range(5):
-        _image(tmp_path / "in" / f"{i}.png", seed=i)
+        write_image(tmp_path / "in" / f"{i}.png", seed=i)
     real_solve = batch.restore
     calls = 0
 
@@ -463,7 +445,7 @@ def test_interruption_keeps_finished_files_and_writes_the_report(
     assert result.stderr.splitlines()[-1] == (
         "interrupted: 2 restored, 0 skipped, 0 failed, 3 not processed"
     )
-    assert _files(out) == {out / "0.png", out / "1.png"}  # no partial or temporary file
+    assert files_under(out) == {out / "0.png", out / "1.png"}  # no partial or temporary file
     document = json.loads(report.read_text())
     assert document["interrupted"] is True
     assert document["summary"]["not_processed"] == 3

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from typer.testing import Result
 
 from tvdenoise import __version__, denoise
@@ -23,7 +22,7 @@ from tvdenoise.batch import resolve_device
 from tvdenoise.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from tvdenoise.io import load_image
 
-from helpers import opened, run_cli
+from helpers import files_under, opened, run_cli, write_image
 
 WIDTH, HEIGHT = 24, 20
 FAST = [
@@ -32,22 +31,6 @@ FAST = [
     "--weight",
     "0.1",
 ]  # fixed weight, few iterations: these tests are about the command, not the solver
-
-
-def _image(
-    path: Path, *, mode: str = "RGB", size: tuple[int, int] = (WIDTH, HEIGHT), seed: int = 0
-) -> Path:
-    """Write a small seeded noisy image and return its path."""
-    rng = np.random.default_rng(seed)
-    bands = len(Image.new(mode, (1, 1)).getbands())
-    values = rng.integers(0, 256, size=(size[1], size[0], bands), dtype=np.uint8)
-    Image.fromarray(values.squeeze(2) if bands == 1 else values, mode).save(path)
-    return path
-
-
-def _files(folder: Path) -> set[Path]:
-    """Every file under ``folder``, temporary and hidden ones included."""
-    return {p for p in folder.rglob("*") if p.is_file()}
 
 
 def _assert_error(result: Result, code: int, *fragments: str) -> None:
@@ -69,7 +52,7 @@ def _assert_error(result: Result, code: int, *fragments: str) -> None:
 
 
 def test_one_image_gives_the_library_result(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     out = tmp_path / "clean.png"
     result = run_cli(noisy, "-o", out, "--weight", "0.2", "--max-iter", "8", "--device", "cpu")
     assert result.exit_code == EXIT_OK, result.output
@@ -84,22 +67,22 @@ def test_one_image_gives_the_library_result(tmp_path: Path) -> None:
 
 
 def test_default_output_goes_beside_the_input(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "photo.jpg")
+    noisy = write_image(tmp_path / "photo.jpg")
     result = run_cli(noisy, *FAST)
     assert result.exit_code == EXIT_OK, result.output
-    assert _files(tmp_path) == {noisy, tmp_path / "photo_denoised.jpg"}
+    assert files_under(tmp_path) == {noisy, tmp_path / "photo_denoised.jpg"}
     assert result.stdout == f"{tmp_path / 'photo_denoised.jpg'}\n"
 
 
 def test_suffix_and_format_shape_the_default_name(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "photo.png")
+    noisy = write_image(tmp_path / "photo.png")
     result = run_cli(noisy, *FAST, "--suffix", "-tv", "--format", "TIF")
     assert result.exit_code == EXIT_OK, result.output
     assert (tmp_path / "photo-tv.tif").is_file()
 
 
 def test_missing_output_folders_are_created(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "noisy.png", mode="L")
+    noisy = write_image(tmp_path / "noisy.png", mode="L")
     out = tmp_path / "a" / "b" / "clean.png"
     result = run_cli(noisy, "-o", out, *FAST)
     assert result.exit_code == EXIT_OK, result.output
@@ -107,7 +90,7 @@ def test_missing_output_folders_are_created(tmp_path: Path) -> None:
 
 
 def test_output_into_an_existing_folder(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     (tmp_path / "out").mkdir()
     result = run_cli(noisy, "-o", tmp_path / "out", *FAST)
     assert result.exit_code == EXIT_OK, result.output
@@ -115,14 +98,14 @@ def test_output_into_an_existing_folder(tmp_path: Path) -> None:
 
 
 def test_trailing_slash_names_a_new_folder(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     result = run_cli(noisy, "-o", f"{tmp_path / 'new'}/", *FAST)
     assert result.exit_code == EXIT_OK, result.output
     assert (tmp_path / "new" / "noisy.png").is_file()
 
 
 def test_overwrite_replaces_an_existing_output(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     out = tmp_path / "out.png"
     out.write_bytes(b"old")
     result = run_cli(noisy, "-o", out, *FAST, "--overwrite")
@@ -131,13 +114,13 @@ def test_overwrite_replaces_an_existing_output(tmp_path: Path) -> None:
 
 
 def test_max_pixels_can_be_raised_or_lifted(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     assert run_cli(noisy, "-o", tmp_path / "a.png", *FAST, "--max-pixels", "480").exit_code == 0
     assert run_cli(noisy, "-o", tmp_path / "b.png", *FAST, "--max-pixels", "0").exit_code == 0
 
 
 def test_verbose_reports_settings_iterations_and_time(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     result = run_cli(noisy, *FAST, "--verbose", "--weight", "0.3", "--tv", "anisotropic")
     assert result.exit_code == EXIT_OK, result.output
     assert "weight=0.3" in result.stderr and "tv=anisotropic" in result.stderr
@@ -147,7 +130,7 @@ def test_verbose_reports_settings_iterations_and_time(tmp_path: Path) -> None:
 
 
 def test_quiet_prints_no_messages(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     result = run_cli(noisy, *FAST, "--quiet")
     assert result.exit_code == EXIT_OK
     assert result.stderr == ""
@@ -174,17 +157,17 @@ def test_auto_device_is_one_that_exists() -> None:
 def test_missing_file(tmp_path: Path) -> None:
     result = run_cli(tmp_path / "nope.png", *FAST)
     _assert_error(result, EXIT_USAGE, "no such file", "nope.png")
-    assert _files(tmp_path) == set()
+    assert files_under(tmp_path) == set()
 
 
 def test_folder_where_a_file_is_expected(tmp_path: Path) -> None:
     folder = tmp_path / "pictures"
     folder.mkdir()
-    _image(folder / "one.png")
-    before = _files(tmp_path)
+    write_image(folder / "one.png")
+    before = files_under(tmp_path)
     result = run_cli(folder, "-o", tmp_path / "clean.png", *FAST)
     _assert_error(result, EXIT_USAGE, "need -o to name a folder", "clean.png")
-    assert _files(tmp_path) == before
+    assert files_under(tmp_path) == before
 
 
 @pytest.mark.parametrize(
@@ -199,7 +182,7 @@ def test_folder_where_a_file_is_expected(tmp_path: Path) -> None:
 def test_unreadable_file(tmp_path: Path, content: bytes | str, reason: str) -> None:
     bad = tmp_path / "bad.png"
     if content == "truncated":
-        whole = _image(tmp_path / "whole.png", size=(64, 64)).read_bytes()
+        whole = write_image(tmp_path / "whole.png", size=(64, 64)).read_bytes()
         (tmp_path / "whole.png").unlink()
         bad.write_bytes(whole[: len(whole) // 2])
     else:
@@ -207,14 +190,14 @@ def test_unreadable_file(tmp_path: Path, content: bytes | str, reason: str) -> N
         bad.write_bytes(content)
     result = run_cli(bad, "-o", tmp_path / "out.png", *FAST)
     _assert_error(result, EXIT_FAILED, reason, "bad.png")
-    assert _files(tmp_path) == {bad}
+    assert files_under(tmp_path) == {bad}
 
 
 def test_image_over_the_pixel_limit(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     result = run_cli(noisy, "-o", tmp_path / "out.png", *FAST, "--max-pixels", "479")
     _assert_error(result, EXIT_FAILED, "limit of 479", "--max-pixels", "noisy.png")
-    assert _files(tmp_path) == {noisy}
+    assert files_under(tmp_path) == {noisy}
 
 
 @pytest.mark.parametrize(
@@ -236,16 +219,16 @@ def test_image_over_the_pixel_limit(tmp_path: Path) -> None:
     ],
 )
 def test_bad_option_value(tmp_path: Path, option: str, value: str) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     result = run_cli(noisy, option, value)
     _assert_error(result, EXIT_USAGE, "invalid value", option)
-    assert _files(tmp_path) == {noisy}
+    assert files_under(tmp_path) == {noisy}
 
 
 def test_quiet_and_verbose_together(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     _assert_error(run_cli(noisy, "-q", "-v"), EXIT_USAGE, "--quiet and --verbose")
-    assert _files(tmp_path) == {noisy}
+    assert files_under(tmp_path) == {noisy}
 
 
 def test_missing_input_argument() -> None:
@@ -253,19 +236,19 @@ def test_missing_input_argument() -> None:
 
 
 def test_unavailable_device(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
     result = run_cli(noisy, "--device", missing)
     _assert_error(result, EXIT_USAGE, f"device '{missing}' is not available")
     _assert_error(run_cli(noisy, "--device", "tpu"), EXIT_USAGE, "unknown device 'tpu'")
-    assert _files(tmp_path) == {noisy}
+    assert files_under(tmp_path) == {noisy}
 
 
 @pytest.mark.skipif(
     sys.platform == "win32" or os.geteuid() == 0, reason="permissions do not bind root"
 )
 def test_unwritable_output_folder(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
@@ -274,62 +257,62 @@ def test_unwritable_output_folder(tmp_path: Path) -> None:
     finally:
         locked.chmod(0o700)
     _assert_error(result, EXIT_USAGE, "permission denied", "locked")
-    assert _files(tmp_path) == {noisy}
+    assert files_under(tmp_path) == {noisy}
 
 
 def test_output_folder_blocked_by_a_file(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     (tmp_path / "blocker").write_bytes(b"x")
     result = run_cli(noisy, "-o", tmp_path / "blocker" / "out.png", *FAST)
     _assert_error(result, EXIT_USAGE, "a file is in the way", "blocker")
-    assert _files(tmp_path) == {noisy, tmp_path / "blocker"}
+    assert files_under(tmp_path) == {noisy, tmp_path / "blocker"}
 
 
 @pytest.mark.parametrize("name", ["out.gif", "out.xyz", "out"])
 def test_unknown_output_extension(tmp_path: Path, name: str) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     result = run_cli(noisy, "-o", tmp_path / name, *FAST)
     _assert_error(result, EXIT_USAGE, "cannot tell the output format", name)
-    assert _files(tmp_path) == {noisy}
+    assert files_under(tmp_path) == {noisy}
 
 
 def test_existing_output_without_overwrite(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     out = tmp_path / "out.png"
     out.write_bytes(b"keep me")
     result = run_cli(noisy, "-o", out, *FAST)
     _assert_error(result, EXIT_USAGE, "output exists (use --overwrite)", "out.png")
     assert out.read_bytes() == b"keep me"
-    assert _files(tmp_path) == {noisy, out}
+    assert files_under(tmp_path) == {noisy, out}
 
 
 @pytest.mark.parametrize("extra", [[], ["--overwrite"]])
 def test_output_is_the_input(tmp_path: Path, extra: list[str]) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     original = noisy.read_bytes()
     result = run_cli(noisy, "-o", tmp_path / "." / "noisy.png", *FAST, *extra)
     _assert_error(result, EXIT_USAGE, "input file", "noisy.png")
     assert noisy.read_bytes() == original
-    assert _files(tmp_path) == {noisy}
+    assert files_under(tmp_path) == {noisy}
 
 
 def test_empty_suffix_beside_the_input_is_refused(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     _assert_error(run_cli(noisy, "--suffix", "", *FAST), EXIT_USAGE, "input file", "noisy.png")
 
 
 def test_format_with_a_named_output_file_is_refused(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     result = run_cli(noisy, "-o", tmp_path / "out.png", "--format", "jpg")
     _assert_error(result, EXIT_USAGE, "-o names the file", "out.png")
 
 
 def test_report_path_that_is_a_folder(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     result = run_cli(noisy, *FAST, "--report", tmp_path)
     assert result.exit_code == EXIT_USAGE
     assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
-    assert _files(tmp_path) == {noisy}
+    assert files_under(tmp_path) == {noisy}
 
 
 # --------------------------------------------------------------------------------------
@@ -339,7 +322,7 @@ def test_report_path_that_is_a_folder(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("tvdenoise") is None, reason="console script not installed")
 def test_installed_console_script(tmp_path: Path) -> None:
-    noisy = _image(tmp_path / "noisy.png")
+    noisy = write_image(tmp_path / "noisy.png")
     out = tmp_path / "out.png"
     done = subprocess.run(
         ["tvdenoise", str(noisy), "-o", str(out), "--max-iter", "3", "--device", "cpu"],
