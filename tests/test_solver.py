@@ -7,7 +7,8 @@ import itertools
 import pytest
 import torch
 
-from tvdenoise import denoise, reference_denoise, solve
+from tvdenoise import denoise, reference_denoise, solve, solver, total_variation
+from tvdenoise.fidelity import fidelity
 from tvdenoise.solver import DEFAULT_EPS
 
 from helpers import add_noise, piecewise_image, psnr
@@ -66,6 +67,33 @@ def test_batched_equals_one_by_one() -> None:
         single = solve(images[i], float(weights[i]))
         assert torch.allclose(batch.restored[i], single.restored[0], atol=1e-6)
         assert int(batch.iterations[i]) == int(single.iterations[0])
+
+
+def test_fused_and_plain_adam_steps_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    images = torch.stack(
+        [add_noise(piecewise_image(3, 29, 23, seed=s), 0.1, seed=s) for s in range(3)]
+    ).double()
+    # Two images share a weight: one run of two images and a run of one.
+    weights = [0.2, 0.2, 0.3]
+    fused = solve(images, weights, tol=1e-30)
+    monkeypatch.setattr(solver, "_fusable", lambda u: False)
+    plain = solve(images, weights, tol=1e-30)
+    assert torch.allclose(fused.restored, plain.restored, atol=1e-10)
+    assert torch.allclose(fused.energy, plain.energy, rtol=1e-10)
+
+
+@pytest.mark.parametrize(("kind", "color"), VARIANTS)
+@pytest.mark.parametrize("noise", ["gaussian", "impulse", "poisson"])
+def test_workspace_energy_is_the_energy(kind: str, color: str, noise: str) -> None:
+    f = add_noise(piecewise_image(3, 19, 14), 0.1).double()[None]
+    u = add_noise(f[0], 0.05, seed=3)[None].clamp_min(0.01)
+    weight = torch.tensor([0.3], dtype=torch.float64)
+    ws = solver._Workspace(f, (weight / 2).reshape(1, 1, 1, 1), kind, color, 1e-2, noise)  # type: ignore[arg-type]
+    tv = total_variation(u, kind=kind, color=color, eps=1e-2, reduction="per_image")  # type: ignore[arg-type]
+    data = fidelity(u.square() if noise == "poisson" else u, f, noise=noise, reduction="per_image")  # type: ignore[arg-type]
+    assert torch.allclose(ws.energy(u), data + weight * tv, rtol=1e-12)
+    # Twice in a row: the energy must not disturb the buffers the next call relies on.
+    assert torch.allclose(ws.energy(u), data + weight * tv, rtol=1e-12)
 
 
 def test_shapes_and_dtypes_are_kept() -> None:

@@ -66,7 +66,6 @@ from .tv import (
     TVKind,
     as_batch,
     check_choice,
-    total_variation,
 )
 
 __all__ = ["DEFAULT_EPS", "DenoiseResult", "energy", "solve"]
@@ -173,7 +172,7 @@ class _Workspace:
             else:
                 norm = squared
             # norm <- (w / 2) / max(eps, |grad u|)
-            norm.sqrt_().clamp_min_(self.eps).reciprocal_().mul_(self.half_weight)
+            norm.clamp_min_(self.eps * self.eps).rsqrt_().mul_(self.half_weight)
             dy.mul_(norm)
             dx.mul_(norm)
         self._half_fidelity_gradient(u, out)
@@ -197,10 +196,8 @@ class _Workspace:
             torch.div(self.f, u, out=out).neg_().add_(u).mul_(2.0)
 
     def energy(self, u: Tensor) -> Tensor:
-        """``E(u)`` per image."""
-        tv = total_variation(
-            u, kind=self.kind, color=self.color, eps=self.eps, reduction="per_image"
-        )
+        """``E(u)`` per image, computed in the workspace's buffers."""
+        tv = self._tv_sum(u) / u[0].numel()
         if self.noise == "impulse":
             fidelity = impulse_fidelity(u, self.f, reduction="per_image")
         elif self.noise == "poisson":
@@ -208,6 +205,32 @@ class _Workspace:
         else:
             fidelity = torch.sub(u, self.f, out=self.scratch).square_().flatten(1).mean(1)
         return fidelity + 2 * self.half_weight.reshape(-1) * tv
+
+    def _tv_sum(self, u: Tensor) -> Tensor:
+        """The summed Huber total variation per image, as ``total_variation`` computes it."""
+        dy, dx = self.dy, self.dx
+        torch.sub(u[..., 1:, :], u[..., :-1, :], out=dy[..., :-1, :])
+        torch.sub(u[..., :, 1:], u[..., :, :-1], out=dx[..., :, :-1])
+        if self.kind == "anisotropic":
+            # Through the scratch buffer: the gradient relies on the zero last row of dy
+            # and last column of dx, which the Huber sum would overwrite.
+            tv = _huber_sum(torch.abs(dy, out=self.scratch), self.eps)
+            return tv + _huber_sum(torch.abs(dx, out=self.scratch), self.eps)
+        squared = torch.mul(dy, dy, out=self.scratch).addcmul_(dx, dx)
+        if self.norm.shape[1] == 1:
+            squared = torch.sum(squared, dim=1, keepdim=True, out=self.norm)
+        return _huber_sum(squared.sqrt_(), self.eps)
+
+
+def _huber_sum(t: Tensor, eps: float) -> Tensor:
+    """Per image, the sum of the Huber function of the magnitudes ``t >= 0`` (overwritten).
+
+    ``huber(t) = t - eps / 2 + max(eps - t, 0)**2 / (2 eps)``, which is ``t**2 / (2 eps)``
+    for ``t <= eps``.
+    """
+    linear = t.flatten(1).sum(1) - 0.5 * eps * t[0].numel()
+    quadratic = t.neg_().add_(eps).clamp_min_(0.0).square_().flatten(1).sum(1)
+    return linear + quadratic / (2 * eps)
 
 
 def weights_per_image(weight: float | Sequence[float] | Tensor, batch: int, like: Tensor) -> Tensor:
@@ -314,30 +337,20 @@ def _adam(
     schedule: _Schedule,
 ) -> None:
     """Run Adam in place on ``u``; updates ``iterations`` and ``energy``."""
-    b = u.shape[0]
     if lr is not None:
-        base_lr = torch.full_like(weights, lr).reshape(b, 1, 1, 1)
-    elif schedule.lr_floor == 0:
-        base_lr = (weights * schedule.lr_per_weight).reshape(b, 1, 1, 1)
+        base_lr = torch.full_like(weights, lr)
     else:
-        base_lr = (weights * schedule.lr_per_weight + schedule.lr_floor).reshape(b, 1, 1, 1)
+        base_lr = weights * schedule.lr_per_weight + schedule.lr_floor
     floor = _SQRT_FLOOR if ws.noise == "poisson" else None
-    # A frozen image (weight 0 or converged) gets a zero learning rate.
-    lr_scale = base_lr * active.to(u.device, u.dtype).reshape(b, 1, 1, 1)
+    step = _fused_step if _fusable(u) else _unfused_step
     decay = schedule.final_lr_ratio ** (1.0 / max(max_iter - 1, 1))
     grad = torch.empty_like(u)
     m = torch.zeros_like(u)
     v = torch.zeros_like(u)
-    denom = torch.empty_like(u)
+    runs = _runs(base_lr, active)
     for k in range(1, max_iter + 1):
         ws.gradient(u, grad)
-        m.lerp_(grad, 1 - _BETA1)
-        v.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
-        correction1 = 1 - _BETA1**k
-        correction2 = math.sqrt(1 - _BETA2**k)
-        torch.sqrt(v, out=denom).add_(_ADAM_EPS * correction2)
-        denom.div_(lr_scale)
-        u.addcdiv_(m, denom, value=-correction2 / correction1 * decay ** (k - 1))
+        step(u, grad, m, v, k, runs, decay ** (k - 1))
         if floor is not None:
             u.clamp_min_(floor)
         iterations += active.to(iterations.device)
@@ -352,7 +365,70 @@ def _adam(
                 active &= ~done
                 if not bool(active.any()):
                     return
-                lr_scale = base_lr * active.to(u.device, u.dtype).reshape(b, 1, 1, 1)
+                runs = _runs(base_lr, active)
+
+
+#: A run of images ``[start, stop)`` of the batch that share one learning rate.
+_Run = tuple[int, int, float]
+
+
+def _runs(base_lr: Tensor, active: Tensor) -> list[_Run]:
+    """Split the active images into runs of neighbours with the same learning rate.
+
+    Adam updates one run at a time; a frozen image (weight 0 or converged) is in no run.
+    A batch of one image, or of images with one weight, is a single run.
+    """
+    runs: list[_Run] = []
+    for i, (rate, on) in enumerate(zip(base_lr.tolist(), active.tolist(), strict=True)):
+        if not on:
+            continue
+        if runs and runs[-1][1] == i and runs[-1][2] == rate:
+            runs[-1] = (runs[-1][0], i + 1, rate)
+        else:
+            runs.append((i, i + 1, rate))
+    return runs
+
+
+def _fusable(u: Tensor) -> bool:
+    """Whether PyTorch's fused Adam kernel (one pass over memory) can update ``u``."""
+    return hasattr(torch, "_fused_adam_") and u.device.type in ("cpu", "cuda")
+
+
+def _fused_step(
+    u: Tensor, grad: Tensor, m: Tensor, v: Tensor, k: int, runs: list[_Run], decay: float
+) -> None:
+    """One Adam step with the fused kernel that ``torch.optim.Adam(fused=True)`` uses."""
+    count = torch.tensor(float(k), device=u.device)
+    for start, stop, rate in runs:
+        torch._fused_adam_(
+            [u[start:stop]],
+            [grad[start:stop]],
+            [m[start:stop]],
+            [v[start:stop]],
+            [],
+            [count],
+            lr=rate * decay,
+            beta1=_BETA1,
+            beta2=_BETA2,
+            weight_decay=0.0,
+            eps=_ADAM_EPS,
+            amsgrad=False,
+            maximize=False,
+        )
+
+
+def _unfused_step(
+    u: Tensor, grad: Tensor, m: Tensor, v: Tensor, k: int, runs: list[_Run], decay: float
+) -> None:
+    """The same step as :func:`_fused_step` in plain tensor operations."""
+    correction1 = 1 - _BETA1**k
+    correction2 = math.sqrt(1 - _BETA2**k)
+    for start, stop, rate in runs:
+        ur, gr, mr, vr = (t[start:stop] for t in (u, grad, m, v))
+        mr.lerp_(gr, 1 - _BETA1)
+        vr.mul_(_BETA2).addcmul_(gr, gr, value=1 - _BETA2)
+        denom = vr.sqrt().div_(correction2).add_(_ADAM_EPS)
+        ur.addcdiv_(mr, denom, value=-rate * decay / correction1)
 
 
 def _check_noise(noise: str, peak: float | None) -> None:
