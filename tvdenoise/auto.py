@@ -95,9 +95,9 @@ import math
 from typing import Literal, get_args
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from .filters import box_mean
 from .sigma import MIN_SIZE, estimate_sigma
 from .solver import DEFAULT_EPS, DEFAULT_MAX_ITER, solve
 from .tv import COLOR_MODES, TV_KINDS, ColorMode, TVKind, as_batch, check_choice
@@ -242,13 +242,7 @@ def _usable(tiles: Tensor, sigma: Tensor) -> Tensor:
     """Pixels whose local mean is ``_CLIP_MARGIN`` sigmas inside (0, 1); like ``tiles``."""
     b, t, c, h, w = tiles.shape
     planes = tiles.reshape(b * t * c, 1, h, w)
-    local = F.avg_pool2d(
-        planes,
-        _LOCAL_MEAN_SIZE,
-        stride=1,
-        padding=_LOCAL_MEAN_SIZE // 2,
-        count_include_pad=False,
-    ).reshape(tiles.shape)
+    local = box_mean(planes, _LOCAL_MEAN_SIZE).reshape(tiles.shape)
     margin = (_CLIP_MARGIN * sigma).reshape(b, 1, 1, 1, 1)
     return (local > margin) & (local < 1 - margin)
 

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .fidelity import NOISE_MODELS, NoiseModel
+from .filters import any_in_window, box_mean, immerkaer_residual
 from .sigma import MIN_SIZE
 from .tv import COLOR_MODES, TV_KINDS, ColorMode, TVKind, as_batch, check_choice
 
@@ -126,11 +127,6 @@ def estimate_impulse_fraction(image: Tensor) -> Tensor:
     return fraction if image.dim() == 4 else fraction[0]
 
 
-def _residual(planes: Tensor) -> Tensor:
-    k = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], device=planes.device)
-    return F.conv2d(planes, (k / 6.0).view(1, 1, 3, 3))
-
-
 def estimate_peak(image: Tensor) -> Tensor:
     """Estimate the photon scale ``peak`` (photons at intensity 1) of a Poisson image.
 
@@ -154,8 +150,8 @@ def estimate_peak(image: Tensor) -> Tensor:
     planes, b, c = _planes(image)
     if bool((planes < 0).any()):
         raise ValueError("image must be >= 0 to estimate a photon scale (counts / peak)")
-    squared = _residual(planes).square()  # (B*C, 1, H-2, W-2)
-    local_mean = F.avg_pool2d(planes, 3, stride=1)  # same grid as the residual
+    squared = immerkaer_residual(planes).square()  # (B*C, 1, H-2, W-2)
+    local_mean = box_mean(planes, 3)[..., 1:-1, 1:-1]  # same grid as the residual
     nan = torch.tensor(float("nan"), device=planes.device)
 
     def block_ratios(usable: Tensor) -> Tensor:
@@ -163,7 +159,7 @@ def estimate_peak(image: Tensor) -> Tensor:
         mean = F.avg_pool2d(torch.where(usable, local_mean, nan), _BLOCK)
         return (var / mean).reshape(b, -1)
 
-    unsaturated = F.max_pool2d((planes >= 1.0).to(planes.dtype), 3, stride=1) == 0
+    unsaturated = ~any_in_window(planes >= 1.0)
     # Pilot: the ratio of the sums over all pixels away from clipping (texture inflates it).
     sq_sum = torch.where(unsaturated, squared, 0.0).reshape(b, -1).sum(dim=1)
     mean_sum = torch.where(unsaturated, local_mean, 0.0).reshape(b, -1).sum(dim=1)

@@ -60,6 +60,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .filters import any_in_window, box_mean, immerkaer_residual
+
 __all__ = ["MIN_SIZE", "estimate_sigma"]
 
 MIN_SIZE = 8
@@ -80,16 +82,6 @@ _LOCAL_MEAN_SIZE = 5
 _MIN_BLOCKS = 16
 
 
-def _residual_kernel(device: torch.device) -> torch.Tensor:
-    """Immerkaer's mask scaled to unit L2 norm, shape (1, 1, 3, 3)."""
-    k = torch.tensor(
-        [[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]],
-        dtype=torch.float32,
-        device=device,
-    )
-    return (k / 6.0).view(1, 1, 3, 3)
-
-
 # Residual rows processed at once (a multiple of the block size): temporaries then scale
 # with a band of the image rather than with the whole image.
 _BAND_ROWS = 32 * _BLOCK
@@ -100,9 +92,9 @@ def _bands(rows: int) -> list[tuple[int, int]]:
     return [(r0, min(r0 + _BAND_ROWS, rows)) for r0 in range(0, rows, _BAND_ROWS)]
 
 
-def _band_residual(planes: torch.Tensor, kernel: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+def _band_residual(planes: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
     """Residual rows ``[r0, r1)``, shape (N, 1, r1 - r0, W - 2), from image rows r0..r1+1."""
-    return F.conv2d(planes[:, :, r0 : r1 + 2], kernel)
+    return immerkaer_residual(planes[:, :, r0 : r1 + 2])
 
 
 def _band_usable(planes: torch.Tensor, margin: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
@@ -117,9 +109,7 @@ def _band_usable(planes: torch.Tensor, margin: torch.Tensor, r0: int, r1: int) -
     top = max(0, r0 + 1 - pad)
     bottom = min(h, r1 + 1 + pad)
     window = planes[:, :, top:bottom]
-    local_mean = F.avg_pool2d(
-        window, _LOCAL_MEAN_SIZE, stride=1, padding=pad, count_include_pad=False
-    )[..., r0 + 1 - top : r1 + 1 - top, 1:-1]
+    local_mean = box_mean(window, _LOCAL_MEAN_SIZE)[..., r0 + 1 - top : r1 + 1 - top, 1:-1]
     return (local_mean > margin) & (local_mean < 1.0 - margin)
 
 
@@ -217,7 +207,6 @@ def estimate_sigma(image: torch.Tensor) -> torch.Tensor:
         return out
 
     planes = x.to(torch.float32).reshape(b * c, 1, h, w)
-    kernel = _residual_kernel(planes.device)
     nan = torch.tensor(float("nan"), dtype=torch.float32, device=planes.device)
     bands = _bands(h - 2)
     # Scratch for the values a median is taken over, one row per image (1x the image).
@@ -226,10 +215,9 @@ def estimate_sigma(image: torch.Tensor) -> torch.Tensor:
     # Pilot: robust scale over residuals whose 3x3 neighbourhood has no saturated pixel.
     counts = [0] * b
     for r0, r1 in bands:
-        residual = _band_residual(planes, kernel, r0, r1)
+        residual = _band_residual(planes, r0, r1)
         window = planes[:, :, r0 : r1 + 2]
-        saturated = ((window <= 0.0) | (window >= 1.0)).to(torch.float32)
-        keep = ~(F.max_pool2d(saturated, 3, stride=1) > 0)
+        keep = ~any_in_window((window <= 0.0) | (window >= 1.0))
         _append(scratch, counts, residual.abs(), keep, b)
     pilot = _lower_medians(scratch, counts) / _MAD_TO_SIGMA
     pilot = torch.nan_to_num(pilot, nan=0.0)
@@ -245,7 +233,7 @@ def estimate_sigma(image: torch.Tensor) -> torch.Tensor:
             b * c, 1, (h - 2) // _BLOCK, (w - 2) // _BLOCK, device=planes.device
         )
         for r0, r1 in bands:
-            residual = _band_residual(planes, kernel, r0, r1)
+            residual = _band_residual(planes, r0, r1)
             usable = _band_usable(planes, margin, r0, r1)
             pooled = F.avg_pool2d(torch.where(usable, residual.square(), nan), _BLOCK)
             block_var[:, :, r0 // _BLOCK : r0 // _BLOCK + pooled.shape[-2]] = pooled
@@ -262,7 +250,7 @@ def estimate_sigma(image: torch.Tensor) -> torch.Tensor:
     if bool((n_blocks < _MIN_BLOCKS).any()):
         counts = [0] * b
         for r0, r1 in bands:
-            residual = _band_residual(planes, kernel, r0, r1)
+            residual = _band_residual(planes, r0, r1)
             usable = _band_usable(planes, margin, r0, r1)
             _append(scratch, counts, residual.abs(), usable, b)
         from_pixels = _lower_medians(scratch, counts) / _MAD_TO_SIGMA
