@@ -323,8 +323,9 @@ def test_each_image_of_a_batch_keeps_its_own_stopping_test(tmp_path: Path) -> No
     write_image(tmp_path / "in" / "noisy.png")
     records: list[Record] = []
     plan = plan_jobs([str(tmp_path / "in")], tmp_path / "out")
-    settings = Settings(solver=SolverSettings(max_iter=40, tol=1e-9), device="cpu")
-    run_jobs(plan.jobs, settings, on_record=records.append)
+    # A fixed weight: with the automatic one the flat image gets weight 0 and no iteration.
+    solver = SolverSettings(weight=0.1, max_iter=40, tol=1e-9)
+    run_jobs(plan.jobs, Settings(solver=solver, device="cpu"), on_record=records.append)
     iterations = {r.input.name: r.iterations for r in records}
     assert iterations == {"flat.png": 10, "noisy.png": 40}  # energy checks every 10
 
