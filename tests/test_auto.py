@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -195,8 +197,10 @@ def test_large_images_are_sampled_by_tiles() -> None:
     # The grid reaches all four corners.
     assert float(tiles[0, 0, 0, 0, 0]) == float(image[0, 0, 0, 0])
     assert float(tiles[0, -1, 0, -1, -1]) == float(image[0, 0, -1, -1])
-    small = torch.zeros(2, 3, 200, 200)
-    assert auto._tiles(small).shape == (2, 1, 3, 200, 200)
+    # An image with no more pixels than the tiles hold is used whole.
+    side = math.isqrt(auto._MAX_TILES * auto._TILE**2)
+    small = torch.zeros(2, 3, side, side)
+    assert auto._tiles(small).shape == (2, 1, 3, side, side)
 
 
 def test_large_image_weight_matches_its_scaled_copy(monkeypatch: pytest.MonkeyPatch) -> None:
