@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tvdenoise import denoise, restore, solve
+from tvdenoise import denoise, restore, solve, tiling
 from tvdenoise.solver import energy
 
 from helpers import add_noise, piecewise_image
@@ -64,3 +64,11 @@ def test_denoise_keeps_shape_and_dtype() -> None:
 def test_bad_options(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         restore(torch.rand(1, 16, 16), **kwargs)  # type: ignore[arg-type]
+
+
+def test_cpu_tiles_only_large_images_one_cache_sized_tile_at_a_time() -> None:
+    cpu = torch.device("cpu")
+    large = torch.Size([1, 3, 4000, 6000])
+    assert tiling.auto_tile(large, cpu, torch.float32) == tiling.CPU_TILE
+    assert tiling.auto_tile(torch.Size([1, 3, 512, 512]), cpu, torch.float32) is None
+    assert tiling.tiles_per_batch(cpu) == 1

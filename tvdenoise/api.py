@@ -27,7 +27,7 @@ from .solver import (
     solve,
     weights_per_image,
 )
-from .tiling import DEFAULT_OVERLAP, auto_tile, run_tiled
+from .tiling import DEFAULT_OVERLAP, auto_tile, run_tiled, tiles_per_batch
 from .tv import ColorMode, TVKind, as_batch
 
 __all__ = ["Restoration", "Weight", "denoise", "restore"]
@@ -126,7 +126,12 @@ def restore(
         return done.restored, done.iterations
 
     restored, iterations = run_tiled(
-        f, per_image, solve_tiles, tile=chosen, overlap=DEFAULT_OVERLAP
+        f,
+        per_image,
+        solve_tiles,
+        tile=chosen,
+        overlap=DEFAULT_OVERLAP,
+        tiles_per_batch=tiles_per_batch(f.device),
     )
     final = energy(restored, f, per_image, tv=tv, color=color, eps=eps, noise=noise)
     return Restoration(restored, per_image, sigmas, iterations, final)

@@ -16,13 +16,20 @@ from itertools import product
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_OVERLAP", "DEFAULT_TILE", "auto_tile", "run_tiled"]
+__all__ = ["DEFAULT_OVERLAP", "DEFAULT_TILE", "auto_tile", "run_tiled", "tiles_per_batch"]
 
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 32
 #: Above this many values per image (about 5.6 megapixels in RGB), CPU runs use tiles:
 #: memory then stays bounded by the tile batch instead of growing with the image.
 CPU_TILE_THRESHOLD = 1 << 24
+#: Tile size on CPU, solved one tile at a time: a widened 576x576 RGB tile's solver
+#: buffers (about 9 arrays of 4 MB) stay in a CPU's last-level cache, where 1024-pixel
+#: tiles four at a time stream every pass from main memory. Measured on 6000x4000 and
+#: 3072x2048 RGB on 2 cores: 20-35 % less time per iteration, overlap included.
+CPU_TILE = 512
+#: Tiles solved together on a GPU, where a larger batch keeps the device busy.
+GPU_TILES_PER_BATCH = 4
 #: Working buffers the solver holds per value (image, estimate, Adam moments, gradient,
 #: differences, scratch), with a margin; used to decide whether a GPU can take an image.
 BUFFERS_PER_VALUE = 12
@@ -53,7 +60,12 @@ def auto_tile(shape: torch.Size, device: torch.device, dtype: torch.dtype) -> in
         itemsize = torch.finfo(dtype).bits // 8
         needed = BUFFERS_PER_VALUE * itemsize * values * (shape[0] if len(shape) == 4 else 1)
         return DEFAULT_TILE if needed > free else None
-    return DEFAULT_TILE if values > CPU_TILE_THRESHOLD else None
+    return CPU_TILE if values > CPU_TILE_THRESHOLD else None
+
+
+def tiles_per_batch(device: torch.device) -> int:
+    """How many tiles :func:`run_tiled` should solve together on ``device``."""
+    return 1 if device.type == "cpu" else GPU_TILES_PER_BATCH
 
 
 def run_tiled(
