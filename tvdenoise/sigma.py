@@ -122,9 +122,14 @@ def _append(
     keep = keep & ~values.isnan()
     per_image = values.shape[0] // b
     for i in range(b):
-        kept = values[i * per_image : (i + 1) * per_image][
-            keep[i * per_image : (i + 1) * per_image]
-        ]
+        rows = slice(i * per_image, (i + 1) * per_image)
+        if values.device.type == "cpu":
+            # NumPy's compress: about 10x faster than boolean indexing of a CPU tensor.
+            kept = torch.from_numpy(
+                values[rows].numpy().compress(keep[rows].numpy().ravel(), axis=None)
+            )
+        else:
+            kept = values[rows][keep[rows]]
         n = kept.numel()
         scratch[i, counts[i] : counts[i] + n] = kept
         counts[i] += n
