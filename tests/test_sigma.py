@@ -157,3 +157,19 @@ def test_block_percentile_constant_matches_white_noise() -> None:
     block_var = F.avg_pool2d(residual.square(), module._BLOCK).flatten()
     measured = float(torch.quantile(block_var, module._QUANTILE))
     assert measured == pytest.approx(module._NOISE_QUANTILE, rel=0.02)
+
+
+def test_large_images_are_estimated_from_bands_spread_over_the_image(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tvdenoise import sigma as module
+
+    clean = piecewise_constant(3, 400, 300, seed=13)
+    noisy = clean + 0.05 * torch.randn(clean.shape, generator=_generator(14))
+    whole = float(estimate_sigma(noisy))
+    monkeypatch.setattr(module, "_MAX_SAMPLED_VALUES", 60_000)
+    bands = module._bands(398, 3 * 298)
+    assert 1 < len(bands) < 398 // module._SAMPLE_ROWS
+    assert bands[0][0] == 0 and bands[-1][1] > 300  # top to bottom
+    assert all(r0 % module._BLOCK == 0 for r0, _ in bands)
+    assert float(estimate_sigma(noisy)) == pytest.approx(whole, rel=0.05)
