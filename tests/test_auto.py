@@ -192,7 +192,7 @@ def test_clean_photograph_nearly_unchanged(name: str) -> None:
 
 def test_large_images_are_sampled_by_tiles() -> None:
     image = torch.arange(300 * 410, dtype=torch.float32).reshape(1, 1, 300, 410)
-    tiles = auto._tiles(image)
+    tiles = auto.sample_tiles(image)
     assert tiles.shape == (1, auto._MAX_TILES, 1, auto._TILE, auto._TILE)
     # The grid reaches all four corners.
     assert float(tiles[0, 0, 0, 0, 0]) == float(image[0, 0, 0, 0])
@@ -200,7 +200,7 @@ def test_large_images_are_sampled_by_tiles() -> None:
     # An image with no more pixels than the tiles hold is used whole.
     side = math.isqrt(auto._MAX_TILES * auto._TILE**2)
     small = torch.zeros(2, 3, side, side)
-    assert auto._tiles(small).shape == (2, 1, 3, side, side)
+    assert auto.sample_tiles(small).shape == (2, 1, 3, side, side)
 
 
 def test_large_image_weight_matches_its_scaled_copy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,7 +212,7 @@ def test_large_image_weight_matches_its_scaled_copy(monkeypatch: pytest.MonkeyPa
     clean = _cartoon(80, seed=10)
     noisy = clean + 0.06 * torch.randn(clean.shape, generator=_generator(11))
     big = noisy.repeat(1, 2, 2)
-    assert auto._tiles(big[None]).shape == (1, 9, 1, 32, 32)
+    assert auto.sample_tiles(big[None]).shape == (1, 9, 1, 32, 32)
     small_w, _ = auto_weight(noisy, sigma=0.06)
     big_w, _ = auto_weight(big, sigma=0.06)
     assert float(big_w[0]) == pytest.approx(float(small_w[0]), rel=0.25)

@@ -100,7 +100,7 @@ their causes:
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 import torch
 from torch import Tensor
@@ -232,7 +232,7 @@ def _sigmas(sigma: float | Tensor | None, batch: Tensor) -> Tensor:
     return values
 
 
-def _tiles(f: Tensor) -> Tensor:
+def sample_tiles(f: Tensor) -> Tensor:
     """Up to ``_MAX_TILES`` evenly spread tiles of every image, ``(B, T, C, h, w)``."""
     h, w = f.shape[-2:]
     if h * w <= _MAX_TILES * _TILE * _TILE or min(h, w) < _TILE:
@@ -314,22 +314,36 @@ class _Sure:
             self.values[step] = value
 
 
-def _refine(sure: _Sure, rule: float) -> float:
-    """The weight minimising SURE: grid search around ``rule`` and a parabola."""
-    low, high = _LOWEST_STEP, _HIGHEST_STEP
+class RiskEstimate(Protocol):
+    """An estimate of the restored image's error as a function of the weight."""
+
+    #: Estimated error at ``rule * _STEP**k``, by ``k``.
+    values: dict[int, float]
+
+    def evaluate(self, steps: list[int], rule: float) -> None:
+        """Fill ``values`` for every ``k`` in ``steps`` not yet known."""
+
+
+def refine_weight(risk: RiskEstimate, rule: float, *, highest: int = _HIGHEST_STEP) -> float:
+    """The weight minimising ``risk``: grid search around ``rule`` and a parabola.
+
+    The grid has ratio ``2**(1/3)`` and reaches from ``rule / 4`` to
+    ``rule * 2**(highest / 3)``.
+    """
+    low, high = _LOWEST_STEP, highest
     steps = list(range(max(-_HALF_WIDTH, low), min(_HALF_WIDTH, high) + 1))
     while True:
-        sure.evaluate(steps, rule)
-        best = min(sure.values, key=sure.values.__getitem__)
-        if best == max(sure.values.keys()) and best < high:
+        risk.evaluate(steps, rule)
+        best = min(risk.values, key=risk.values.__getitem__)
+        if best == max(risk.values.keys()) and best < high:
             steps = [best + i for i in range(1, _EXTEND + 1) if best + i <= high]
-        elif best == min(sure.values.keys()) and best > low:
+        elif best == min(risk.values.keys()) and best > low:
             steps = [best - i for i in range(1, _EXTEND + 1) if best - i >= low]
         else:
             break
-    if best - 1 not in sure.values or best + 1 not in sure.values:
+    if best - 1 not in risk.values or best + 1 not in risk.values:
         return rule * float(_STEP**best)
-    left, mid, right = (sure.values[best + i] for i in (-1, 0, 1))
+    left, mid, right = (risk.values[best + i] for i in (-1, 0, 1))
     curvature = left - 2 * mid + right
     offset = 0.5 * (left - right) / curvature if curvature > 0 else 0.0
     return rule * float(_STEP ** (best + max(-0.5, min(0.5, offset))))
@@ -399,12 +413,12 @@ def auto_weight(
     if method == "rule" or b == 0:
         return weights, sigmas
     f = batch.to(torch.float64 if batch.dtype == torch.float64 else torch.float32)
-    tiles = _tiles(f)
+    tiles = sample_tiles(f)
     usable = _usable(tiles, sigmas.to(f.dtype))
     for i in range(b):
         rule = float(weights[i])
         if rule <= 0 or float(usable[i].to(torch.float32).mean()) < MIN_SURE_FRACTION:
             continue
         sure = _Sure(tiles[i], usable[i], float(sigmas[i]), tv, color, eps)
-        weights[i] = _refine(sure, rule)
+        weights[i] = refine_weight(sure, rule)
     return weights, sigmas
