@@ -262,8 +262,15 @@ def test_weight_rules_are_monotone_and_batched() -> None:
     batch = torch.stack([_salt_and_pepper(_clean(), 0.1), _salt_and_pepper(_clean(), 0.3)])
     weights = auto_weight_for_noise(batch, "impulse")
     assert weights.shape == (2,) and float(weights[1]) > float(weights[0])
-    given = auto_weight_for_noise(_poisson(_clean(), 10.0), "poisson", peak=10.0)
-    assert float(given[0]) == pytest.approx(float(poisson_weight(10.0, channels=3)))
+    # A batch gets the weights its images get one by one (refinement included), and a
+    # given peak is used: fewer photons, more smoothing.
+    pair = torch.stack([_poisson(_clean(), 10.0), _poisson(_clean(), 30.0)])
+    together = auto_weight_for_noise(pair, "poisson")
+    alone = torch.cat([auto_weight_for_noise(image, "poisson") for image in pair])
+    assert torch.allclose(together, alone)
+    at_10 = auto_weight_for_noise(pair[0], "poisson", peak=10.0)
+    at_30 = auto_weight_for_noise(pair[0], "poisson", peak=30.0)
+    assert float(at_10[0]) > float(at_30[0])
 
 
 def test_auto_weight_for_noise_errors() -> None:
@@ -290,3 +297,17 @@ def test_impulse_weight_is_refined_on_held_out_values(seed: int) -> None:
     best = max(psnr(solve(noisy, w, noise="impulse").restored[0], clean) for w in grid)
     assert psnr(solve(noisy, chosen, noise="impulse").restored[0], clean) >= best - 0.5
     assert psnr(solve(noisy, rule, noise="impulse").restored[0], clean) < best - 3
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_poisson_weight_is_refined_on_thinned_photons(seed: int) -> None:
+    # The same for photon noise: a flat-region image wants more than the rule's weight.
+    clean = piecewise_image(1, 96, 96, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    noisy = (torch.poisson(clean * 10, generator=g) / 10).clamp(0, 1)
+    rule = float(poisson_weight(10.0))
+    chosen = float(auto_weight_for_noise(noisy, "poisson", peak=10.0)[0])
+    grid = [0.2 * 1.26**k for k in range(16)]
+    best = max(psnr(solve(noisy, w, noise="poisson").restored[0], clean) for w in grid)
+    assert psnr(solve(noisy, chosen, noise="poisson").restored[0], clean) >= best - 0.5
+    assert psnr(solve(noisy, rule, noise="poisson").restored[0], clean) < best - 1
