@@ -16,10 +16,11 @@ Candidates:
 * ``haar_mad``: Donoho's MAD on the finest diagonal Haar detail, median |HH| / 0.6745.
 * ``haar_mad_sat``: the same, skipping 2x2 cells that hold a 0 or 1.
 * ``lap_mad_band``: the unit-norm Immerkaer residual, median |r| / 0.6745 over pixels whose
-  local mean is 2 pilot sigmas inside (0, 1) (the clipping rule of ``estimate_sigma``,
-  without the flat-block selection).
-* ``estimate_sigma``: the library's estimator (clipping band + 10th percentile of 8x8
-  block variances).
+  local mean is 2 pilot sigmas inside (0, 1) (the clipping rule of ``estimate_sigma``).
+* ``estimate_sigma``: the library's estimator (the spectrum of weakly textured 8x8
+  patches away from clipping; see ``tvdenoise.sigma``). The previous library estimator,
+  the 10th percentile of 8x8 block variances of the residual in the clipping band, is in
+  the git history (before the patch-PCA commit); its figures are in ``tvdenoise.sigma``.
 
 Usage::
 

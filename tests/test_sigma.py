@@ -47,8 +47,7 @@ def test_piecewise_constant_within_10_percent(
 
 
 def test_pure_noise_calibration() -> None:
-    # The block-percentile constant is a property of the filter and block size only: on
-    # plain white noise the estimate must be unbiased.
+    # On plain white noise the estimate must be unbiased.
     noise = 0.5 + 0.05 * torch.randn(1, 512, 512, generator=_generator(3))
     assert float(estimate_sigma(noise)) == pytest.approx(0.05, rel=0.03)
 
@@ -148,15 +147,26 @@ def test_estimate_grows_with_noise() -> None:
     assert estimates[0] < estimates[1] < estimates[2]
 
 
-def test_block_percentile_constant_matches_white_noise() -> None:
+def test_texture_constant_is_the_white_noise_percentile() -> None:
     from tvdenoise import sigma as module
 
-    noise = torch.randn(1, 1, 1026, 1026, generator=_generator(12))
-    kernel = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]) / 6
-    residual = F.conv2d(noise, kernel.view(1, 1, 3, 3))
-    block_var = F.avg_pool2d(residual.square(), module._BLOCK).flatten()
-    measured = float(torch.quantile(block_var, module._QUANTILE))
-    assert measured == pytest.approx(module._NOISE_QUANTILE, rel=0.02)
+    noise = torch.randn(1, 1, 1602, 1602, generator=_generator(12))
+    p = module._PATCH
+    dx = (noise[..., :, 1:] - noise[..., :, :-1]).square()
+    dy = (noise[..., 1:, :] - noise[..., :-1, :]).square()
+    texture = F.avg_pool2d(dx, (p, p - 1), stride=2) + F.avg_pool2d(dy, (p - 1, p), stride=2)
+    measured = float(torch.quantile(texture.flatten()[: 1 << 24], 0.99))
+    assert measured == pytest.approx(module._TEXTURE_QUANTILE, rel=0.02)
+
+
+@pytest.mark.parametrize(("name", "sigma"), [("grass", 10), ("gravel", 10)])
+def test_fine_texture_is_not_read_as_noise(name: str, sigma: int) -> None:
+    # The hardest textures of the bundled photographs (the previous estimator, a
+    # percentile of residual variances, read +42 % and +13 % here).
+    data = pytest.importorskip("skimage.data")
+    clean = torch.from_numpy(np.asarray(getattr(data, name)(), dtype=np.float32)[None] / 255)
+    noisy = add_8bit_noise(clean, sigma, seed=5)
+    assert 255 * float(estimate_sigma(noisy)) == pytest.approx(sigma, rel=0.15)
 
 
 def test_large_images_are_estimated_from_bands_spread_over_the_image(
@@ -164,12 +174,11 @@ def test_large_images_are_estimated_from_bands_spread_over_the_image(
 ) -> None:
     from tvdenoise import sigma as module
 
-    clean = piecewise_constant(3, 400, 300, seed=13)
+    clean = piecewise_constant(3, 600, 300, seed=13)
     noisy = clean + 0.05 * torch.randn(clean.shape, generator=_generator(14))
     whole = float(estimate_sigma(noisy))
-    monkeypatch.setattr(module, "_MAX_SAMPLED_VALUES", 60_000)
-    bands = module._bands(398, 3 * 298)
-    assert 1 < len(bands) < 398 // module._SAMPLE_ROWS
-    assert bands[0][0] == 0 and bands[-1][1] > 300  # top to bottom
-    assert all(r0 % module._BLOCK == 0 for r0, _ in bands)
+    monkeypatch.setattr(module, "_MAX_SAMPLED_VALUES", 200_000)
+    bands = module._bands(600, 3 * 300)
+    assert 1 < len(bands) < 600 // module._SAMPLE_ROWS
+    assert bands[0][0] == 0 and bands[-1][1] == 576  # top to bottom
     assert float(estimate_sigma(noisy)) == pytest.approx(whole, rel=0.05)
