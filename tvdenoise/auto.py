@@ -100,14 +100,16 @@ their causes:
 from __future__ import annotations
 
 import math
-from typing import Literal, Protocol, get_args
+from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
+from .fidelity import NoiseModel
 from .filters import box_mean
 from .sigma import MIN_SIZE, estimate_sigma
-from .solver import DEFAULT_EPS, DEFAULT_MAX_ITER, solve
+from .solver import DEFAULT_EPS, DEFAULT_MAX_ITER, DEFAULT_TOL, solve
 from .tv import COLOR_MODES, TV_KINDS, ColorMode, TVKind, as_batch, check_choice
 
 __all__ = ["AutoMethod", "auto_weight", "weight_for_sigma"]
@@ -256,7 +258,7 @@ def _usable(tiles: Tensor, sigma: Tensor) -> Tensor:
 
 
 class _Sure:
-    """SURE of one image's tiles at any weight, with its solutions cached."""
+    """SURE of one image's tiles at any weight."""
 
     def __init__(
         self,
@@ -280,21 +282,13 @@ class _Sure:
         generator = torch.Generator().manual_seed(_PROBE_SEED)
         probe = torch.randn(tiles.shape, generator=generator, dtype=torch.float32)
         self.probe = probe.to(tiles.device, tiles.dtype)
-        self.values: dict[int, float] = {}
 
-    def evaluate(self, steps: list[int], rule: float) -> None:
-        """SURE at ``rule * _STEP**k`` for every ``k`` in ``steps`` not yet known."""
-        steps = [k for k in steps if k not in self.values]
-        if not steps:
-            return
+    def __call__(self, weights: list[float]) -> list[float]:
+        """SURE of the image's result at each of ``weights``."""
         t = self.tiles.shape[0]
-        weights = torch.tensor([rule * _STEP**k for k in steps], dtype=self.tiles.dtype)
-        weights = weights.repeat_interleave(t).repeat(2).to(self.tiles.device)
-        k = len(steps)
-        plain = self.tiles.repeat(k, 1, 1, 1)
-        probed = (self.tiles + self.delta * self.probe).repeat(k, 1, 1, 1)
-        result = solve(
-            torch.cat([plain, probed]),
+        probed = self.tiles + self.delta * self.probe
+        both = solve_at_weights(
+            torch.cat([self.tiles, probed]),
             weights,
             tv=self.tv,
             color=self.color,
@@ -302,48 +296,76 @@ class _Sure:
             max_iter=_SURE_MAX_ITER,
             tol=_SURE_TOL,
         )
-        u = result.restored[: k * t].to(torch.float64).reshape(k, *self.tiles.shape)
-        v = result.restored[k * t :].to(torch.float64).reshape(k, *self.tiles.shape)
+        u, v = both[:, :t], both[:, t:]
         f = self.tiles.to(torch.float64)
         residual = ((u - f).square() * self.mask).flatten(1).sum(1)
         divergence = ((v - u) * self.probe.to(torch.float64) * self.mask).flatten(1).sum(1)
         divergence = divergence / self.delta
         var = self.sigma**2
         sure = residual / self.count - var + 2 * var * divergence / self.count
-        for step, value in zip(steps, sure.tolist(), strict=True):
-            self.values[step] = value
+        return [float(value) for value in sure.tolist()]
 
 
-class RiskEstimate(Protocol):
-    """An estimate of the restored image's error as a function of the weight."""
+#: The estimated error of an image's result at each of some weights.
+RiskEstimate = Callable[[list[float]], list[float]]
 
-    #: Estimated error at ``rule * _STEP**k``, by ``k``.
-    values: dict[int, float]
 
-    def evaluate(self, steps: list[int], rule: float) -> None:
-        """Fill ``values`` for every ``k`` in ``steps`` not yet known."""
+def solve_at_weights(
+    images: Tensor,
+    weights: list[float],
+    *,
+    tv: TVKind,
+    color: ColorMode,
+    noise: NoiseModel = "gaussian",
+    eps: float = DEFAULT_EPS,
+    max_iter: int = DEFAULT_MAX_ITER,
+    tol: float = DEFAULT_TOL,
+) -> Tensor:
+    """Every image of ``(T, C, h, w)`` solved at every weight, in one batch:
+    ``(K, T, C, h, w)`` in float64 for ``K`` weights."""
+    t = images.shape[0]
+    per_image = torch.tensor(weights, dtype=images.dtype).repeat_interleave(t)
+    result = solve(
+        images.repeat(len(weights), 1, 1, 1),
+        per_image.to(images.device),
+        tv=tv,
+        color=color,
+        noise=noise,
+        eps=eps,
+        max_iter=max_iter,
+        tol=tol,
+    )
+    return result.restored.to(torch.float64).reshape(len(weights), *images.shape)
 
 
 def refine_weight(risk: RiskEstimate, rule: float, *, highest: int = _HIGHEST_STEP) -> float:
     """The weight minimising ``risk``: grid search around ``rule`` and a parabola.
 
     The grid has ratio ``2**(1/3)`` and reaches from ``rule / 4`` to
-    ``rule * 2**(highest / 3)``.
+    ``rule * 2**(highest / 3)``; points are evaluated a few at a time (three around the
+    rule, then one more while the minimum sits at an edge).
     """
+    values: dict[int, float] = {}
+
+    def evaluate(steps: list[int]) -> None:
+        new = [k for k in steps if k not in values]
+        if new:
+            values.update(zip(new, risk([rule * _STEP**k for k in new]), strict=True))
+
     low, high = _LOWEST_STEP, highest
     steps = list(range(max(-_HALF_WIDTH, low), min(_HALF_WIDTH, high) + 1))
     while True:
-        risk.evaluate(steps, rule)
-        best = min(risk.values, key=risk.values.__getitem__)
-        if best == max(risk.values.keys()) and best < high:
+        evaluate(steps)
+        best = min(values, key=values.__getitem__)
+        if best == max(values.keys()) and best < high:
             steps = [best + i for i in range(1, _EXTEND + 1) if best + i <= high]
-        elif best == min(risk.values.keys()) and best > low:
+        elif best == min(values.keys()) and best > low:
             steps = [best - i for i in range(1, _EXTEND + 1) if best - i >= low]
         else:
             break
-    if best - 1 not in risk.values or best + 1 not in risk.values:
+    if best - 1 not in values or best + 1 not in values:
         return rule * float(_STEP**best)
-    left, mid, right = (risk.values[best + i] for i in (-1, 0, 1))
+    left, mid, right = (values[best + i] for i in (-1, 0, 1))
     curvature = left - 2 * mid + right
     offset = 0.5 * (left - right) / curvature if curvature > 0 else 0.0
     return rule * float(_STEP ** (best + max(-0.5, min(0.5, offset))))

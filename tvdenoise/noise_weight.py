@@ -74,11 +74,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .auto import _STEP, refine_weight, sample_tiles
+from .auto import refine_weight, sample_tiles, solve_at_weights
 from .fidelity import NOISE_MODELS, NoiseModel
 from .filters import any_in_window, box_mean, immerkaer_residual
 from .sigma import MIN_SIZE
-from .solver import solve
 from .tv import COLOR_MODES, TV_KINDS, ColorMode, TVKind, as_batch, check_choice
 
 __all__ = [
@@ -293,28 +292,16 @@ class _ImpulseHoldOut:
         self.held = exact & (draw < _HOLD_OUT)
         self.kept = exact & ~self.held
         self.data = torch.where(self.held, salt.to(tiles.dtype), tiles)
-        self.values: dict[int, float] = {}
 
-    def evaluate(self, steps: list[int], rule: float) -> None:
-        steps = [k for k in steps if k not in self.values]
-        if not steps:
-            return
-        t = self.tiles.shape[0]
-        weights = torch.tensor([rule * _STEP**k for k in steps], dtype=self.tiles.dtype)
-        result = solve(
-            self.data.repeat(len(steps), 1, 1, 1),
-            weights.repeat_interleave(t).to(self.tiles.device),
-            tv=self.tv,
-            color=self.color,
-            noise="impulse",
+    def __call__(self, weights: list[float]) -> list[float]:
+        restored = solve_at_weights(
+            self.data, weights, tv=self.tv, color=self.color, noise="impulse"
         )
-        restored = result.restored.reshape(len(steps), *self.tiles.shape)
-        squared = (restored - self.tiles).to(torch.float64).square()
+        squared = (restored - self.tiles.to(torch.float64)).square()
         kept = (squared * self.kept).flatten(1).sum(1) / max(int(self.kept.sum()), 1)
         held = (squared * self.held).flatten(1).sum(1) / max(int(self.held.sum()), 1)
         risk = (1 - self.fraction) * kept + self.fraction * held
-        for step, value in zip(steps, risk.tolist(), strict=True):
-            self.values[step] = value
+        return [float(value) for value in risk.tolist()]
 
 
 class _PoissonHoldOut:
@@ -344,26 +331,14 @@ class _PoissonHoldOut:
         self.data = torch.where(tiles < 1.0, scaled, tiles)
         target = (counts - kept) / (_THINNING * peak)
         self.target = target.to(tiles.device, tiles.dtype)
-        self.values: dict[int, float] = {}
 
-    def evaluate(self, steps: list[int], rule: float) -> None:
-        steps = [k for k in steps if k not in self.values]
-        if not steps:
-            return
-        t = self.data.shape[0]
-        weights = torch.tensor([rule * _STEP**k for k in steps], dtype=self.data.dtype)
-        result = solve(
-            self.data.repeat(len(steps), 1, 1, 1),
-            weights.repeat_interleave(t).to(self.data.device),
-            tv=self.tv,
-            color=self.color,
-            noise="poisson",
+    def __call__(self, weights: list[float]) -> list[float]:
+        restored = solve_at_weights(
+            self.data, weights, tv=self.tv, color=self.color, noise="poisson"
         )
-        restored = result.restored.reshape(len(steps), *self.data.shape)
-        squared = (restored - self.target).to(torch.float64).square() * self.scored
+        squared = (restored - self.target.to(torch.float64)).square() * self.scored
         risk = squared.flatten(1).sum(1) / max(int(self.scored.sum()), 1)
-        for step, value in zip(steps, risk.tolist(), strict=True):
-            self.values[step] = value
+        return [float(value) for value in risk.tolist()]
 
 
 def auto_weight_for_noise(
