@@ -82,19 +82,18 @@ per-pixel quantity, so a weight chosen on a sample of the image holds for all of
 Measured on 8 photographs at 512x512 and sigma 10-50/255, 8 tiles choose weights as good
 as 16 (mean gap 0.089 against 0.087 dB, the same maximum) in 55-60 % of the time.
 
-Measured (``scripts/eval_auto_weight.py``: eight 256x256 photographs, sigma = 5, 10, 15,
-25, 35, 50/255, 8-bit noise), the gap to the best fixed weight of each image is 0.07 dB on
-average (isotropic joint; 0.09 dB anisotropic, 0.09 dB separate), the result is never
-below the noisy PSNR, and clean photographs stay above 42.6 dB. The largest gaps and
-their causes:
+Measured (``scripts/eval_auto_weight.py``: eight photographs, sigma = 5, 10, 15, 25, 35,
+50/255, 8-bit noise, isotropic joint TV), the gap to the best fixed weight of each image is
+0.046 dB on average at 256x256 (0.055 dB with ``--size 512``, where SURE works on tiles),
+the result is never below the noisy PSNR, and clean photographs stay above 47 dB. The
+gaps left above 0.3 dB are all at 50/255 with heavy 8-bit clipping:
 
-* high noise on images with large saturated areas, where the rule is used (``rocket`` at
-  50/255: 0.8 dB joint, 1.5 dB anisotropic; ``brick`` 0.3-0.5 dB): such areas want
-  1.3-1.8 times the rule's weight, and SURE cannot see them;
-* fine texture at low noise (``gravel`` at 5/255: 0.6 dB): ``estimate_sigma`` reads the
-  texture as noise (7/255 instead of 5/255), and SURE with a sigma 40 % too high picks
-  about twice the best weight. On ``grass``, whose clean image already reads 8/255, the
-  result at 5/255 is below the noisy input and the clean image drops to 36 dB.
+* too few unclipped pixels for SURE, so the rule is used, where such images want about
+  1.2 times its weight (``rocket``: 0.70 dB at 256x256, 0.25 dB at 512x512; ``chelsea``
+  0.35 dB at 512x512);
+* clipped values inside SURE's pixel set: a 2-sigma margin still leaves about 2 % of them
+  at 50/255, and a clipped value's residual does not obey Stein's lemma, enough to make
+  SURE favour too much smoothing on a textured image (``gravel`` 0.42 dB at 512x512).
 """
 
 from __future__ import annotations
