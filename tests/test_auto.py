@@ -216,3 +216,57 @@ def test_large_image_weight_matches_its_scaled_copy(monkeypatch: pytest.MonkeyPa
     small_w, _ = auto_weight(noisy, sigma=0.06)
     big_w, _ = auto_weight(big, sigma=0.06)
     assert float(big_w[0]) == pytest.approx(float(small_w[0]), rel=0.25)
+
+
+# --- clipping -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sigma", [0.02, 0.2])
+def test_latent_value_inverts_the_clipped_mean(sigma: float) -> None:
+    clean = torch.linspace(0, 1, 101, dtype=torch.float64)
+    mean = auto._censored_mean(clean, sigma)
+    assert bool((mean.diff() > 0).all())
+    assert auto._latent_value(mean, sigma) == pytest.approx(clean, abs=1e-9)
+
+
+def test_censored_mean_and_clipped_targets_match_sampling() -> None:
+    sigma = 0.2
+    clean = torch.tensor([0.0, 0.1, 0.5, 0.95], dtype=torch.float64)
+    y = clean + sigma * torch.randn(400_000, 4, generator=_generator(12), dtype=torch.float64)
+    f = y.clamp(0, 1)
+    assert auto._censored_mean(clean, sigma) == pytest.approx(f.mean(0), abs=2e-3)
+    # Each clipped value is replaced by the mean of the noisy values clipped like it.
+    smoothed = auto._censored_mean(clean, sigma).expand_as(f)
+    targets = auto._clipped_targets(f, smoothed, sigma)
+    for column in range(4):
+        for hit in (y[:, column] <= 0, y[:, column] >= 1):
+            if int(hit.sum()) > 5000:
+                expected = float(y[hit, column].mean())
+                assert float(targets[hit, column].mean()) == pytest.approx(expected, abs=2e-3)
+    unclipped = (f > 0) & (f < 1)
+    assert bool((targets[unclipped] == f[unclipped]).all())
+
+
+def test_sure_handles_heavily_clipped_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Flat areas at 4 % and 96 % under noise 0.2 (51/255): about 40 % of the 8-bit
+    # values clip. With the clipped values' expectations SURE finds the best weight;
+    # taking the clipped values at face value it smooths too much.
+    levels = torch.tensor([0.96, 0.5, 0.04])
+    gen = _generator(1)
+    clean = torch.full((1, 96, 96), 0.04)
+    for k in range(10):
+        top, left = (int(v) for v in torch.randint(0, 88, (2,), generator=gen))
+        side = int(torch.randint(8, 48, (1,), generator=gen))
+        clean[:, top : top + side, left : left + side] = levels[k % 3]
+    noisy = _noisy(255 * clean.to(torch.float64), 0.2 * 255, seed=101)
+    grid = 0.2 * 2.0 ** (torch.arange(-6, 10) / 4)
+    batch = noisy.expand(len(grid), *noisy.shape).contiguous()
+    best = max(_psnr(r, clean.to(torch.float64)) for r in solve(batch, grid).restored)
+
+    def gap() -> float:
+        weights, _ = auto_weight(noisy, sigma=0.2)
+        return best - _psnr(solve(noisy, weights).restored, clean.to(torch.float64))
+
+    assert gap() < 0.15
+    monkeypatch.setattr(auto, "_clipped_targets", lambda f, smoothed, sigma: f)
+    assert gap() > 0.2
