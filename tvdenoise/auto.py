@@ -111,6 +111,7 @@ from torch import Tensor
 from .fidelity import NoiseModel
 from .sigma import MIN_SIZE, estimate_sigma
 from .solver import DEFAULT_EPS, DEFAULT_MAX_ITER, DEFAULT_TOL, solve
+from .tiling import CPU_TILE
 from .tv import COLOR_MODES, TV_KINDS, ColorMode, TVKind, as_batch, check_choice
 
 __all__ = ["AutoMethod", "auto_weight", "weight_for_sigma"]
@@ -149,6 +150,8 @@ _MAX_TILES = 16
 # and no early stopping (a tolerance no change reaches), so that the plain and the probed
 # image run the same iterations and the map stays differentiable.
 _SURE_MAX_ITER = DEFAULT_MAX_ITER
+# Values solved together on CPU: one RGB tile of tvdenoise.tiling.CPU_TILE pixels.
+_CPU_CHUNK_VALUES = 3 * CPU_TILE * CPU_TILE
 _SURE_TOL = 1e-30
 
 
@@ -286,10 +289,12 @@ def _clipped_targets(f: Tensor, smoothed: Tensor, sigma: float) -> Tensor:
     ``x + sigma * m((1 - x) / sigma)`` with ``m`` the inverse Mills ratio. ``x`` is read
     from ``smoothed`` (a denoised copy of ``f``), corrected for the clipping's bias.
     """
-    clean = _latent_value(smoothed.clamp(0, 1), sigma)
-    low = clean - sigma * _inverse_mills(clean / sigma)
-    high = clean + sigma * _inverse_mills((1 - clean) / sigma)
-    return torch.where(f <= 0, low, torch.where(f >= 1, high, f))
+    targets = f.clone()
+    for clipped, sign in ((f <= 0, -1.0), (f >= 1, 1.0)):
+        clean = _latent_value(smoothed[clipped].clamp(0, 1), sigma)
+        distance = clean if sign < 0 else 1 - clean  # to the clipping level
+        targets[clipped] = clean + sign * sigma * _inverse_mills(distance / sigma)
+    return targets
 
 
 class _Sure:
@@ -368,17 +373,26 @@ def solve_at_weights(
     ``(K, T, C, h, w)`` in float64 for ``K`` weights."""
     t = images.shape[0]
     per_image = torch.tensor(weights, dtype=images.dtype).repeat_interleave(t)
-    result = solve(
-        images.repeat(len(weights), 1, 1, 1),
-        per_image.to(images.device),
-        tv=tv,
-        color=color,
-        noise=noise,
-        eps=eps,
-        max_iter=max_iter,
-        tol=tol,
-    )
-    return result.restored.to(torch.float64).reshape(len(weights), *images.shape)
+    batch = images.repeat(len(weights), 1, 1, 1)
+    # On CPU, in chunks whose solver buffers stay in the cache, as for tiles
+    # (tvdenoise.tiling): 0.21 s instead of 0.33 s for 144 RGB 64x64 tiles.
+    chunk = len(batch)
+    if images.device.type == "cpu":
+        chunk = max(1, _CPU_CHUNK_VALUES // images[0].numel())
+    restored = [
+        solve(
+            batch[start : start + chunk],
+            per_image[start : start + chunk].to(images.device),
+            tv=tv,
+            color=color,
+            noise=noise,
+            eps=eps,
+            max_iter=max_iter,
+            tol=tol,
+        ).restored.to(torch.float64)
+        for start in range(0, len(batch), chunk)
+    ]
+    return torch.cat(restored).reshape(len(weights), *images.shape)
 
 
 def refine_weight(risk: RiskEstimate, rule: float, *, highest: int = _HIGHEST_STEP) -> float:
