@@ -270,3 +270,13 @@ def test_sure_handles_heavily_clipped_images(monkeypatch: pytest.MonkeyPatch) ->
     assert gap() < 0.15
     monkeypatch.setattr(auto, "_clipped_targets", lambda f, smoothed, sigma: f)
     assert gap() > 0.2
+
+
+def test_candidates_solved_in_chunks_equal_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    tiles = torch.rand(3, 2, 20, 17, generator=_generator(13))
+    weights = [0.05, 0.1]
+    whole = auto.solve_at_weights(tiles, weights, tv="isotropic", color="joint")
+    monkeypatch.setattr(auto, "_CPU_CHUNK_VALUES", 2 * 20 * 17 * 2)  # two tiles a chunk
+    chunked = auto.solve_at_weights(tiles, weights, tv="isotropic", color="joint")
+    assert chunked.shape == (2, 3, 2, 20, 17)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
