@@ -442,8 +442,8 @@ def auto_weight(
     With ``method="rule"`` the weight is :func:`weight_for_sigma` of the noise level.
     With ``method="sure"`` (default) that weight is the starting point of a search for
     the weight that minimises Stein's unbiased risk estimate of the image's mean squared
-    error (see the module docstring); this takes usually 6-10 extra solves of the image
-    (of at most 8 tiles of 64x64 pixels for large images). An image with ``sigma = 0``
+    error (see the module docstring); this takes usually 9-15 extra solves of the image
+    (of at most 16 tiles of 64x64 pixels for large images). An image with ``sigma = 0``
     gets weight 0.
 
     Args:
