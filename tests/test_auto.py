@@ -280,3 +280,14 @@ def test_candidates_solved_in_chunks_equal_one_batch(monkeypatch: pytest.MonkeyP
     chunked = auto.solve_at_weights(tiles, weights, tv="isotropic", color="joint")
     assert chunked.shape == (2, 3, 2, 20, 17)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
+
+
+def test_nearly_all_clipped_image_keeps_the_rule() -> None:
+    # A dark field with a few bright spots: under 10 % of the values are away from
+    # clipping, so the noise estimate cannot be trusted and SURE is not run.
+    clean = torch.full((1, 64, 64), 0.02)
+    clean[:, 20:26, 30:36] = 0.6
+    noisy = _noisy(255 * clean.to(torch.float64), 0.2 * 255, seed=14)
+    rule, _ = auto_weight(noisy, sigma=0.2, method="rule")
+    sure, _ = auto_weight(noisy, sigma=0.2)
+    assert float(sure[0]) == float(rule[0])
