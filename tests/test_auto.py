@@ -39,14 +39,26 @@ def _psnr(restored: torch.Tensor, clean: torch.Tensor) -> float:
     return float(-10 * torch.log10(mse))
 
 
-def _cartoon(size: int, seed: int) -> torch.Tensor:
-    """Piecewise-constant image in [0.25, 0.75]: flat areas and straight edges."""
+def _cartoon(
+    size: int,
+    seed: int,
+    *,
+    levels: list[float] | None = None,
+    background: float = 0.5,
+    squares: int = 8,
+) -> torch.Tensor:
+    """Piecewise-constant image: flat squares and straight edges on a background, the
+    squares at random levels in [0.25, 0.75] or at ``levels`` in turn."""
     gen = _generator(seed)
-    image = torch.full((1, size, size), 0.5)
-    for _ in range(8):
+    image = torch.full((1, size, size), background)
+    for k in range(squares):
         top, left = (int(v) for v in torch.randint(0, size - 8, (2,), generator=gen))
         side = int(torch.randint(8, size // 2, (1,), generator=gen))
-        image[:, top : top + side, left : left + side] = 0.25 + 0.5 * torch.rand(1, generator=gen)
+        if levels is None:
+            level = 0.25 + 0.5 * torch.rand(1, generator=gen)
+        else:
+            level = torch.tensor(levels[k % len(levels)])
+        image[:, top : top + side, left : left + side] = level
     return image
 
 
@@ -251,13 +263,7 @@ def test_sure_handles_heavily_clipped_images(monkeypatch: pytest.MonkeyPatch) ->
     # Flat areas at 4 % and 96 % under noise 0.2 (51/255): about 40 % of the 8-bit
     # values clip. With the clipped values' expectations SURE finds the best weight;
     # taking the clipped values at face value it smooths too much.
-    levels = torch.tensor([0.96, 0.5, 0.04])
-    gen = _generator(1)
-    clean = torch.full((1, 96, 96), 0.04)
-    for k in range(10):
-        top, left = (int(v) for v in torch.randint(0, 88, (2,), generator=gen))
-        side = int(torch.randint(8, 48, (1,), generator=gen))
-        clean[:, top : top + side, left : left + side] = levels[k % 3]
+    clean = _cartoon(96, seed=1, levels=[0.96, 0.5, 0.04], background=0.04, squares=10)
     noisy = _noisy(255 * clean.to(torch.float64), 0.2 * 255, seed=101)
     grid = 0.2 * 2.0 ** (torch.arange(-6, 10) / 4)
     batch = noisy.expand(len(grid), *noisy.shape).contiguous()

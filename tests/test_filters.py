@@ -27,6 +27,12 @@ def test_box_mean_is_the_clipped_average_pool(shape: tuple[int, int, int, int], 
     assert torch.allclose(box_mean(x, size), expected, atol=1e-12)
 
 
+def test_box_mean_filters_each_plane_of_any_shape() -> None:
+    x = torch.rand(2, 3, 4, 9, 11, generator=torch.Generator().manual_seed(3))
+    planes = box_mean(x.reshape(24, 1, 9, 11), 5).reshape(x.shape)
+    assert torch.equal(box_mean(x, 5), planes)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_any_in_window_is_the_max_pool(shape: tuple[int, int, int, int]) -> None:
     mask = torch.rand(shape, generator=torch.Generator().manual_seed(2)) > 0.9

@@ -271,9 +271,8 @@ def sample_tiles(f: Tensor, count: int | None = None) -> Tensor:
 
 def _away_from_clipping(tiles: Tensor, sigma: Tensor) -> list[float]:
     """Per image, the fraction of values whose 15x15 local mean is 2 sigma inside (0, 1)."""
-    b, t, c, h, w = tiles.shape
-    local = box_mean(tiles.reshape(b * t * c, 1, h, w), _LOCAL_MEAN_SIZE).reshape(tiles.shape)
-    margin = (_CLIP_MARGIN * sigma).reshape(b, 1, 1, 1, 1)
+    local = box_mean(tiles, _LOCAL_MEAN_SIZE)
+    margin = (_CLIP_MARGIN * sigma).reshape(-1, 1, 1, 1, 1)
     inside = (local > margin) & (local < 1 - margin)
     return inside.flatten(1).to(torch.float32).mean(1).tolist()
 
@@ -338,8 +337,7 @@ class _Sure:
         self.tiles = tiles  # (T, C, h, w)
         f = tiles.to(torch.float64)
         clipped = (f <= 0) | (f >= 1)
-        self.unclipped = (~clipped).to(torch.float64)
-        self.count = float(f[0].numel() * f.shape[0])
+        self.count = f.numel()
         if bool(clipped.any()):
             smoothed = solve_at_weights(tiles, [rule], tv=tv, color=color, eps=eps)[0]
             self.targets = _clipped_targets(f, smoothed, sigma)
@@ -350,19 +348,21 @@ class _Sure:
         self.color: ColorMode = color
         self.eps = eps
         self.delta = _PROBE_RATIO * sigma
-        # The same probe for every image, so that an image gets the same weight alone
-        # or in a batch.
+        # The same probes for every image, so that an image gets the same weight alone
+        # or in a batch. The image and its probed copies are solved together; only the
+        # unclipped values count in the divergence.
         generator = torch.Generator().manual_seed(_PROBE_SEED)
         shape = (_PROBES * tiles.shape[0], *tiles.shape[1:])
         probe = torch.randn(shape, generator=generator, dtype=torch.float32)
-        self.probe = probe.to(tiles.device, tiles.dtype)
+        probe = probe.to(tiles.device, tiles.dtype)
+        probed = tiles.repeat(_PROBES, 1, 1, 1) + self.delta * probe
+        self.images = torch.cat([tiles, probed])
+        self.probe = probe.to(torch.float64) * (~clipped).repeat(_PROBES, 1, 1, 1)
 
     def __call__(self, weights: list[float]) -> list[float]:
         """SURE of the image's result at each of ``weights``."""
-        t = self.tiles.shape[0]
-        probed = self.tiles.repeat(_PROBES, 1, 1, 1) + self.delta * self.probe
         both = solve_at_weights(
-            torch.cat([self.tiles, probed]),
+            self.images,
             weights,
             tv=self.tv,
             color=self.color,
@@ -370,11 +370,11 @@ class _Sure:
             max_iter=_SURE_MAX_ITER,
             tol=_SURE_TOL,
         )
+        t = self.tiles.shape[0]
         u, v = both[:, :t], both[:, t:]
         residual = (u - self.targets).square().flatten(1).sum(1)
-        probe = self.probe.to(torch.float64) * self.unclipped.repeat(_PROBES, 1, 1, 1)
         change = v - u.repeat(1, _PROBES, 1, 1, 1)
-        divergence = (change * probe).flatten(1).sum(1) / (self.delta * _PROBES)
+        divergence = (change * self.probe).flatten(1).sum(1) / (self.delta * _PROBES)
         var = self.sigma**2
         sure = residual / self.count - var + 2 * var * divergence / self.count
         return [float(value) for value in sure.tolist()]
@@ -398,7 +398,8 @@ def solve_at_weights(
     """Every image of ``(T, C, h, w)`` solved at every weight, in one batch:
     ``(K, T, C, h, w)`` in float64 for ``K`` weights."""
     t = images.shape[0]
-    per_image = torch.tensor(weights, dtype=images.dtype).repeat_interleave(t)
+    per_image = torch.tensor(weights, dtype=images.dtype, device=images.device)
+    per_image = per_image.repeat_interleave(t)
     batch = images.repeat(len(weights), 1, 1, 1)
     # On CPU, in chunks whose solver buffers stay in the cache, as for tiles
     # (tvdenoise.tiling): 0.21 s instead of 0.33 s for 144 RGB 64x64 tiles.
@@ -408,7 +409,7 @@ def solve_at_weights(
     restored = [
         solve(
             batch[start : start + chunk],
-            per_image[start : start + chunk].to(images.device),
+            per_image[start : start + chunk],
             tv=tv,
             color=color,
             noise=noise,

@@ -46,8 +46,9 @@ def _window_counts(n: int, radius: int, like: Tensor) -> Tensor:
 
 
 def box_mean(planes: Tensor, size: int) -> Tensor:
-    """Mean over the ``size x size`` window (odd ``size``) clipped to the image, the same
-    shape as ``planes``: ``avg_pool2d(planes, size, 1, size // 2, count_include_pad=False)``."""
+    """Mean over the ``size x size`` window (odd ``size``) clipped to the image, over the
+    last two dimensions of a tensor of any shape ``(..., H, W)``; for ``(N, 1, H, W)``
+    ``avg_pool2d(planes, size, 1, size // 2, count_include_pad=False)``."""
     radius = size // 2
     h, w = planes.shape[-2:]
     rows = _window_sum(planes, radius, -2).div_(_window_counts(h, radius, planes).view(-1, 1))

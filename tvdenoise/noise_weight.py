@@ -326,8 +326,7 @@ class _PoissonHoldOut:
         # Scored: values away from full scale. Selecting on f < 1 alone would select on
         # k1 + k2 and bias the score towards large weights; a local mean two photon-noise
         # levels below full scale makes clipping rare among the values kept.
-        t, c, h, w = tiles.shape
-        local = box_mean(tiles.reshape(t * c, 1, h, w), _LOCAL_MEAN_SIZE).reshape(tiles.shape)
+        local = box_mean(tiles, _LOCAL_MEAN_SIZE)
         self.scored = (tiles < 1.0) & (local < 1.0 - 2.0 / math.sqrt(peak))
         scaled = (kept / ((1.0 - _THINNING) * peak)).to(tiles.device, tiles.dtype)
         self.data = torch.where(tiles < 1.0, scaled, tiles)
