@@ -10,6 +10,7 @@ import torch
 
 import tvdenoise.auto as auto
 from tvdenoise.auto import auto_weight, weight_for_sigma
+from tvdenoise.clipping import censored_mean, censored_variance, latent_value
 from tvdenoise.solver import solve
 
 
@@ -236,9 +237,9 @@ def test_large_image_weight_matches_its_scaled_copy(monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize("sigma", [0.02, 0.2])
 def test_latent_value_inverts_the_clipped_mean(sigma: float) -> None:
     clean = torch.linspace(0, 1, 101, dtype=torch.float64)
-    mean = auto._censored_mean(clean, sigma)
+    mean = censored_mean(clean, sigma)
     assert bool((mean.diff() > 0).all())
-    assert auto._latent_value(mean, sigma) == pytest.approx(clean, abs=1e-9)
+    assert latent_value(mean, sigma) == pytest.approx(clean, abs=1e-9)
 
 
 def test_censored_mean_and_clipped_targets_match_sampling() -> None:
@@ -246,9 +247,10 @@ def test_censored_mean_and_clipped_targets_match_sampling() -> None:
     clean = torch.tensor([0.0, 0.1, 0.5, 0.95], dtype=torch.float64)
     y = clean + sigma * torch.randn(400_000, 4, generator=_generator(12), dtype=torch.float64)
     f = y.clamp(0, 1)
-    assert auto._censored_mean(clean, sigma) == pytest.approx(f.mean(0), abs=2e-3)
+    assert censored_mean(clean, sigma) == pytest.approx(f.mean(0), abs=2e-3)
+    assert censored_variance(clean, sigma) == pytest.approx(f.var(0), rel=0.01)
     # Each clipped value is replaced by the mean of the noisy values clipped like it.
-    smoothed = auto._censored_mean(clean, sigma).expand_as(f)
+    smoothed = censored_mean(clean, sigma).expand_as(f)
     targets = auto._clipped_targets(f, smoothed, sigma)
     for column in range(4):
         for hit in (y[:, column] <= 0, y[:, column] >= 1):

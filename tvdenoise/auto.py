@@ -117,6 +117,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from .clipping import inverse_mills, latent_value
 from .fidelity import NoiseModel
 from .filters import box_mean
 from .sigma import MIN_SIZE, estimate_sigma
@@ -157,8 +158,6 @@ _PROBES = 2
 # Values "away from clipping": local mean over this window this many sigmas inside (0, 1).
 _LOCAL_MEAN_SIZE = 15
 _CLIP_MARGIN = 2.0
-# Bisection steps for the clean value behind a clipped mean (2**-40 of the range).
-_BISECTIONS = 40
 # Large images: SURE on at most this many tiles of this size.
 _TILE = 64
 _MAX_TILES = 16
@@ -277,35 +276,6 @@ def _away_from_clipping(tiles: Tensor, sigma: Tensor) -> list[float]:
     return inside.flatten(1).to(torch.float32).mean(1).tolist()
 
 
-def _censored_mean(clean: Tensor, sigma: float) -> Tensor:
-    """``E[clip(clean + n, 0, 1)]`` for ``n ~ N(0, sigma**2)``, elementwise."""
-
-    def above(level: Tensor) -> Tensor:  # E[max(0, level + n)]
-        a = level / sigma
-        density = torch.exp(-0.5 * a.square()) / math.sqrt(2 * math.pi)
-        below: Tensor = torch.special.ndtr(a)
-        return level * below + sigma * density
-
-    return above(clean) - above(clean - 1)
-
-
-def _latent_value(mean: Tensor, sigma: float) -> Tensor:
-    """The clean value in [0, 1] whose clipped noisy version has expectation ``mean``."""
-    low, high = torch.zeros_like(mean), torch.ones_like(mean)
-    for _ in range(_BISECTIONS):
-        middle = 0.5 * (low + high)
-        up = _censored_mean(middle, sigma) < mean
-        low = torch.where(up, middle, low)
-        high = torch.where(up, high, middle)
-    return 0.5 * (low + high)
-
-
-def _inverse_mills(a: Tensor) -> Tensor:
-    """``phi(a) / Phi(-a)``, stable for large ``a``."""
-    log_density = -0.5 * a.square() - 0.5 * math.log(2 * math.pi)
-    return torch.exp(log_density - torch.special.log_ndtr(-a))
-
-
 def _clipped_targets(f: Tensor, smoothed: Tensor, sigma: float) -> Tensor:
     """``f`` with every clipped value replaced by the expected unclipped noisy value.
 
@@ -316,9 +286,9 @@ def _clipped_targets(f: Tensor, smoothed: Tensor, sigma: float) -> Tensor:
     """
     targets = f.clone()
     for clipped, sign in ((f <= 0, -1.0), (f >= 1, 1.0)):
-        clean = _latent_value(smoothed[clipped].clamp(0, 1), sigma)
+        clean = latent_value(smoothed[clipped].clamp(0, 1), sigma)
         distance = clean if sign < 0 else 1 - clean  # to the clipping level
-        targets[clipped] = clean + sign * sigma * _inverse_mills(distance / sigma)
+        targets[clipped] = clean + sign * sigma * inverse_mills(distance / sigma)
     return targets
 
 
