@@ -290,12 +290,15 @@ def test_candidates_solved_in_chunks_equal_one_batch(monkeypatch: pytest.MonkeyP
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
 
 
-def test_nearly_all_clipped_image_keeps_the_rule() -> None:
-    # A dark field with a few bright spots: under 10 % of the values are away from
-    # clipping, so the noise estimate cannot be trusted and SURE is not run.
-    clean = torch.full((1, 64, 64), 0.02)
-    clean[:, 20:26, 30:36] = 0.6
-    noisy = _noisy(255 * clean.to(torch.float64), 0.2 * 255, seed=14)
-    rule, _ = auto_weight(noisy, sigma=0.2, method="rule")
-    sure, _ = auto_weight(noisy, sigma=0.2)
-    assert float(sure[0]) == float(rule[0])
+def test_dark_image_gets_a_good_weight_from_the_estimated_noise() -> None:
+    # A dark field (4 levels) with a few grey squares at noise 50/255: 40 % of the values
+    # clip at 0, the noise estimate must model that, and SURE then runs on it (given
+    # the noise 15 % low, as an estimate ignoring clipping reads it, SURE loses 1.3 dB).
+    clean = _cartoon(96, seed=3, levels=[0.5, 0.3], background=4 / 255, squares=3)
+    noisy = _noisy(255 * clean.to(torch.float64), 50, seed=14)
+    grid = 0.3 * 2.0 ** (torch.arange(-4, 8) / 4)
+    batch = noisy.expand(len(grid), *noisy.shape).contiguous()
+    best = max(_psnr(r, clean.to(torch.float64)) for r in solve(batch, grid).restored)
+    weights, sigmas = auto_weight(noisy)
+    assert 255 * float(sigmas[0]) == pytest.approx(50, rel=0.05)
+    assert best - _psnr(solve(noisy, weights).restored, clean.to(torch.float64)) < 0.3

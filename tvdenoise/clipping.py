@@ -1,4 +1,4 @@
-"""Gaussian noise seen through a file's clipping to [0, 1].
+"""Noise seen through a file's clipping to [0, 1].
 
 An 8-bit (or 16-bit) file stores ``f = clip(x + n, 0, 1)`` for a clean value ``x`` and
 noise ``n ~ N(0, sigma**2)``. Near black and white this changes what a value says about
@@ -6,6 +6,11 @@ noise ``n ~ N(0, sigma**2)``. Near black and white this changes what a value say
 variance shrinks. The noise estimate (:mod:`tvdenoise.sigma`) and SURE
 (:mod:`tvdenoise.auto`) both correct for it with the closed forms here, elementwise on
 tensors of clean values and one noise level ``sigma > 0``.
+
+Photon counts clip too: a file storing ``f = min(k / peak, 1)`` for ``k ~ Poisson(peak * x)``
+holds 1 for every count of ``peak`` or more. :func:`clipped_count_mean`,
+:func:`latent_rate` and :func:`sample_clipped_counts` give the Poisson model's
+counterparts, for the photon-noise weight (:mod:`tvdenoise.noise_weight`).
 """
 
 from __future__ import annotations
@@ -15,10 +20,22 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["censored_mean", "censored_variance", "inverse_mills", "latent_value"]
+__all__ = [
+    "censored_mean",
+    "censored_variance",
+    "clipped_count_mean",
+    "inverse_mills",
+    "latent_rate",
+    "latent_value",
+    "sample_clipped_counts",
+    "variance_share",
+]
 
 # Bisection steps for the clean value behind a clipped mean (2**-40 of the range).
 _BISECTIONS = 40
+# Clean values tabulated by variance_share (linear interpolation between them).
+_TABLE_POINTS = 1025
+_TABLE_REACH = 4.0
 _SQRT_2PI = math.sqrt(2 * math.pi)
 
 
@@ -73,7 +90,11 @@ def latent_value(mean: Tensor, sigma: float) -> Tensor:
         >>> round(float(latent_value(mean, 0.2)), 6)
         0.05
     """
-    low, high = torch.zeros_like(mean), torch.ones_like(mean)
+    return _bisect(mean, sigma, 0.0, 1.0)
+
+
+def _bisect(mean: Tensor, sigma: float, low_end: float, high_end: float) -> Tensor:
+    low, high = torch.full_like(mean, low_end), torch.full_like(mean, high_end)
     for _ in range(_BISECTIONS):
         middle = 0.5 * (low + high)
         up = censored_mean(middle, sigma) < mean
@@ -87,3 +108,99 @@ def inverse_mills(a: Tensor) -> Tensor:
     normal ``z``."""
     log_density = -0.5 * a.square() - 0.5 * math.log(2 * math.pi)
     return torch.exp(log_density - torch.special.log_ndtr(-a))
+
+
+def variance_share(mean: Tensor, sigma: float) -> Tensor:
+    """``censored_variance(x, sigma) / sigma**2`` for the clean value ``x`` behind a
+    clipped ``mean``: the share of the noise variance that clipping leaves.
+
+    ``x`` may lie beyond [0, 1] (by up to 4 sigma): a noisy mean must not be cut off at
+    a clean 0 or 1, or shares read from noisy means are biased upwards. Interpolated
+    in a table of 1025 evenly spaced means (cheap for many values).
+
+    Example:
+        >>> mean = censored_mean(torch.tensor([0.0, 0.5]), 0.1)
+        >>> [round(v, 2) for v in variance_share(mean, 0.1).tolist()]
+        [0.34, 1.0]
+    """
+    reach = _TABLE_REACH * sigma
+    # Clean values -> means on a fine grid, inverted onto evenly spaced means.
+    fine = torch.linspace(-reach, 1.0 + reach, 4 * _TABLE_POINTS, dtype=torch.float64)
+    fine_means = censored_mean(fine, sigma)
+    first, last = float(fine_means[0]), float(fine_means[-1])
+    means = torch.linspace(first, last, _TABLE_POINTS, dtype=torch.float64)
+    right = torch.searchsorted(fine_means, means).clamp(1, len(fine) - 1)
+    span = (fine_means[right] - fine_means[right - 1]).clamp_min(1e-300)
+    weight = ((means - fine_means[right - 1]) / span).clamp(0.0, 1.0)
+    clean = fine[right - 1] + weight * (fine[right] - fine[right - 1])
+    shares = censored_variance(clean, sigma) / sigma**2
+    shares = shares.to(mean.device)
+    position = (mean.to(torch.float64) - first) * ((_TABLE_POINTS - 1) / (last - first))
+    position = position.clamp(0.0, _TABLE_POINTS - 1.0)
+    left = position.floor().clamp(max=_TABLE_POINTS - 2)
+    t = position - left
+    index = left.long()
+    return (shares[index] * (1 - t) + shares[index + 1] * t).to(mean.dtype)
+
+
+def _first_clipped_count(peak: float) -> int:
+    return max(1, math.ceil(peak))
+
+
+def clipped_count_mean(rate: Tensor, peak: float) -> Tensor:
+    """``E[min(k / peak, 1)]`` for ``k ~ Poisson(rate)``: the mean a file stores.
+
+    With ``c`` the smallest count stored as 1, ``sum_{k < c} k p(k) = rate P(k <= c - 2)``.
+
+    Example:
+        >>> rate = torch.tensor([0.5, 50.0], dtype=torch.float64)
+        >>> [round(v, 4) for v in clipped_count_mean(rate, 10.0).tolist()]
+        [0.05, 1.0]
+    """
+    c = _first_clipped_count(peak)
+    low: Tensor = torch.special.gammaincc(torch.full_like(rate, max(c - 1, 1)), rate)
+    below = rate * low if c >= 2 else torch.zeros_like(rate)
+    at_top: Tensor = torch.special.gammainc(torch.full_like(rate, c), rate)
+    return below / peak + at_top
+
+
+def latent_rate(mean: Tensor, peak: float) -> Tensor:
+    """The Poisson rate in ``[0, peak]`` (a clean value in [0, 1]) whose clipped counts
+    have the mean ``mean`` (the inverse of :func:`clipped_count_mean`, by bisection).
+
+    Example:
+        >>> mean = clipped_count_mean(torch.tensor([8.0], dtype=torch.float64), 10.0)
+        >>> round(float(latent_rate(mean, 10.0)[0]), 6)
+        8.0
+    """
+    low, high = torch.zeros_like(mean), torch.full_like(mean, peak)
+    for _ in range(_BISECTIONS):
+        middle = 0.5 * (low + high)
+        up = clipped_count_mean(middle, peak) < mean
+        low = torch.where(up, middle, low)
+        high = torch.where(up, high, middle)
+    return 0.5 * (low + high)
+
+
+def sample_clipped_counts(rate: Tensor, peak: float, generator: torch.Generator) -> Tensor:
+    """Counts drawn from ``Poisson(rate)`` given that they were clipped (``k >= c``, the
+    smallest count stored as 1), by inverting the tail's distribution function.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> k = sample_clipped_counts(torch.full((1000,), 9.0, dtype=torch.float64), 10.0, g)
+        >>> bool((k >= 10).all()), 11 < float(k.mean()) < 12.5
+        (True, True)
+    """
+    c = _first_clipped_count(peak)
+    tail: Tensor = torch.special.gammainc(torch.full_like(rate, c), rate)
+    draw = torch.rand(rate.shape, generator=generator, dtype=rate.dtype) * tail
+    top = float(rate.max()) if rate.numel() else 0.0
+    largest = max(c, math.ceil(top)) + math.ceil(10.0 * math.sqrt(top + 1.0)) + 10
+    counts = torch.full_like(rate, float(largest))
+    cumulative = torch.zeros_like(rate)
+    log_rate = torch.log(rate.clamp_min(1e-300))
+    for k in range(c, largest):
+        cumulative += torch.exp(k * log_rate - rate - math.lgamma(k + 1))
+        counts = torch.where((cumulative >= draw) & (counts == largest), float(k), counts)
+    return counts
