@@ -91,6 +91,15 @@ def test_dark_image_estimate_models_the_clipped_noise(sigma_levels: int) -> None
     assert 255 * float(estimate_sigma(noisy)) == pytest.approx(sigma_levels, rel=0.05)
 
 
+def test_sixteen_bit_noise_under_strong_structure() -> None:
+    # Two 16-bit levels of noise on a full-range ramp: the structure's eigenvalues are
+    # 1e5 times the noise's, which float32 products of the patches cannot resolve.
+    g = _generator(8)
+    ramp = torch.linspace(0, 1, 256).expand(1, 256, 256)
+    noisy = (ramp + 3e-5 * torch.randn(ramp.shape, generator=g)).clamp(0, 1)
+    assert float(estimate_sigma(noisy)) == pytest.approx(3e-5, rel=0.05)
+
+
 def test_batched_equals_one_by_one() -> None:
     images = [
         add_8bit_noise(piecewise_constant(3, 40, 45, seed=s), sigma_levels=s * 10, seed=s)

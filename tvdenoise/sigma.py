@@ -170,9 +170,9 @@ def _noise_variance(parts: list[_Patches], keep: list[torch.Tensor]) -> float:
     gram = torch.zeros(d, d, dtype=torch.float64, device=parts[0].values.device)
     total = torch.zeros(d, dtype=torch.float64, device=gram.device)
     for part, kept in zip(parts, keep, strict=True):
-        selected = part.values[:, kept]  # float32 products, float64 sums of them
-        gram += (selected @ selected.T).to(torch.float64)
-        total += selected.sum(dim=1, dtype=torch.float64)
+        selected = part.values[:, kept].to(torch.float64)
+        gram += selected @ selected.T
+        total += selected.sum(dim=1)
     mean = total / n
     covariance = (gram - n * torch.outer(mean, mean)) / (n - 1)
     # The patch mean was removed: one eigenvalue is 0 by construction.
