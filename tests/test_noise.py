@@ -259,6 +259,15 @@ def test_estimate_peak_sees_through_clipped_counts(seed: int) -> None:
     assert float(estimate_peak(noisy)) == pytest.approx(10.0, rel=TOL["peak_rel"])
 
 
+def test_estimate_peak_of_a_large_bright_image_uses_bands_of_rows() -> None:
+    # 1024 x 600 values at 10 photons, 0.6-0.95 of full scale: the simulation that
+    # calibrates the peak runs on bands of rows, and reads it as well as on the whole.
+    g = torch.Generator().manual_seed(4)
+    ramp = torch.linspace(0.6, 0.95, 600).expand(1, 1024, 600)
+    noisy = (torch.poisson(ramp.double() * 10, generator=g) / 10).clamp(0, 1).float()
+    assert float(estimate_peak(noisy)) == pytest.approx(10.0, rel=TOL["peak_rel"])
+
+
 @pytest.mark.parametrize("fraction", [0.0, 0.1, 0.3])
 def test_estimate_impulse_fraction_on_a_flat_image(fraction: float) -> None:
     noisy = _salt_and_pepper(torch.full((1, 96, 96), 0.5), fraction)

@@ -127,6 +127,9 @@ _MIN_BLOCKS = 16
 # simulating counts from the image smoothed over this window, this many times.
 _SCENE_SIZE = 5
 _CALIBRATION_ROUNDS = 3
+# ... on at most about this many values (bands of rows of large images).
+_CALIBRATION_VALUES = 1 << 18
+_BAND_ROWS = 64
 
 # Weight rules, fitted with scripts/eval_noise.py on astronaut, camera, coffee and chelsea
 # (256x256 crops); see the module docstring for their form. Impulse: best weights
@@ -200,6 +203,18 @@ def _calibrated_ratio(planes: Tensor, observed: float) -> float:
     """
     if not (math.isfinite(observed) and observed > 0):
         return observed
+    rows = planes.shape[-2]
+    if planes.numel() > _CALIBRATION_VALUES and rows >= 4 * _BAND_ROWS:
+        # Large images: evenly spread bands of rows, measured afresh.
+        band_values = planes.numel() // rows * _BAND_ROWS
+        bands = max(2, _CALIBRATION_VALUES // band_values)
+        starts = torch.linspace(0, rows - _BAND_ROWS, min(bands, rows // _BAND_ROWS))
+        planes = torch.cat(
+            [planes[..., int(r) : int(r) + _BAND_ROWS, :] for r in starts.tolist()]
+        )
+        observed = float(_unsaturated_ratio(planes, 1)[0])
+        if not (math.isfinite(observed) and observed > 0):
+            return observed
     local = box_mean(planes.cpu().to(torch.float64), _SCENE_SIZE).clamp(0.0, 1.0)
     peak = 1.0 / observed
     for _ in range(_CALIBRATION_ROUNDS):
