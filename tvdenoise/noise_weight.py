@@ -69,8 +69,8 @@ to the dark areas: ``chelsea`` at 10 photons lost 0.78 dB). Thinning is exact on
 right peak: with the peak 10-20 % high the two halves are correlated and the score
 favoured too little smoothing (up to 1.7 dB lost), hence the calibrated estimate above.
 Measured by ``scripts/eval_noise.py`` at 10 / 30 photons: the gap to the best weight went
-from at most 4.4 / 3.1 dB (``cell``) with the rule to at most 0.08 / 0.16 dB (mean
-0.04 / 0.03 dB).
+from at most 4.4 / 3.1 dB (``cell``) with the rule to at most 0.11 / 0.16 dB (mean
+0.02 / 0.03 dB).
 
 Both rules were fitted on 256x256 crops of astronaut, camera, coffee and chelsea, and are
 checked on other photographs by ``scripts/eval_noise.py``.
