@@ -209,9 +209,7 @@ def _calibrated_ratio(planes: Tensor, observed: float) -> float:
         band_values = planes.numel() // rows * _BAND_ROWS
         bands = max(2, _CALIBRATION_VALUES // band_values)
         starts = torch.linspace(0, rows - _BAND_ROWS, min(bands, rows // _BAND_ROWS))
-        planes = torch.cat(
-            [planes[..., int(r) : int(r) + _BAND_ROWS, :] for r in starts.tolist()]
-        )
+        planes = torch.cat([planes[..., int(r) : int(r) + _BAND_ROWS, :] for r in starts.tolist()])
         observed = float(_unsaturated_ratio(planes, 1)[0])
         if not (math.isfinite(observed) and observed > 0):
             return observed
