@@ -92,11 +92,7 @@ def latent_value(mean: Tensor, sigma: float) -> Tensor:
         >>> round(float(latent_value(mean, 0.2)), 6)
         0.05
     """
-    return _bisect(mean, sigma, 0.0, 1.0)
-
-
-def _bisect(mean: Tensor, sigma: float, low_end: float, high_end: float) -> Tensor:
-    low, high = torch.full_like(mean, low_end), torch.full_like(mean, high_end)
+    low, high = torch.zeros_like(mean), torch.ones_like(mean)
     for _ in range(_BISECTIONS):
         middle = 0.5 * (low + high)
         up = censored_mean(middle, sigma) < mean
@@ -110,6 +106,15 @@ def inverse_mills(a: Tensor) -> Tensor:
     normal ``z``."""
     log_density = -0.5 * a.square() - 0.5 * math.log(2 * math.pi)
     return torch.exp(log_density - torch.special.log_ndtr(-a))
+
+
+def _interpolate(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+    """Piecewise-linear ``fp(x)`` for increasing ``xp`` (float64), constant beyond its ends."""
+    x = x.clamp(float(xp[0]), float(xp[-1]))
+    right = torch.searchsorted(xp, x).clamp(1, len(xp) - 1)
+    span = (xp[right] - xp[right - 1]).clamp_min(1e-300)
+    t = ((x - xp[right - 1]) / span).clamp(0.0, 1.0)
+    return fp[right - 1] + t * (fp[right] - fp[right - 1])
 
 
 def variance_share(mean: Tensor, sigma: float) -> Tensor:
@@ -131,10 +136,7 @@ def variance_share(mean: Tensor, sigma: float) -> Tensor:
     fine_means = censored_mean(fine, sigma)
     first, last = float(fine_means[0]), float(fine_means[-1])
     means = torch.linspace(first, last, _TABLE_POINTS, dtype=torch.float64)
-    right = torch.searchsorted(fine_means, means).clamp(1, len(fine) - 1)
-    span = (fine_means[right] - fine_means[right - 1]).clamp_min(1e-300)
-    weight = ((means - fine_means[right - 1]) / span).clamp(0.0, 1.0)
-    clean = fine[right - 1] + weight * (fine[right] - fine[right - 1])
+    clean = _interpolate(means, fine_means, fine)
     shares = censored_variance(clean, sigma) / sigma**2
     shares = shares.to(mean.device)
     position = (mean.to(torch.float64) - first) * ((_TABLE_POINTS - 1) / (last - first))
@@ -178,11 +180,7 @@ def latent_rate(mean: Tensor, peak: float) -> Tensor:
     """
     rates = torch.linspace(0.0, peak, _RATE_POINTS, dtype=torch.float64)
     means = clipped_count_mean(rates, peak)
-    m = mean.to(torch.float64).cpu().clamp(float(means[0]), float(means[-1]))
-    right = torch.searchsorted(means, m).clamp(1, _RATE_POINTS - 1)
-    span = (means[right] - means[right - 1]).clamp_min(1e-300)
-    t = ((m - means[right - 1]) / span).clamp(0.0, 1.0)
-    rate = rates[right - 1] + t * (rates[right] - rates[right - 1])
+    rate = _interpolate(mean.to(torch.float64).cpu(), means, rates)
     return rate.to(mean.device, mean.dtype)
 
 

@@ -185,9 +185,14 @@ def _pooled_ratio(squared: Tensor, local_mean: Tensor, usable: Tensor, b: int) -
     return total / torch.where(usable, local_mean, 0.0).reshape(b, -1).sum(dim=1)
 
 
+def _residual_and_mean(planes: Tensor) -> tuple[Tensor, Tensor]:
+    """The squared unit-norm residual and the 3x3 local mean on the same grid."""
+    squared = immerkaer_residual(planes).square()  # (B*C, 1, H-2, W-2)
+    return squared, box_mean(planes, 3)[..., 1:-1, 1:-1]
+
+
 def _unsaturated_ratio(planes: Tensor, b: int) -> Tensor:
-    squared = immerkaer_residual(planes).square()
-    local_mean = box_mean(planes, 3)[..., 1:-1, 1:-1]
+    squared, local_mean = _residual_and_mean(planes)
     return _pooled_ratio(squared, local_mean, ~any_in_window(planes >= 1.0), b)
 
 
@@ -247,8 +252,7 @@ def estimate_peak(image: Tensor) -> Tensor:
     planes, b, c = _planes(image)
     if bool((planes < 0).any()):
         raise ValueError("image must be >= 0 to estimate a photon scale (counts / peak)")
-    squared = immerkaer_residual(planes).square()  # (B*C, 1, H-2, W-2)
-    local_mean = box_mean(planes, 3)[..., 1:-1, 1:-1]  # same grid as the residual
+    squared, local_mean = _residual_and_mean(planes)
     nan = torch.tensor(float("nan"), device=planes.device)
 
     def block_ratios(usable: Tensor) -> Tensor:
