@@ -84,9 +84,7 @@ _MIN_PATCHES_PER_DIM = 4
 # 99th percentile of mean(dx**2) + mean(dy**2) over an 8x8 patch of unit white noise
 # (dx: the 8x7 horizontal differences, dy: the 7x8 vertical ones; their mean is 4).
 _TEXTURE_QUANTILE = 6.16
-# Refinements: patches where clipping leaves less than this share of the noise variance
-# are not used; at most this many rounds, until sigma**2 changes by less than this.
-_MIN_NOISE_SHARE = 0.0
+# Refinements: at most this many rounds, until sigma**2 changes by less than this.
 _MAX_REFINEMENTS = 20
 _CONVERGED = 5e-3
 # Phi^{-1}(3/4): median |N(0, 1)|, for the small-image fallback.
@@ -155,9 +153,9 @@ class _Patches:
         ).to(torch.float64)
 
     def noise_share(self, sigma: float) -> torch.Tensor:
-        """Per patch, the share of the noise variance that clipping leaves: the variance
-        of ``clip(x + n, 0, 1)`` over ``sigma**2``, ``x`` the clean value behind the
-        patch's mean."""
+        """Per patch, the share of the noise variance that clipping leaves: the mean over
+        its quarters of the variance of ``clip(x + n, 0, 1)`` over ``sigma**2``, ``x`` the
+        clean value behind the quarter's mean."""
         return variance_share(self.quarters, sigma).mean(dim=0)
 
 
@@ -216,7 +214,7 @@ def _estimate_one(image: torch.Tensor) -> float:
             break
         shares = [p.noise_share(sigma) for p in parts]
         keep = [
-            (share >= _MIN_NOISE_SHARE) & (p.texture < _TEXTURE_QUANTILE * share * variance)
+            p.texture < _TEXTURE_QUANTILE * share * variance
             for p, share in zip(parts, shares, strict=True)
         ]
         kept = sum(int(k.sum()) for k in keep)
