@@ -111,8 +111,6 @@ _HOLD_OUT_SEED = 19920101
 _IMPULSE_HIGHEST = 6
 # Poisson weight refinement: the share of the photons held out to score the result.
 _THINNING = 0.2
-# Large images: both refinements score at most this many 64x64 tiles (measured with 8).
-_TILES = 8
 # 10th percentile of the 8x8 block mean of r**2 for unit white noise (see sigma.py).
 _BLOCK = 8
 _QUANTILE = 0.1
@@ -462,7 +460,7 @@ def auto_weight_for_noise(
             raise ValueError("peak applies to noise='poisson' only")
         fraction = estimate_impulse_fraction(batch).reshape(-1)
         weights = impulse_weight(fraction, channels=channels, tv=tv, color=color).clone()
-        tiles = sample_tiles(batch.to(torch.float32), _TILES)
+        tiles = sample_tiles(batch.to(torch.float32))
         for i in range(batch.shape[0]):
             if float(fraction[i]) > 0:
                 held = _ImpulseHoldOut(tiles[i], float(fraction[i]), tv, color)
@@ -472,7 +470,7 @@ def auto_weight_for_noise(
         raise ValueError(f"peak must be a finite number of photons > 0, got {peak}")
     peaks = estimate_peak(batch) if peak is None else torch.full((batch.shape[0],), peak)
     weights = poisson_weight(peaks, channels=channels, tv=tv, color=color).reshape(-1).clone()
-    tiles = sample_tiles(batch.to(torch.float32), _TILES)
+    tiles = sample_tiles(batch.to(torch.float32))
     keep = 1.0 - _THINNING
     for i in range(batch.shape[0]):
         if math.isfinite(float(peaks[i])) and float(weights[i]) > 0:
