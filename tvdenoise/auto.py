@@ -140,6 +140,8 @@ JOINT_EXPONENT = 0.38
 # lie within [0.3, 1.8] times the rule, and outside that range SURE's minimum was only
 # ever a sign of its own bias (clipping at high noise).
 _STEP = 2.0 ** (1.0 / 3.0)
+# The polishing step of refine_weight (a third of a grid step).
+_FINE_STEP = 2.0 ** (1.0 / 9.0)
 _HALF_WIDTH = 1
 _EXTEND = 1
 _LOWEST_STEP = -6
@@ -374,12 +376,25 @@ def solve_at_weights(
     return torch.cat(restored).reshape(len(weights), *images.shape)
 
 
-def refine_weight(risk: RiskEstimate, rule: float, *, highest: int = _HIGHEST_STEP) -> float:
+def _vertex(left: float, mid: float, right: float) -> float:
+    """Where the parabola through three equally spaced values has its minimum, in grid
+    steps from the middle one, within half a step (0 if it opens downwards)."""
+    curvature = left - 2 * mid + right
+    offset = 0.5 * (left - right) / curvature if curvature > 0 else 0.0
+    return max(-0.5, min(0.5, offset))
+
+
+def refine_weight(
+    risk: RiskEstimate, rule: float, *, highest: int = _HIGHEST_STEP, polish: bool = False
+) -> float:
     """The weight minimising ``risk``: grid search around ``rule`` and a parabola.
 
     The grid has ratio ``2**(1/3)`` and reaches from ``rule / 4`` to
     ``rule * 2**(highest / 3)``; points are evaluated a few at a time (three around the
-    rule, then one more while the minimum sits at an edge).
+    rule, then one more while the minimum sits at an edge). With ``polish``, the result
+    and its neighbours at ratio ``2**(1/9)`` are evaluated as well and a second parabola
+    (or the lower neighbour) is taken: the impulse model's hold-out score has minima too
+    sharp for the coarse parabola (see :mod:`tvdenoise.noise_weight`).
     """
     values: dict[int, float] = {}
 
@@ -399,12 +414,16 @@ def refine_weight(risk: RiskEstimate, rule: float, *, highest: int = _HIGHEST_ST
             steps = [best - i for i in range(1, _EXTEND + 1) if best - i >= low]
         else:
             break
-    if best - 1 not in values or best + 1 not in values:
-        return rule * float(_STEP**best)
-    left, mid, right = (values[best + i] for i in (-1, 0, 1))
-    curvature = left - 2 * mid + right
-    offset = 0.5 * (left - right) / curvature if curvature > 0 else 0.0
-    return rule * float(_STEP ** (best + max(-0.5, min(0.5, offset))))
+    offset = 0.0
+    if best - 1 in values and best + 1 in values:
+        offset = _vertex(*(values[best + i] for i in (-1, 0, 1)))
+    weight = rule * float(_STEP ** (best + offset))
+    if not polish:
+        return weight
+    left, mid, right = risk([weight / _FINE_STEP, weight, weight * _FINE_STEP])
+    if min(left, right) < mid:
+        return weight / _FINE_STEP if left < right else weight * _FINE_STEP
+    return weight * float(_FINE_STEP ** _vertex(left, mid, right))
 
 
 def auto_weight(
