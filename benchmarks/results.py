@@ -1,0 +1,73 @@
+"""The generated results file, ``benchmarks/RESULTS.md``: one section per benchmark script.
+
+Every script under ``benchmarks/`` (and the evaluation scripts under ``scripts/``) ends by
+calling :func:`record` with its name and the table it printed. The section of that script
+in ``RESULTS.md`` is replaced by the new table, stamped with the date, the commit and the
+machine, so measured figures live in one generated file instead of in docstrings, and the
+README quotes them from there.
+
+Usage from a script::
+
+    from results import record   # benchmarks/ is on sys.path when a script there runs
+    record("bench_speed", table_text)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+_HEADER = (
+    "# Measured results\n\n"
+    "Generated: each section is rewritten by the script it names "
+    "(`python benchmarks/<script>.py`, or `scripts/<script>.py`). Do not edit by hand.\n"
+)
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
+def _machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def record(script: str, body: str, *, path: Path = RESULTS) -> None:
+    """Replace the section of ``script`` in the results file with ``body``.
+
+    Args:
+        script: the script's name, e.g. ``"bench_speed"``; the section's heading.
+        body: what the script measured (Markdown: a table, ``BAR`` lines in a code block).
+        path: the results file.
+    """
+    stamp = f"{_dt.date.today().isoformat()}, commit {_commit()}, {_machine()}"
+    section = f"## {script}\n\n_{stamp}_\n\n{body.strip()}\n"
+    text = path.read_text(encoding="utf-8") if path.exists() else _HEADER
+    pattern = re.compile(rf"^## {re.escape(script)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: section + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
