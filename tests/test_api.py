@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from tvdenoise import denoise, restore, solve, tiling
-from tvdenoise.solver import energy
+from tvdenoise.fidelity import data_term
+from tvdenoise.solver import DEFAULT_EPS, energy
+from tvdenoise.tv import TotalVariation
 
 from helpers import add_noise, piecewise_image
 
@@ -31,8 +33,9 @@ def test_banded_energy_equals_the_solver_energy() -> None:
         ("isotropic", "separate"),
     ]:
         result = solve(noisy, 0.2, tv=kind, color=color)  # type: ignore[arg-type]
-        banded = energy(result.restored, noisy, result.weights, tv=kind, color=color, rows=7)  # type: ignore[arg-type]
-        whole = energy(result.restored, noisy, result.weights, tv=kind, color=color, rows=1000)  # type: ignore[arg-type]
+        reg, term = TotalVariation(kind, color, DEFAULT_EPS), data_term("gaussian")  # type: ignore[arg-type]
+        banded = energy(result.restored, noisy, result.weights, reg, term, slices=7)
+        whole = energy(result.restored, noisy, result.weights, reg, term, slices=1000)
         assert torch.allclose(banded, whole, rtol=1e-5)
         assert torch.allclose(whole, result.energy, rtol=1e-5)
 

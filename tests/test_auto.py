@@ -11,7 +11,8 @@ import torch
 import tvdenoise.auto as auto
 from tvdenoise.auto import auto_weight, weight_for_sigma
 from tvdenoise.clipping import censored_mean, censored_variance, latent_value
-from tvdenoise.solver import solve
+from tvdenoise.solver import DEFAULT_EPS, solve
+from tvdenoise.tv import TotalVariation
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -283,9 +284,9 @@ def test_sure_handles_heavily_clipped_images(monkeypatch: pytest.MonkeyPatch) ->
 def test_candidates_solved_in_chunks_equal_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     tiles = torch.rand(3, 2, 20, 17, generator=_generator(13))
     weights = [0.05, 0.1]
-    whole = auto.solve_at_weights(tiles, weights, tv="isotropic", color="joint")
+    whole = auto.solve_at_weights(tiles, weights, TotalVariation(eps=DEFAULT_EPS))
     monkeypatch.setattr(auto, "_CPU_CHUNK_VALUES", 2 * 20 * 17 * 2)  # two tiles a chunk
-    chunked = auto.solve_at_weights(tiles, weights, tv="isotropic", color="joint")
+    chunked = auto.solve_at_weights(tiles, weights, TotalVariation(eps=DEFAULT_EPS))
     assert chunked.shape == (2, 3, 2, 20, 17)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
 

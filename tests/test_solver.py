@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from tvdenoise import denoise, reference_denoise, solve, solver, total_variation
-from tvdenoise.fidelity import fidelity
+from tvdenoise.fidelity import data_term, fidelity
 from tvdenoise.solver import DEFAULT_EPS
+from tvdenoise.tv import TotalVariation
 
 from helpers import add_noise, piecewise_image, psnr
 
@@ -88,7 +89,8 @@ def test_workspace_energy_is_the_energy(kind: str, color: str, noise: str) -> No
     f = add_noise(piecewise_image(3, 19, 14), 0.1).double()[None]
     u = add_noise(f[0], 0.05, seed=3)[None].clamp_min(0.01)
     weight = torch.tensor([0.3], dtype=torch.float64)
-    ws = solver._Workspace(f, (weight / 2).reshape(1, 1, 1, 1), kind, color, 1e-2, noise)  # type: ignore[arg-type]
+    reg = TotalVariation(kind, color, 1e-2)  # type: ignore[arg-type]
+    ws = solver._Workspace(f, (weight / 2).reshape(1, 1, 1, 1), reg, data_term(noise))
     tv = total_variation(u, kind=kind, color=color, eps=1e-2, reduction="per_image")  # type: ignore[arg-type]
     data = fidelity(u.square() if noise == "poisson" else u, f, noise=noise, reduction="per_image")  # type: ignore[arg-type]
     assert torch.allclose(ws.energy(u), data + weight * tv, rtol=1e-12)

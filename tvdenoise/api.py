@@ -9,26 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Literal
 
-import torch
 from torch import Tensor
 
-from .auto import auto_weight
-from .fidelity import NoiseModel
-from .noise_weight import auto_weight_for_noise
+from .checks import check_choice, floating
+from .fidelity import DataTerm, NoiseModel, data_term
 from .solver import (
     DEFAULT_EPS,
     DEFAULT_MAX_ITER,
     DEFAULT_TOL,
     Callback,
+    Iteration,
+    _check_peak,
     energy,
-    solve,
+    run_solver,
     weights_per_image,
 )
 from .tiling import DEFAULT_OVERLAP, auto_tile, run_tiled, tiles_per_batch
-from .tv import ColorMode, TVKind, as_batch
+from .tv import TV_KINDS, ColorMode, TotalVariation, TVKind
 
 __all__ = ["Restoration", "Weight", "denoise", "restore"]
 
@@ -41,7 +40,7 @@ class Restoration:
     """What :func:`restore` returns.
 
     Attributes:
-        restored: the restored images, ``(B, C, H, W)``, clipped to [0, 1].
+        restored: the restored images, ``(B, C, *spatial)``, clipped to [0, 1].
         weights: the weight used per image, ``(B,)``.
         sigmas: the Gaussian noise level per image on the [0, 1] scale (estimated, or as
             given) when the weight was chosen automatically for Gaussian noise, else
@@ -61,20 +60,14 @@ def _resolve_weights(
     f: Tensor,
     weight: Weight,
     sigma: float | Tensor | None,
-    tv: TVKind,
-    color: ColorMode,
-    noise: NoiseModel,
+    reg: TotalVariation,
+    term: DataTerm,
     peak: float | None,
-    eps: float,
 ) -> tuple[Tensor | float | Sequence[float], Tensor | None]:
     if isinstance(weight, str):
         if weight != "auto":
             raise ValueError(f"weight must be a number >= 0 or 'auto', got {weight!r}")
-        if noise == "gaussian":
-            return auto_weight(f, sigma=sigma, tv=tv, color=color, eps=eps)
-        if sigma is not None:
-            raise ValueError(f"sigma applies to noise='gaussian' only, got noise={noise!r}")
-        return auto_weight_for_noise(f, noise, peak=peak, tv=tv, color=color), None
+        return term.auto_weight(f, reg, sigma=sigma, peak=peak)
     if sigma is not None:
         raise ValueError("sigma sets the automatic weight; it needs weight='auto'")
     return weight, None
@@ -95,34 +88,40 @@ def restore(
     eps: float = DEFAULT_EPS,
     tile: int | None = None,
     callback: Callback | None = None,
+    spatial_dims: int = 2,
+    spacing: Sequence[float] | None = None,
 ) -> Restoration:
-    """Denoise images and report the weights, noise levels, iterations and energies.
+    """Denoise images or volumes and report the weights, noise levels, iterations and
+    energies.
 
     Options as in :func:`denoise`; ``callback(iteration, energy)`` is called at every
     energy check of an untiled solve (for progress bars).
 
     Returns:
-        A :class:`Restoration` with ``(B, C, H, W)`` images.
+        A :class:`Restoration` with ``(B, C, *spatial)`` images.
     """
-    f = as_batch(image)
-    if f.dtype not in (torch.float32, torch.float64):
-        f = f.float()
+    check_choice("tv", tv, TV_KINDS)
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    reg = TotalVariation(tv, color, eps, spatial_dims, None if spacing is None else tuple(spacing))
+    term = data_term(noise)
+    _check_peak(noise, peak)
+    iteration = Iteration(max_iter, tol, lr)
+    f = floating(reg.batch(image))
     if tile is not None and tile < 0:
         raise ValueError(f"tile must be >= 0 (0: never tile), got {tile}")
-    weights, sigmas = _resolve_weights(f, weight, sigma, tv, color, noise, peak, eps)
-    run = partial(
-        solve, tv=tv, color=color, max_iter=max_iter, tol=tol, lr=lr, eps=eps, noise=noise
-    )
+    term.check_data(f)
+    weights, sigmas = _resolve_weights(f, weight, sigma, reg, term, peak)
     chosen = auto_tile(f.shape, f.device, f.dtype) if tile is None else tile
-    if not chosen or (chosen >= f.shape[-2] and chosen >= f.shape[-1]):
-        result = run(f, weights, peak=peak, callback=callback)
+    if not chosen or all(chosen >= n for n in f.shape[2:]):
+        result = run_solver(f, weights, reg, term, iteration, callback)
         return Restoration(
             result.restored, result.weights, sigmas, result.iterations, result.energy
         )
     per_image = weights_per_image(weights, f.shape[0], f)
 
     def solve_tiles(tiles: Tensor, tile_weights: Tensor) -> tuple[Tensor, Tensor]:
-        done = run(tiles, tile_weights, peak=peak)
+        done = run_solver(tiles, tile_weights, reg, term, iteration)
         return done.restored, done.iterations
 
     restored, iterations = run_tiled(
@@ -133,7 +132,7 @@ def restore(
         overlap=DEFAULT_OVERLAP,
         tiles_per_batch=tiles_per_batch(f.device),
     )
-    final = energy(restored, f, per_image, tv=tv, color=color, eps=eps, noise=noise)
+    final = energy(restored, f, per_image, reg, term)
     return Restoration(restored, per_image, sigmas, iterations, final)
 
 
@@ -151,10 +150,13 @@ def denoise(
     lr: float | None = None,
     eps: float = DEFAULT_EPS,
     tile: int | None = None,
+    spatial_dims: int = 2,
+    spacing: Sequence[float] | None = None,
 ) -> Tensor:
-    """Total-variation denoising of an image or a batch of images.
+    """Total-variation denoising of images, volumes or time series.
 
-    Minimises, per image with ``N = C*H*W`` values ``f`` on [0, 1],
+    Minimises, per image with ``N`` values ``f`` on [0, 1] (``N = C*H*W`` for an image,
+    ``C*D*H*W`` for a volume),
     ``E(u) = fidelity(u, f) + weight * TV_eps(u) / N`` with Adam, on the device of
     ``image``. For Gaussian noise the fidelity is ``mean((u - f)**2)``: the classic ROF
     parameter of ``0.5 ||u - f||^2 + lambda TV(u)`` is then ``lambda = weight / 2``, and
@@ -164,7 +166,8 @@ def denoise(
     after ``max_iter`` iterations at most.
 
     Args:
-        image: float tensor ``(C, H, W)`` or ``(B, C, H, W)`` with intensities in [0, 1].
+        image: float tensor ``(C, *spatial)`` or ``(B, C, *spatial)`` with intensities in
+            [0, 1]; the last ``spatial_dims`` axes are spatial.
         weight: regularisation weight ``>= 0`` (one number, or one per image), or
             ``"auto"`` (default): estimated per image from its noise level
             (:func:`tvdenoise.auto.auto_weight`, or for impulse/Poisson noise
@@ -181,8 +184,15 @@ def denoise(
         tol: relative energy change below which an image stops.
         lr: initial learning rate; default proportional to the weight.
         eps: Huber smoothing radius of the total variation (> 0).
-        tile: solve in overlapping tiles of this many pixels; ``None`` decides from the
-            image size and the device's memory, ``0`` never tiles.
+        tile: solve in overlapping tiles (cubes for volumes) of this many pixels a side;
+            ``None`` decides from the size and the device's memory, ``0`` never tiles.
+        spatial_dims: number of trailing spatial axes: 2 (images, each slice on its own)
+            or 3 (volumes ``(D, H, W)``, or time series ``(T, H, W)``: neighbouring slices
+            or frames are coupled by the total variation).
+        spacing: sample distance per spatial axis (``None``: all 1); each axis'
+            differences are divided by it, so ``spacing=(3, 1, 1)`` couples the slices of a
+            volume whose z-step is three pixels more weakly. Give it relative to the
+            in-plane pixel size, so that ``weight`` keeps its meaning.
 
     Returns:
         The restored image(s), shape, dtype and device of ``image``, clipped to [0, 1].
@@ -191,6 +201,9 @@ def denoise(
         >>> noisy = (torch.rand(3, 32, 32) * 0.2 + 0.4).clamp(0, 1)
         >>> denoise(noisy, 0.1).shape
         torch.Size([3, 32, 32])
+        >>> volume = (torch.rand(1, 8, 24, 24) * 0.2 + 0.4)
+        >>> denoise(volume, 0.1, spatial_dims=3, spacing=(2.0, 1.0, 1.0)).shape
+        torch.Size([1, 8, 24, 24])
     """
     result = restore(
         image,
@@ -205,5 +218,7 @@ def denoise(
         lr=lr,
         eps=eps,
         tile=tile,
+        spatial_dims=spatial_dims,
+        spacing=spacing,
     )
     return result.restored.to(image.dtype).reshape(image.shape)

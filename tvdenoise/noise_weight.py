@@ -91,12 +91,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .auto import refine_weight, sample_tiles, solve_at_weights
+from .auto import per_volume, plane_sample, refine_weight, sample_tiles, solve_at_weights
+from .checks import as_batch, check_choice
 from .clipping import latent_rate, sample_clipped_counts
-from .fidelity import NOISE_MODELS, NoiseModel
+from .fidelity import NOISE_MODELS, DataTerm, NoiseModel, data_term
 from .filters import any_in_window, box_mean, immerkaer_residual
 from .sigma import MIN_SIZE
-from .tv import COLOR_MODES, TV_KINDS, ColorMode, TVKind, as_batch, check_choice
+from .solver import DEFAULT_EPS
+from .tv import ColorMode, TotalVariation, TVKind
 
 __all__ = [
     "auto_weight_for_noise",
@@ -355,11 +357,10 @@ class _ImpulseHoldOut:
     ``(1 - rho) * mean_kept (u - f)**2 + rho * mean_held (u - f_before)**2``.
     """
 
-    def __init__(self, tiles: Tensor, fraction: float, tv: TVKind, color: ColorMode) -> None:
-        self.tiles = tiles  # (T, C, h, w)
+    def __init__(self, tiles: Tensor, fraction: float, reg: TotalVariation) -> None:
+        self.tiles = tiles  # (T, C, *spatial)
         self.fraction = min(fraction, 1.0)
-        self.tv: TVKind = tv
-        self.color: ColorMode = color
+        self.reg = reg
         generator = torch.Generator().manual_seed(_HOLD_OUT_SEED)
         draw = torch.rand(tiles.shape, generator=generator).to(tiles.device)
         salt = torch.rand(tiles.shape, generator=generator).to(tiles.device) < 0.5
@@ -369,9 +370,7 @@ class _ImpulseHoldOut:
         self.data = torch.where(self.held, salt.to(tiles.dtype), tiles)
 
     def __call__(self, weights: list[float]) -> list[float]:
-        restored = solve_at_weights(
-            self.data, weights, tv=self.tv, color=self.color, noise="impulse"
-        )
+        restored = solve_at_weights(self.data, weights, self.reg, data_term("impulse"))
         squared = (restored - self.tiles.to(torch.float64)).square()
         kept = (squared * self.kept).flatten(1).sum(1) / max(int(self.kept.sum()), 1)
         held = (squared * self.held).flatten(1).sum(1) / max(int(self.held.sum()), 1)
@@ -397,17 +396,15 @@ class _PoissonHoldOut:
     Every value is scored; the plug-in rate enters only through the clipped values.
     """
 
-    def __init__(
-        self, tiles: Tensor, peak: float, rule: float, tv: TVKind, color: ColorMode
-    ) -> None:
-        self.tv: TVKind = tv
-        self.color: ColorMode = color
+    def __init__(self, tiles: Tensor, peak: float, rule: float, reg: TotalVariation) -> None:
+        self.reg = reg
+        self.term: DataTerm = data_term("poisson")
         generator = torch.Generator().manual_seed(_HOLD_OUT_SEED)
         f = tiles.cpu().to(torch.float64)
         counts = (f * peak).round().clamp_min(0.0)
         clipped = f >= 1
         if bool(clipped.any()):
-            pilot = solve_at_weights(tiles, [rule], tv=tv, color=color, noise="poisson")[0]
+            pilot = solve_at_weights(tiles, [rule], reg, self.term)[0]
             rate = latent_rate(pilot.cpu()[clipped].clamp(0.0, 1.0), peak)
             counts[clipped] = sample_clipped_counts(rate, peak, generator)
         kept = torch.binomial(counts, torch.full_like(counts, 1.0 - _THINNING), generator)
@@ -417,9 +414,7 @@ class _PoissonHoldOut:
         self.target = target.to(tiles.device)
 
     def __call__(self, weights: list[float]) -> list[float]:
-        restored = solve_at_weights(
-            self.data, weights, tv=self.tv, color=self.color, noise="poisson"
-        )
+        restored = solve_at_weights(self.data, weights, self.reg, self.term)
         squared = (restored - self.target).square()
         return [float(value) for value in squared.flatten(1).mean(1).tolist()]
 
@@ -431,21 +426,25 @@ def auto_weight_for_noise(
     peak: float | None = None,
     tv: TVKind = "isotropic",
     color: ColorMode = "joint",
+    spatial_dims: int = 2,
+    spacing: tuple[float, ...] | None = None,
 ) -> Tensor:
     """Automatic TV weight for the impulse and Poisson noise models.
 
     Args:
-        image: the noisy image(s), ``(C, H, W)`` or ``(B, C, H, W)`` in [0, 1],
-            ``H, W >= 8``.
+        image: the noisy image(s), ``(C, *spatial)`` or ``(B, C, *spatial)`` in [0, 1],
+            at least 8 x 8 in the last two axes.
         noise: ``"impulse"`` or ``"poisson"`` (the Gaussian rule lives in
             :mod:`tvdenoise.auto`).
         peak: photons at intensity 1 for ``"poisson"``; estimated per image when
             ``None`` (:func:`estimate_peak`).
         tv, color: the total variation the weight is for (the joint isotropic TV of a
             colour image needs larger weights; see the module docstring).
+        spatial_dims, spacing: the spatial axes, as in :func:`tvdenoise.solve`.
 
     Returns:
-        One weight per image, float32, shape ``(B,)`` (``(1,)`` for a 3-D input).
+        One weight per image, float32, shape ``(B,)`` (``(1,)`` for an input without
+        batch axis).
 
     Example:
         >>> noisy = torch.rand(3, 32, 32)
@@ -458,32 +457,47 @@ def auto_weight_for_noise(
             "auto_weight_for_noise handles noise='impulse' and 'poisson'; "
             "use tvdenoise.auto for noise='gaussian'"
         )
-    check_choice("tv", tv, TV_KINDS)
-    check_choice("color", color, COLOR_MODES)
-    batch = as_batch(image, "image")
+    reg = TotalVariation(tv, color, DEFAULT_EPS, spatial_dims, spacing)
+    batch = reg.batch(image, "image")
+    weights, _ = data_term(noise).auto_weight(batch, reg, sigma=None, peak=peak)
+    return weights
+
+
+def impulse_auto_weight(batch: Tensor, reg: TotalVariation) -> Tensor:
+    """The impulse model's weight per image of a ``(B, C, *spatial)`` batch: the rule
+    from the estimated fraction of values hit, refined by the hold-out test."""
     channels = batch.shape[1]
-    if noise == "impulse":
-        if peak is not None:
-            raise ValueError("peak applies to noise='poisson' only")
-        fraction = estimate_impulse_fraction(batch).reshape(-1)
-        weights = impulse_weight(fraction, channels=channels, tv=tv, color=color).clone()
-        tiles = sample_tiles(batch.to(torch.float32))
-        for i in range(batch.shape[0]):
-            if float(fraction[i]) > 0:
-                held = _ImpulseHoldOut(tiles[i], float(fraction[i]), tv, color)
-                weights[i] = refine_weight(
-                    held, float(weights[i]), highest=_IMPULSE_HIGHEST, polish=True
-                )
-        return weights
+    planes, k = plane_sample(batch)
+    fraction = per_volume(estimate_impulse_fraction(planes).reshape(-1), k)
+    weights = impulse_weight(fraction, channels=channels, tv=reg.kind, color=reg.color).clone()
+    tiles = sample_tiles(batch.to(torch.float32))
+    for i in range(batch.shape[0]):
+        if float(fraction[i]) > 0:
+            held = _ImpulseHoldOut(tiles[i], float(fraction[i]), reg)
+            weights[i] = refine_weight(
+                held, float(weights[i]), highest=_IMPULSE_HIGHEST, polish=True
+            )
+    return weights
+
+
+def poisson_auto_weight(batch: Tensor, reg: TotalVariation, *, peak: float | None) -> Tensor:
+    """The Poisson model's weight per image of a ``(B, C, *spatial)`` batch: the rule from
+    the photon scale (estimated unless ``peak`` is given), refined by thinning."""
     if peak is not None and not (math.isfinite(peak) and peak > 0):
         raise ValueError(f"peak must be a finite number of photons > 0, got {peak}")
-    peaks = estimate_peak(batch) if peak is None else torch.full((batch.shape[0],), peak)
-    weights = poisson_weight(peaks, channels=channels, tv=tv, color=color).reshape(-1).clone()
+    channels = batch.shape[1]
+    if peak is None:
+        planes, k = plane_sample(batch)
+        peaks = per_volume(estimate_peak(planes).reshape(-1), k)
+    else:
+        peaks = torch.full((batch.shape[0],), peak)
+    weights = poisson_weight(peaks, channels=channels, tv=reg.kind, color=reg.color)
+    weights = weights.reshape(-1).clone()
     tiles = sample_tiles(batch.to(torch.float32))
     keep = 1.0 - _THINNING
     for i in range(batch.shape[0]):
         if math.isfinite(float(peaks[i])) and float(weights[i]) > 0:
-            photons = _PoissonHoldOut(tiles[i], float(peaks[i]), float(weights[i]), tv, color)
+            photons = _PoissonHoldOut(tiles[i], float(peaks[i]), float(weights[i]), reg)
             # The thinned image has keep * peak photons: its noise, and so its weight,
             # is 1 / sqrt(keep) times larger.
             thinned = refine_weight(photons, float(weights[i]) / math.sqrt(keep))

@@ -53,66 +53,24 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .fidelity import (
-    IMPULSE_DELTA,
-    NOISE_MODELS,
-    POISSON_FLOOR,
-    NoiseModel,
-    impulse_fidelity,
-    poisson_fidelity,
-)
-from .tv import (
-    COLOR_MODES,
-    TV_KINDS,
-    ColorMode,
-    TVKind,
-    as_batch,
-    check_choice,
-)
+from .checks import check_choice, floating
+from .fidelity import NOISE_MODELS, DataTerm, NoiseModel, data_term
+from .tv import TV_KINDS, ColorMode, TotalVariation, TVKind
 
 __all__ = ["DEFAULT_EPS", "DenoiseResult", "energy", "solve"]
 
 #: Huber smoothing radius of the total variation, on the [0, 1] intensity scale (about
-#: 0.8 of an 8-bit grey level). Measured on 512x512 photographs: the exact minimiser's PSNR
-#: moves by < 0.005 dB against eps = 1e-3, and Adam gets twice as close to it in 60 steps.
+#: 0.8 of an 8-bit grey level): the exact minimiser's PSNR barely moves against a smaller
+#: radius, and Adam gets much closer to it in 60 steps (benchmarks/RESULTS.md).
 DEFAULT_EPS = 3e-3
 DEFAULT_MAX_ITER = 60
 DEFAULT_TOL = 1e-4
 DEFAULT_WEIGHT = 0.1
-# Schedule and moments measured against the exact minimiser on 512x512 photographs: a
-# short momentum memory (beta1 = 0.8) and a geometric decay to 3 % of the initial rate
-# reach an RMS error below 1e-3 in 60 iterations for weights up to 0.4.
-_LR_PER_WEIGHT = 0.3
-_FINAL_LR_RATIO = 0.03
+#: Largest weight accepted. With intensities on [0, 1] the minimiser is the image's mean
+#: long before this; larger numbers overflow the solver's steps.
+MAX_WEIGHT = 1e4
+# A short momentum memory; each data term carries the rest of its step schedule.
 _BETA1, _ADAM_EPS = 0.8, 1e-8
-# The Gaussian model's step: measured against the certified minimiser on 45 cases (5
-# photographs, sigma 10/25/50, 0.5-2x the automatic weight), a short second-moment memory
-# (beta2 = 0.9) with lr = 0.2 x weight halves the median RMS error of 60 iterations
-# (8.4e-5 -> 3.9e-5) and keeps every case at up to the automatic weight within 2e-3 and
-# 0.05 dB. The impulse and Poisson models keep beta2 = 0.999, where they were measured.
-_GAUSSIAN_LR_PER_WEIGHT = 0.2
-_GAUSSIAN_BETA2 = 0.9
-
-
-@dataclass(frozen=True)
-class _Schedule:
-    """Adam's step rule for one noise model: ``lr = lr_per_weight * weight + lr_floor``."""
-
-    lr_per_weight: float
-    lr_floor: float
-    final_lr_ratio: float
-    beta2: float = 0.999
-
-
-# Floor of v = sqrt(u) in the Poisson model (u >= POISSON_FLOOR).
-_SQRT_FLOOR = math.sqrt(POISSON_FLOOR)
-# Gaussian: the measured schedule above. Impulse and Poisson: measured against
-# tvdenoise.reference.reference_solve (scripts/eval_noise.py --convergence).
-_SCHEDULES = {
-    "gaussian": _Schedule(_GAUSSIAN_LR_PER_WEIGHT, 0.0, _FINAL_LR_RATIO, _GAUSSIAN_BETA2),
-    "impulse": _Schedule(_LR_PER_WEIGHT, 0.0, _FINAL_LR_RATIO),
-    "poisson": _Schedule(0.03, 0.0, 0.1),
-}
 
 #: Called at each energy check with (iteration, energy per image).
 Callback = Callable[[int, Tensor], None]
@@ -123,7 +81,7 @@ class DenoiseResult:
     """What :func:`solve` returns.
 
     Attributes:
-        restored: the restored images, ``(B, C, H, W)``, clipped to [0, 1].
+        restored: the restored images, ``(B, C, *spatial)``, clipped to [0, 1].
         weights: the weight used per image, ``(B,)``.
         iterations: iterations run per image, ``(B,)``.
         energy: the final energy ``E(u)`` per image, ``(B,)``.
@@ -136,99 +94,89 @@ class DenoiseResult:
 
 
 class _Workspace:
-    """Preallocated buffers and the fused, in-place gradient of the energy."""
+    """Preallocated buffers and the fused, in-place gradient of the energy.
 
-    def __init__(
-        self,
-        f: Tensor,
-        half_weight: Tensor,
-        kind: TVKind,
-        color: ColorMode,
-        eps: float,
-        noise: NoiseModel = "gaussian",
-    ) -> None:
+    Buffers: one difference per spatial axis and a scratch buffer the size of the image
+    (which also receives the gradient), plus a magnitude buffer for joint colour TV of
+    several channels. The solver variable, Adam's moments and the data make the rest.
+    """
+
+    def __init__(self, f: Tensor, half_weight: Tensor, reg: TotalVariation, term: DataTerm) -> None:
         self.f = f
-        self.noise = noise
+        self.term = term
         self.half_weight = half_weight
-        self.kind = kind
-        self.color = color
-        self.eps = eps
-        self.dy = torch.zeros_like(f)
-        self.dx = torch.zeros_like(f)
-        b, c, h, w = f.shape
-        joint = kind == "isotropic" and color == "joint"
-        self.norm = f.new_empty((b, 1, h, w) if joint else (b, c, h, w))
+        self.reg = reg
+        self.eps = reg.eps
+        self.inverse_spacing = reg.inverse_spacing()
+        self.diffs = [torch.zeros_like(f) for _ in reg.axes]
         self.scratch = torch.empty_like(f)
+        shared = reg.joint and f.shape[1] > 1
+        self.norm = f.new_empty((f.shape[0], 1, *f.shape[2:])) if shared else None
 
-    def gradient(self, u: Tensor, out: Tensor) -> Tensor:
-        """Write ``(u - f) + (w / 2) * grad TV(u)`` (half the energy gradient times N).
+    def _differences(self, u: Tensor) -> None:
+        for axis, inv, d in zip(self.reg.axes, self.inverse_spacing, self.diffs, strict=True):
+            n = u.shape[axis]
+            torch.sub(
+                u.narrow(axis, 1, n - 1), u.narrow(axis, 0, n - 1), out=d.narrow(axis, 0, n - 1)
+            )
+            if inv is not None:
+                d.mul_(inv)
 
-        For the other noise models ``(u - f)`` is half the gradient of their fidelity,
-        and for Poisson the whole is multiplied by ``u``.
+    def _squared_magnitudes(self) -> Tensor:
+        """Sum of the squared differences, in the scratch buffer or the shared norm."""
+        first, *rest = self.diffs
+        squared = torch.mul(first, first, out=self.scratch)
+        for d in rest:
+            squared.addcmul_(d, d)
+        if self.norm is not None:
+            return torch.sum(squared, dim=1, keepdim=True, out=self.norm)
+        return squared
+
+    def gradient(self, u: Tensor) -> Tensor:
+        """Half the energy gradient times N, ``g'(u) / 2 + (w / 2) grad TV(u)``, in scratch.
+
+        The data term may precondition it (the Poisson model multiplies it by ``u``).
         """
-        dy, dx, norm = self.dy, self.dx, self.norm
-        torch.sub(u[..., 1:, :], u[..., :-1, :], out=dy[..., :-1, :])
-        torch.sub(u[..., :, 1:], u[..., :, :-1], out=dx[..., :, :-1])
-        if self.kind == "anisotropic":
-            torch.abs(dy, out=self.scratch).clamp_min_(self.eps)
-            dy.div_(self.scratch).mul_(self.half_weight)
-            torch.abs(dx, out=self.scratch).clamp_min_(self.eps)
-            dx.div_(self.scratch).mul_(self.half_weight)
+        self._differences(u)
+        if self.reg.kind == "anisotropic":
+            for d in self.diffs:
+                torch.abs(d, out=self.scratch).clamp_min_(self.eps)
+                d.div_(self.scratch).mul_(self.half_weight)
         else:
-            squared = torch.mul(dy, dy, out=self.scratch).addcmul_(dx, dx)
-            if norm.shape[1] == 1:
-                torch.sum(squared, dim=1, keepdim=True, out=norm)
-            else:
-                norm = squared
+            norm = self._squared_magnitudes()
             # norm <- (w / 2) / max(eps, |grad u|)
             norm.clamp_min_(self.eps * self.eps).rsqrt_().mul_(self.half_weight)
-            dy.mul_(norm)
-            dx.mul_(norm)
-        self._half_fidelity_gradient(u, out)
-        out.sub_(dy).sub_(dx)
-        out[..., 1:, :].add_(dy[..., :-1, :])
-        out[..., :, 1:].add_(dx[..., :, :-1])
-        if self.noise == "poisson":
-            # u is v = sqrt(intensity) here. Precondition by v: 2 (v**2 - f) + v (w/2)
-            # grad TV(v) stays bounded as v -> 0, where f / v explodes and would freeze a
-            # pixel under Adam's second moment. Same zeros (v > 0), and Adam is
-            # insensitive to slowly varying per-pixel scales.
-            out.mul_(u)
+            for d in self.diffs:
+                d.mul_(norm)
+        out = self.scratch
+        self.term.half_gradient_(u, self.f, out)
+        for d, inv in zip(self.diffs, self.inverse_spacing, strict=True):
+            if inv is not None:
+                d.mul_(inv)
+            out.sub_(d)
+        for axis, d in zip(self.reg.axes, self.diffs, strict=True):
+            n = u.shape[axis]
+            out.narrow(axis, 1, n - 1).add_(d.narrow(axis, 0, n - 1))
+        self.term.precondition_(u, out)
         return out
-
-    def _half_fidelity_gradient(self, u: Tensor, out: Tensor) -> None:
-        """Write half the gradient of the summed fidelity (see tvdenoise.fidelity)."""
-        torch.sub(u, self.f, out=out)
-        if self.noise == "impulse":
-            out.div_(IMPULSE_DELTA).clamp_(-1.0, 1.0).mul_(0.5)
-        elif self.noise == "poisson":  # u is v = sqrt(intensity): 2 (v - f / v), v > 0
-            torch.div(self.f, u, out=out).neg_().add_(u).mul_(2.0)
 
     def energy(self, u: Tensor) -> Tensor:
         """``E(u)`` per image, computed in the workspace's buffers."""
         tv = self._tv_sum(u) / u[0].numel()
-        if self.noise == "impulse":
-            fidelity = impulse_fidelity(u, self.f, reduction="per_image")
-        elif self.noise == "poisson":
-            fidelity = poisson_fidelity(u.square(), self.f, reduction="per_image")
-        else:
-            fidelity = torch.sub(u, self.f, out=self.scratch).square_().flatten(1).mean(1)
+        fidelity = self.term.variable_value(u, self.f, self.scratch).flatten(1).mean(1)
         return fidelity + 2 * self.half_weight.reshape(-1) * tv
 
     def _tv_sum(self, u: Tensor) -> Tensor:
         """The summed Huber total variation per image, as ``total_variation`` computes it."""
-        dy, dx = self.dy, self.dx
-        torch.sub(u[..., 1:, :], u[..., :-1, :], out=dy[..., :-1, :])
-        torch.sub(u[..., :, 1:], u[..., :, :-1], out=dx[..., :, :-1])
-        if self.kind == "anisotropic":
-            # Through the scratch buffer: the gradient relies on the zero last row of dy
-            # and last column of dx, which the Huber sum would overwrite.
-            tv = _huber_sum(torch.abs(dy, out=self.scratch), self.eps)
-            return tv + _huber_sum(torch.abs(dx, out=self.scratch), self.eps)
-        squared = torch.mul(dy, dy, out=self.scratch).addcmul_(dx, dx)
-        if self.norm.shape[1] == 1:
-            squared = torch.sum(squared, dim=1, keepdim=True, out=self.norm)
-        return _huber_sum(squared.sqrt_(), self.eps)
+        self._differences(u)
+        if self.reg.kind == "anisotropic":
+            # Through the scratch buffer: the gradient relies on the zero last slice of
+            # each difference, which the Huber sum would overwrite.
+            total = _huber_sum(torch.abs(self.diffs[0], out=self.scratch), self.eps)
+            for d in self.diffs[1:]:
+                total = total + _huber_sum(torch.abs(d, out=self.scratch), self.eps)
+            return total
+        return _huber_sum(self._squared_magnitudes().sqrt_(), self.eps)
 
 
 def _huber_sum(t: Tensor, eps: float) -> Tensor:
@@ -251,7 +199,29 @@ def weights_per_image(weight: float | Sequence[float] | Tensor, batch: int, like
         raise ValueError(f"weight must be one number or one per image ({batch}); got {weight}")
     if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
         raise ValueError(f"weight must be a finite number >= 0, got {weight}")
+    if bool((weights > MAX_WEIGHT).any()):
+        raise ValueError(f"weight must be <= {MAX_WEIGHT:g}, got {weight}")
     return weights.clone()
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """How the Adam solver iterates: limits, stopping rule and learning rate."""
+
+    max_iter: int = DEFAULT_MAX_ITER
+    tol: float = DEFAULT_TOL
+    lr: float | None = None
+    check_every: int = 10
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_iter, bool) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
+        if not self.tol > 0:
+            raise ValueError(f"tol must be > 0, got {self.tol}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {self.check_every}")
 
 
 def solve(
@@ -268,67 +238,56 @@ def solve(
     callback: Callback | None = None,
     noise: NoiseModel = "gaussian",
     peak: float | None = None,
+    spatial_dims: int = 2,
+    spacing: Sequence[float] | None = None,
 ) -> DenoiseResult:
     """Denoise a batch and report how the solver went; see :func:`denoise` for the options.
 
     Args:
-        noisy: ``(C, H, W)`` or ``(B, C, H, W)`` float tensor in [0, 1].
+        noisy: ``(C, *spatial)`` or ``(B, C, *spatial)`` float tensor in [0, 1].
         weight: one weight, or one per image.
         tv, color, max_iter, tol, lr, eps: as in :func:`denoise`.
         check_every: iterations between energy checks (and ``callback`` calls).
         callback: called as ``callback(iteration, energy)`` at every check.
         noise, peak: as in :func:`denoise`.
+        spatial_dims, spacing: as in :func:`denoise`.
 
     Returns:
-        A :class:`DenoiseResult` with ``(B, C, H, W)`` restored images.
+        A :class:`DenoiseResult` with ``(B, C, *spatial)`` restored images.
     """
     check_choice("tv", tv, TV_KINDS)
-    check_choice("color", color, COLOR_MODES)
-    _check_noise(noise, peak)
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol}")
-    if lr is not None and not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
-    if check_every < 1:
-        raise ValueError(f"check_every must be >= 1, got {check_every}")
-    f = as_batch(noisy, "noisy")
-    if f.dtype not in (torch.float32, torch.float64):
-        f = f.float()
-    f = f.contiguous()
+    reg = TotalVariation(tv, color, eps, spatial_dims, None if spacing is None else tuple(spacing))
+    term = data_term(noise)
+    _check_peak(noise, peak)
+    iteration = Iteration(max_iter, tol, lr, check_every)
+    f = reg.batch(noisy, "noisy")
+    return run_solver(f, weight, reg, term, iteration, callback)
+
+
+def run_solver(
+    noisy: Tensor,
+    weight: float | Sequence[float] | Tensor,
+    reg: TotalVariation,
+    term: DataTerm,
+    iteration: Iteration,
+    callback: Callback | None = None,
+) -> DenoiseResult:
+    """:func:`solve` on a validated ``(B, C, *spatial)`` batch and settings objects."""
+    f = floating(noisy).contiguous()
+    term.check_data(f)
     b = f.shape[0]
     weights = weights_per_image(weight, b, f)
     iterations = torch.zeros(b, dtype=torch.long)
     active = weights > 0
-    u = f.clone()
-    if noise == "poisson":
-        if bool((f < 0).any()):
-            raise ValueError("noisy must be >= 0 for noise='poisson' (photon counts / peak)")
-        # The Poisson model is solved for v = sqrt(u), whose noise is homogeneous.
-        u.clamp_min_(POISSON_FLOOR).sqrt_()
-    ws = _Workspace(f, (weights / 2).reshape(b, 1, 1, 1), tv, color, eps, noise)
+    u = term.to_variable(f)
+    half_weight = (weights / 2).reshape(b, *([1] * (f.dim() - 1)))
+    ws = _Workspace(f, half_weight, reg, term)
     energy = ws.energy(u)
     if bool(active.any()):
-        _adam(
-            u,
-            ws,
-            weights,
-            active,
-            iterations,
-            energy,
-            max_iter,
-            tol,
-            lr,
-            check_every,
-            callback,
-            _SCHEDULES[noise],
-        )
-    if noise == "poisson":
-        u.square_()
-    return DenoiseResult(u.clamp_(0.0, 1.0), weights, iterations, energy)
+        _adam(u, ws, weights, active, iterations, energy, iteration, callback)
+    return DenoiseResult(term.from_variable_(u).clamp_(0.0, 1.0), weights, iterations, energy)
 
 
 def _adam(
@@ -338,27 +297,24 @@ def _adam(
     active: Tensor,
     iterations: Tensor,
     energy: Tensor,
-    max_iter: int,
-    tol: float,
-    lr: float | None,
-    check_every: int,
+    iteration: Iteration,
     callback: Callback | None,
-    schedule: _Schedule,
 ) -> None:
     """Run Adam in place on ``u``; updates ``iterations`` and ``energy``."""
-    if lr is not None:
-        base_lr = torch.full_like(weights, lr)
+    schedule = ws.term.schedule
+    max_iter, check_every, tol = iteration.max_iter, iteration.check_every, iteration.tol
+    if iteration.lr is not None:
+        base_lr = torch.full_like(weights, iteration.lr)
     else:
-        base_lr = weights * schedule.lr_per_weight + schedule.lr_floor
-    floor = _SQRT_FLOOR if ws.noise == "poisson" else None
+        base_lr = weights * schedule.lr_per_weight
+    floor = ws.term.floor
     step = _fused_step if _fusable(u) else _unfused_step
     decay = schedule.final_lr_ratio ** (1.0 / max(max_iter - 1, 1))
-    grad = torch.empty_like(u)
     m = torch.zeros_like(u)
     v = torch.zeros_like(u)
     runs = _runs(base_lr, active)
     for k in range(1, max_iter + 1):
-        ws.gradient(u, grad)
+        grad = ws.gradient(u)
         step(u, grad, m, v, k, runs, decay ** (k - 1), schedule.beta2)
         if floor is not None:
             u.clamp_min_(floor)
@@ -454,7 +410,7 @@ def _unfused_step(
         ur.addcdiv_(mr, denom, value=-rate * decay / correction1)
 
 
-def _check_noise(noise: str, peak: float | None) -> None:
+def _check_peak(noise: str, peak: float | None) -> None:
     check_choice("noise", noise, NOISE_MODELS)
     if peak is not None:
         if noise != "poisson":
@@ -467,45 +423,46 @@ def energy(
     restored: Tensor,
     noisy: Tensor,
     weight: Tensor,
+    reg: TotalVariation,
+    term: DataTerm,
     *,
-    tv: TVKind = "isotropic",
-    color: ColorMode = "joint",
-    eps: float = DEFAULT_EPS,
-    noise: NoiseModel = "gaussian",
-    rows: int = 256,
+    slices: int = 256,
 ) -> Tensor:
-    """The energy ``E(u)`` that :func:`solve` minimises, per image, computed in row bands.
+    """The energy ``E(u)`` that :func:`solve` minimises, per image, computed in slabs.
 
-    Memory stays at a few bands' worth whatever the image size, which matters for images
-    that were solved in tiles.
+    The batch is cut along its first spatial axis into slabs of ``slices`` rows (images)
+    or planes (volumes), so memory stays at a few slabs' worth whatever the size, which
+    matters for images that were solved in tiles.
 
     Args:
-        restored: ``(B, C, H, W)`` intensities ``u``.
-        noisy: ``(B, C, H, W)`` data ``f``.
+        restored: ``(B, C, *spatial)`` intensities ``u``.
+        noisy: ``(B, C, *spatial)`` data ``f``.
         weight: ``(B,)`` weights.
-        tv, color, eps, noise: as in :func:`solve`.
-        rows: rows per band.
+        reg, term: the regulariser and the data term.
+        slices: rows or planes per slab.
 
     Returns:
         ``(B,)`` energies.
     """
-    b, _c, h, _w = noisy.shape
-    half_weight = (weight / 2).reshape(b, 1, 1, 1)
-    # The Poisson model's solver variable is sqrt(u).
-    variable = restored.clamp_min(POISSON_FLOOR).sqrt() if noise == "poisson" else restored
+    b = noisy.shape[0]
+    axis = 2
+    length = noisy.shape[axis]
+    half_weight = (weight / 2).reshape(b, *([1] * (noisy.dim() - 1)))
+    variable = term.to_variable(restored)
 
-    def band_sum(start: int, stop: int) -> Tensor:
-        band = noisy[..., start:stop, :]
-        ws = _Workspace(band.contiguous(), half_weight, tv, color, eps, noise)
-        return ws.energy(variable[..., start:stop, :].contiguous()) * band[0].numel()
+    def slab_sum(start: int, stop: int) -> Tensor:
+        slab = noisy.narrow(axis, start, stop - start)
+        ws = _Workspace(slab.contiguous(), half_weight, reg, term)
+        part = variable.narrow(axis, start, stop - start).contiguous()
+        return ws.energy(part) * slab[0].numel()
 
     total = torch.zeros(b, dtype=noisy.dtype, device=noisy.device)
-    for start in range(0, h, rows):
-        stop = min(start + rows, h)
-        if stop < h:
-            # The band's last row needs the next row for its vertical difference; that
-            # extra row is counted again (fidelity and horizontal TV) in the next band.
-            total += band_sum(start, stop + 1) - band_sum(stop, stop + 1)
+    for start in range(0, length, slices):
+        stop = min(start + slices, length)
+        if stop < length:
+            # The slab's last slice needs the next one for its difference along the axis;
+            # that extra slice is counted again (fidelity, other axes) in the next slab.
+            total += slab_sum(start, stop + 1) - slab_sum(stop, stop + 1)
         else:
-            total += band_sum(start, stop)
+            total += slab_sum(start, stop)
     return total / noisy[0].numel()

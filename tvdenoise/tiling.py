@@ -10,6 +10,7 @@ differs from the untiled one by less than 1e-5 (measured on 512x512 photographs 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from itertools import product
 
@@ -49,18 +50,26 @@ def _windows(size: int, tile: int, overlap: int) -> list[tuple[int, int, int, in
 
 
 def auto_tile(shape: torch.Size, device: torch.device, dtype: torch.dtype) -> int | None:
-    """The tile size to use for an image batch of ``shape`` on ``device``, or ``None``.
+    """The tile size to use for a ``(B, C, *spatial)`` batch on ``device``, or ``None``.
 
-    On CPU, images above :data:`CPU_TILE_THRESHOLD` values are tiled; on CUDA, images whose
-    working set would not fit in the free device memory are.
+    On CPU, images (or volumes) above :data:`CPU_TILE_THRESHOLD` values are tiled; on CUDA,
+    those whose working set would not fit in the free device memory are. Volumes use
+    cubic tiles of the cube root of the 2-D tile's area, so a tile holds about as many
+    values.
     """
-    values = shape[-3] * shape[-2] * shape[-1]
+    values = math.prod(shape[1:])
+    spatial_dims = len(shape) - 2
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         itemsize = torch.finfo(dtype).bits // 8
-        needed = BUFFERS_PER_VALUE * itemsize * values * (shape[0] if len(shape) == 4 else 1)
-        return DEFAULT_TILE if needed > free else None
-    return CPU_TILE if values > CPU_TILE_THRESHOLD else None
+        needed = BUFFERS_PER_VALUE * itemsize * values * shape[0]
+        return _side(DEFAULT_TILE, spatial_dims) if needed > free else None
+    return _side(CPU_TILE, spatial_dims) if values > CPU_TILE_THRESHOLD else None
+
+
+def _side(tile: int, spatial_dims: int) -> int:
+    """The side of a tile with as many samples as a ``tile x tile`` image tile."""
+    return tile if spatial_dims == 2 else round((tile * tile) ** (1.0 / spatial_dims))
 
 
 def tiles_per_batch(device: torch.device) -> int:
@@ -80,7 +89,8 @@ def run_tiled(
     """Denoise ``noisy`` tile by tile and stitch the tiles' cores.
 
     Args:
-        noisy: ``(B, C, H, W)`` images.
+        noisy: ``(B, C, *spatial)`` images or volumes; tiles are cut along every
+            spatial axis.
         weights: ``(B,)`` weight per image; each tile uses its image's weight.
         solve_tiles: the solver for a batch of equally sized tiles.
         tile: core size of a tile, in pixels (>= 1).
@@ -88,30 +98,43 @@ def run_tiled(
         tiles_per_batch: how many tiles are solved together (>= 1).
 
     Returns:
-        ``(restored, iterations)``: ``(B, C, H, W)`` and the most iterations any tile of
-        each image used, ``(B,)``.
+        ``(restored, iterations)``: ``(B, C, *spatial)`` and the most iterations any
+        tile of each image used, ``(B,)``.
     """
     if tile < 1 or overlap < 0 or tiles_per_batch < 1:
         raise ValueError(
             f"tile must be >= 1, overlap >= 0 and tiles_per_batch >= 1; "
             f"got {tile}, {overlap}, {tiles_per_batch}"
         )
-    b, _c, h, w = noisy.shape
+    b = noisy.shape[0]
+    spatial = noisy.shape[2:]
     restored = torch.empty_like(noisy)
     iterations = torch.zeros(b, dtype=torch.long)
     # Group windows of equal shape so that they can share a batch.
-    Window = tuple[int, int, int, int]
-    groups: dict[tuple[int, int], list[tuple[int, Window, Window]]] = {}
+    Window = tuple[tuple[int, int, int, int], ...]
+    groups: dict[tuple[int, ...], list[tuple[int, Window]]] = {}
     for index in range(b):
-        for ys, xs in product(_windows(h, tile, overlap), _windows(w, tile, overlap)):
-            groups.setdefault((ys[1] - ys[0], xs[1] - xs[0]), []).append((index, ys, xs))
+        for window in product(*(_windows(n, tile, overlap) for n in spatial)):
+            shape = tuple(span[1] - span[0] for span in window)
+            groups.setdefault(shape, []).append((index, window))
     for members in groups.values():
         for first in range(0, len(members), tiles_per_batch):
             chunk = members[first : first + tiles_per_batch]
-            tiles = torch.stack([noisy[i, :, ys[0] : ys[1], xs[0] : xs[1]] for i, ys, xs in chunk])
-            out, used = solve_tiles(tiles, weights[[i for i, _, _ in chunk]])
-            for (i, ys, xs), piece, n in zip(chunk, out, used.tolist(), strict=True):
-                core = piece[:, ys[2] - ys[0] : ys[3] - ys[0], xs[2] - xs[0] : xs[3] - xs[0]]
-                restored[i, :, ys[2] : ys[3], xs[2] : xs[3]] = core
+            tiles = torch.stack([noisy[i][_spans(win, "window")] for i, win in chunk])
+            out, used = solve_tiles(tiles, weights[[i for i, _ in chunk]])
+            for (i, win), piece, n in zip(chunk, out, used.tolist(), strict=True):
+                restored[i][_spans(win, "core")] = piece[_spans(win, "core in window")]
                 iterations[i] = max(int(iterations[i]), n)
     return restored, iterations
+
+
+def _spans(window: tuple[tuple[int, int, int, int], ...], part: str) -> tuple[slice, ...]:
+    """Index of a ``(C, *spatial)`` image: the ``window``, its ``core``, or the core
+    relative to the window (``"core in window"``)."""
+    if part == "window":
+        spans = [slice(start, stop) for start, stop, _, _ in window]
+    elif part == "core":
+        spans = [slice(c0, c1) for _, _, c0, c1 in window]
+    else:
+        spans = [slice(c0 - start, c1 - start) for start, _, c0, c1 in window]
+    return (slice(None), *spans)
