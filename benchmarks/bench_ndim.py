@@ -63,18 +63,20 @@ def bar(name: str, value: float, target: str, ok: bool, unit: str = "") -> None:
 
 
 def objects_volume(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
-    """Piecewise-smooth objects: ellipsoids with linear ramps on a smooth background."""
+    """Piecewise-smooth objects: ellipsoids with linear ramps on a smooth background.
+
+    Sizes are in voxels (isotropic sampling), 8 to 40 voxels in radius along each axis.
+    """
     d, h, w = shape
-    z, y, x = np.meshgrid(
-        np.linspace(0, 1, d), np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij"
-    )
-    volume = 0.25 + 0.15 * x + 0.1 * z
-    for _ in range(24):
-        centre = rng.uniform(0.1, 0.9, 3)
-        radii = rng.uniform(0.06, 0.25, 3) * np.array([1.0, 1.0, 1.0])
+    z, y, x = np.meshgrid(np.arange(d), np.arange(h), np.arange(w), indexing="ij")
+    volume = 0.25 + 0.15 * x / w + 0.1 * z / d
+    count = max(4, round(24 * d * h * w / (64 * 256 * 256)))
+    for _ in range(count):
+        centre = rng.uniform(0, 1, 3) * np.array(shape)
+        radii = rng.uniform(8, 40, 3)
         inside = ((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2
         inside = inside + ((x - centre[2]) / radii[2]) ** 2 < 1
-        slope = rng.uniform(-0.3, 0.3, 3)
+        slope = rng.uniform(-0.3, 0.3, 3) / 64
         level = rng.uniform(0.2, 0.8) + slope[0] * (z - centre[0]) + slope[1] * (y - centre[1])
         volume = np.where(inside, level + slope[2] * (x - centre[2]), volume)
     return np.clip(volume, 0, 1).astype(np.float32)
@@ -134,7 +136,7 @@ def quality(
     name: str, clean: np.ndarray, noisy: np.ndarray, rows: list[str], skimage: bool
 ) -> None:
     rule = float(weight_for_sigma(SIGMA))
-    grid = [rule * 2.0 ** (k / 4) for k in range(-6, 5)]
+    grid = [rule * 2.0 ** (k / 4) for k in range(-6, 7)]
     best3, w3 = best_on_grid(lambda w: ours(noisy, w, 3), clean, grid)
     best2, w2 = best_on_grid(lambda w: ours(noisy, w, 2), clean, grid)
     started = time.perf_counter()

@@ -7,14 +7,17 @@ weight (``weight="auto"``) and overlapping tiles for images too large for the de
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from .checks import check_choice, floating
 from .fidelity import DataTerm, NoiseModel, data_term
+from .missing import check_finite
 from .solver import (
     DEFAULT_EPS,
     DEFAULT_MAX_ITER,
@@ -73,6 +76,22 @@ def _resolve_weights(
     return weight, None
 
 
+def _with_missing(f: Tensor, mask: Tensor | None) -> Tensor:
+    """``f`` with the values ``mask`` marks as missing set to NaN; infinities refused."""
+    check_finite(f)
+    if mask is None:
+        return f
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a boolean tensor (True: missing), got {type(mask).__name__}")
+    try:
+        full = torch.broadcast_to(mask.to(f.device), f.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"mask must broadcast to the image's shape {tuple(f.shape)}, got {tuple(mask.shape)}"
+        ) from None
+    return f.masked_fill(full, math.nan)
+
+
 def restore(
     image: Tensor,
     weight: Weight = "auto",
@@ -90,6 +109,7 @@ def restore(
     callback: Callback | None = None,
     spatial_dims: int = 2,
     spacing: Sequence[float] | None = None,
+    mask: Tensor | None = None,
 ) -> Restoration:
     """Denoise images or volumes and report the weights, noise levels, iterations and
     energies.
@@ -107,7 +127,7 @@ def restore(
     term = data_term(noise)
     _check_peak(noise, peak)
     iteration = Iteration(max_iter, tol, lr)
-    f = floating(reg.batch(image))
+    f = _with_missing(floating(reg.batch(image)), mask)
     if tile is not None and tile < 0:
         raise ValueError(f"tile must be >= 0 (0: never tile), got {tile}")
     term.check_data(f)
@@ -152,6 +172,7 @@ def denoise(
     tile: int | None = None,
     spatial_dims: int = 2,
     spacing: Sequence[float] | None = None,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Total-variation denoising of images, volumes or time series.
 
@@ -193,6 +214,10 @@ def denoise(
             differences are divided by it, so ``spacing=(3, 1, 1)`` couples the slices of a
             volume whose z-step is three pixels more weakly. Give it relative to the
             in-plane pixel size, so that ``weight`` keeps its meaning.
+        mask: boolean tensor broadcastable to ``image``, ``True`` where a value is
+            missing (as NaN values of ``image`` are): no fidelity there, so the total
+            variation fills it in from its surroundings (see :mod:`tvdenoise.missing`
+            for how large a hole is sensible). Infinite values are an error.
 
     Returns:
         The restored image(s), shape, dtype and device of ``image``, clipped to [0, 1].
@@ -220,5 +245,6 @@ def denoise(
         tile=tile,
         spatial_dims=spatial_dims,
         spacing=spacing,
+        mask=mask,
     )
     return result.restored.to(image.dtype).reshape(image.shape)

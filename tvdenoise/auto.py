@@ -118,6 +118,7 @@ from torch import Tensor
 from .checks import check_choice
 from .clipping import inverse_mills, latent_value
 from .fidelity import DataTerm, data_term
+from .missing import observed_share, split_missing
 from .sigma import MIN_SIZE, estimate_sigma
 from .solver import DEFAULT_EPS, DEFAULT_MAX_ITER, Iteration, run_solver
 from .tiling import CPU_TILE
@@ -335,7 +336,9 @@ class _Sure:
         self.tiles = tiles  # (T, C, *spatial)
         f = tiles.to(torch.float64)
         clipped = (f <= 0) | (f >= 1)
-        self.count = f.numel()
+        # Missing values (NaN) are neither scored nor probed; the solver fills them.
+        self.missing = torch.isnan(f) if bool(torch.isnan(f).any()) else None
+        self.count = f.numel() if self.missing is None else int((~self.missing).sum())
         self.reg = reg
         if bool(clipped.any()):
             smoothed = solve_at_weights(tiles, [rule], reg)[0]
@@ -354,7 +357,8 @@ class _Sure:
         ones = [1] * (tiles.dim() - 1)
         probed = tiles.repeat(_PROBES, *ones) + self.delta * probe
         self.images = torch.cat([tiles, probed])
-        self.probe = probe.to(torch.float64) * (~clipped).repeat(_PROBES, *ones)
+        scored = ~clipped if self.missing is None else ~clipped & ~self.missing
+        self.probe = probe.to(torch.float64) * scored.repeat(_PROBES, *ones)
 
     def __call__(self, weights: list[float]) -> list[float]:
         """SURE of the image's result at each of ``weights``."""
@@ -363,7 +367,10 @@ class _Sure:
         )
         t = self.tiles.shape[0]
         u, v = both[:, :t], both[:, t:]
-        residual = (u - self.targets).square().flatten(1).sum(1)
+        squared = (u - self.targets).square()
+        if self.missing is not None:
+            squared = squared.masked_fill(self.missing, 0.0)
+        residual = squared.flatten(1).sum(1)
         change = v - u.repeat(1, _PROBES, *([1] * (u.dim() - 2)))
         divergence = (change * self.probe).flatten(1).sum(1) / (self.delta * _PROBES)
         var = self.sigma**2
@@ -527,7 +534,11 @@ def choose_weight(
     h, w = batch.shape[-2:]
     if h < MIN_SIZE or w < MIN_SIZE:
         raise ValueError(f"image must be at least {MIN_SIZE}x{MIN_SIZE} pixels, got {h}x{w}")
-    sigmas = _sigmas(sigma, batch)
+    # Missing values (NaN) are filled for the noise estimate, which the noise-free fill
+    # lowers by the observed share of the variance; SURE ignores them.
+    sigmas = _sigmas(sigma, split_missing(batch)[0])
+    if sigma is None:
+        sigmas = sigmas / observed_share(batch).to(sigmas.device).sqrt()
     weights = weight_for_sigma(sigmas, tv=reg.kind, color=reg.color, channels=c).clone()
     if method == "rule" or b == 0:
         return weights, sigmas

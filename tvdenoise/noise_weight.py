@@ -96,6 +96,7 @@ from .checks import as_batch, check_choice
 from .clipping import latent_rate, sample_clipped_counts
 from .fidelity import NOISE_MODELS, DataTerm, NoiseModel, data_term
 from .filters import any_in_window, box_mean, immerkaer_residual
+from .missing import split_missing
 from .sigma import MIN_SIZE
 from .solver import DEFAULT_EPS
 from .tv import ColorMode, TotalVariation, TVKind
@@ -371,7 +372,8 @@ class _ImpulseHoldOut:
 
     def __call__(self, weights: list[float]) -> list[float]:
         restored = solve_at_weights(self.data, weights, self.reg, data_term("impulse"))
-        squared = (restored - self.tiles.to(torch.float64)).square()
+        # Missing values (NaN) are in neither set; their squares are set to 0.
+        squared = (restored - self.tiles.to(torch.float64)).square().nan_to_num(0.0)
         kept = (squared * self.kept).flatten(1).sum(1) / max(int(self.kept.sum()), 1)
         held = (squared * self.held).flatten(1).sum(1) / max(int(self.held.sum()), 1)
         risk = (1 - self.fraction) * kept + self.fraction * held
@@ -401,6 +403,10 @@ class _PoissonHoldOut:
         self.term: DataTerm = data_term("poisson")
         generator = torch.Generator().manual_seed(_HOLD_OUT_SEED)
         f = tiles.cpu().to(torch.float64)
+        # Missing values (NaN) stay missing in the thinned image and are not scored.
+        missing = torch.isnan(f)
+        self.scored = (~missing).to(tiles.device) if bool(missing.any()) else None
+        f = f.nan_to_num(0.0)
         counts = (f * peak).round().clamp_min(0.0)
         clipped = f >= 1
         if bool(clipped.any()):
@@ -408,7 +414,7 @@ class _PoissonHoldOut:
             rate = latent_rate(pilot.cpu()[clipped].clamp(0.0, 1.0), peak)
             counts[clipped] = sample_clipped_counts(rate, peak, generator)
         kept = torch.binomial(counts, torch.full_like(counts, 1.0 - _THINNING), generator)
-        scaled = (kept / ((1.0 - _THINNING) * peak)).clamp(max=1.0)
+        scaled = (kept / ((1.0 - _THINNING) * peak)).clamp(max=1.0).masked_fill(missing, math.nan)
         self.data = scaled.to(tiles.device, tiles.dtype)
         target = (counts - kept) / (_THINNING * peak)
         self.target = target.to(tiles.device)
@@ -416,7 +422,11 @@ class _PoissonHoldOut:
     def __call__(self, weights: list[float]) -> list[float]:
         restored = solve_at_weights(self.data, weights, self.reg, self.term)
         squared = (restored - self.target).square()
-        return [float(value) for value in squared.flatten(1).mean(1).tolist()]
+        if self.scored is None:
+            mean = squared.flatten(1).mean(1)
+        else:
+            mean = (squared * self.scored).flatten(1).sum(1) / self.scored.flatten(1).sum(1)
+        return [float(value) for value in mean.tolist()]
 
 
 def auto_weight_for_noise(
@@ -467,7 +477,7 @@ def impulse_auto_weight(batch: Tensor, reg: TotalVariation) -> Tensor:
     """The impulse model's weight per image of a ``(B, C, *spatial)`` batch: the rule
     from the estimated fraction of values hit, refined by the hold-out test."""
     channels = batch.shape[1]
-    planes, k = plane_sample(batch)
+    planes, k = plane_sample(split_missing(batch)[0])
     fraction = per_volume(estimate_impulse_fraction(planes).reshape(-1), k)
     weights = impulse_weight(fraction, channels=channels, tv=reg.kind, color=reg.color).clone()
     tiles = sample_tiles(batch.to(torch.float32))
@@ -487,7 +497,7 @@ def poisson_auto_weight(batch: Tensor, reg: TotalVariation, *, peak: float | Non
         raise ValueError(f"peak must be a finite number of photons > 0, got {peak}")
     channels = batch.shape[1]
     if peak is None:
-        planes, k = plane_sample(batch)
+        planes, k = plane_sample(split_missing(batch)[0])
         peaks = per_volume(estimate_peak(planes).reshape(-1), k)
     else:
         peaks = torch.full((batch.shape[0],), peak)

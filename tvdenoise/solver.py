@@ -55,6 +55,7 @@ from torch import Tensor
 
 from .checks import check_choice, floating
 from .fidelity import NOISE_MODELS, DataTerm, NoiseModel, data_term
+from .missing import check_finite, split_missing
 from .tv import TV_KINDS, ColorMode, TotalVariation, TVKind
 
 __all__ = ["DEFAULT_EPS", "DenoiseResult", "energy", "solve"]
@@ -101,8 +102,16 @@ class _Workspace:
     several channels. The solver variable, Adam's moments and the data make the rest.
     """
 
-    def __init__(self, f: Tensor, half_weight: Tensor, reg: TotalVariation, term: DataTerm) -> None:
+    def __init__(
+        self,
+        f: Tensor,
+        half_weight: Tensor,
+        reg: TotalVariation,
+        term: DataTerm,
+        observed: Tensor | None = None,
+    ) -> None:
         self.f = f
+        self.observed = observed
         self.term = term
         self.half_weight = half_weight
         self.reg = reg
@@ -150,6 +159,8 @@ class _Workspace:
                 d.mul_(norm)
         out = self.scratch
         self.term.half_gradient_(u, self.f, out)
+        if self.observed is not None:  # no fidelity where a value is missing
+            out.mul_(self.observed)
         for d, inv in zip(self.diffs, self.inverse_spacing, strict=True):
             if inv is not None:
                 d.mul_(inv)
@@ -163,7 +174,10 @@ class _Workspace:
     def energy(self, u: Tensor) -> Tensor:
         """``E(u)`` per image, computed in the workspace's buffers."""
         tv = self._tv_sum(u) / u[0].numel()
-        fidelity = self.term.variable_value(u, self.f, self.scratch).flatten(1).mean(1)
+        values = self.term.variable_value(u, self.f, self.scratch)
+        if self.observed is not None:
+            values = values * self.observed
+        fidelity = values.flatten(1).mean(1)
         return fidelity + 2 * self.half_weight.reshape(-1) * tv
 
     def _tv_sum(self, u: Tensor) -> Tensor:
@@ -274,8 +288,12 @@ def run_solver(
     iteration: Iteration,
     callback: Callback | None = None,
 ) -> DenoiseResult:
-    """:func:`solve` on a validated ``(B, C, *spatial)`` batch and settings objects."""
-    f = floating(noisy).contiguous()
+    """:func:`solve` on a validated ``(B, C, *spatial)`` batch and settings objects.
+
+    NaN values of ``noisy`` are missing (:mod:`tvdenoise.missing`): no fidelity there.
+    """
+    check_finite(noisy, "noisy")
+    f, observed = split_missing(floating(noisy).contiguous())
     term.check_data(f)
     b = f.shape[0]
     weights = weights_per_image(weight, b, f)
@@ -283,7 +301,7 @@ def run_solver(
     active = weights > 0
     u = term.to_variable(f)
     half_weight = (weights / 2).reshape(b, *([1] * (f.dim() - 1)))
-    ws = _Workspace(f, half_weight, reg, term)
+    ws = _Workspace(f, half_weight, reg, term, observed)
     energy = ws.energy(u)
     if bool(active.any()):
         _adam(u, ws, weights, active, iterations, energy, iteration, callback)
@@ -451,8 +469,8 @@ def energy(
     variable = term.to_variable(restored)
 
     def slab_sum(start: int, stop: int) -> Tensor:
-        slab = noisy.narrow(axis, start, stop - start)
-        ws = _Workspace(slab.contiguous(), half_weight, reg, term)
+        slab, observed = split_missing(noisy.narrow(axis, start, stop - start).contiguous())
+        ws = _Workspace(slab, half_weight, reg, term, observed)
         part = variable.narrow(axis, start, stop - start).contiguous()
         return ws.energy(part) * slab[0].numel()
 
