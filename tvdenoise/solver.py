@@ -1,47 +1,31 @@
-"""The Adam solver for total-variation denoising.
+"""The Adam solver for total-variation denoising, over any regulariser and data term.
 
-Per image ``f`` with ``N = C*H*W`` values in [0, 1], :func:`denoise` minimises
+Per image ``f`` with ``N`` values in [0, 1] (``N = C*H*W`` for an image, ``C*D*H*W`` for a
+volume), :func:`solve` minimises
 
 .. math::
 
-    E(u) = \\frac{1}{N}\\sum (u - f)^2 + w \\cdot \\frac{1}{N}\\mathrm{TV}_\\varepsilon(u),
+    E(u) = \\frac{1}{N}\\sum g(u, f) + w \\cdot \\frac{1}{N}\\mathrm{TV}_\\varepsilon(u),
 
-the mean squared error plus ``weight`` times the mean total variation (see
-:mod:`tvdenoise.tv`). In the classic Rudin-Osher-Fatemi form
-``0.5 ||u - f||^2 + lambda TV(u)`` on sums this is ``lambda = weight / 2``.
+the mean fidelity of a noise model (:class:`tvdenoise.fidelity.DataTerm`; for Gaussian noise
+``g = (u - f)**2``) plus ``weight`` times the mean total variation over the spatial axes
+(:class:`tvdenoise.tv.TotalVariation`). In the classic Rudin-Osher-Fatemi form
+``0.5 ||u - f||^2 + lambda TV(u)`` on sums this is ``lambda = weight / 2``. Missing values
+(NaN) have no fidelity term (:mod:`tvdenoise.missing`).
 
-The iteration is Adam on ``u``, started at ``u = f``, with the gradient written out by hand
-(no autograd graph) and all updates in place. The learning rate decays geometrically from
-``lr`` to ``0.03 * lr`` over ``max_iter`` iterations; ``lr`` defaults to ``0.2 * weight``
-(Gaussian model, with Adam's ``beta2 = 0.9``; ``0.3 * weight`` and ``beta2 = 0.999`` for the
-impulse model), because the distance a pixel travels to the minimiser scales with the
-weight. Every
+The iteration is Adam on the data term's solver variable (``u`` itself, or ``sqrt(u)`` for
+photon counts), started at the data, with the gradient written out by hand (no autograd
+graph) and all updates in place; the Adam step is PyTorch's fused kernel where available.
+The learning rate starts at ``lr`` (by default the data term's ``lr_per_weight * weight``,
+because the distance a value travels to the minimiser scales with the weight) and decays
+geometrically to the data term's final ratio over ``max_iter`` iterations. Every
 ``check_every`` iterations the energy is evaluated and an image stops once the relative
-change of its energy since the previous check is below ``tol``; the batch stops when all
-its images have.
+change of its energy since the previous check is below ``tol``,
+``|E_prev - E| < tol * |E|``; the batch stops when all its images have.
 
-Noise models (``noise=``, fidelities in :mod:`tvdenoise.fidelity`):
-
-* ``"gaussian"`` — the energy above (unchanged by the other models).
-* ``"impulse"`` — ``mean(h_delta(u - f)) + w TV_eps(u) / N`` with the Huber function
-  ``h_delta`` (``delta = 1e-3``): a smoothed absolute error, for salt-and-pepper noise and
-  dead or hot pixels. Same schedule as the Gaussian model.
-* ``"poisson"`` — ``mean(2 (u - f + f log(f / u))) + w TV_eps(sqrt u) / N``: the Poisson
-  deviance of counts ``peak * f`` (``2 / peak`` times their negative log-likelihood, up to
-  a constant), with the total variation of ``v = sqrt(u)``, where shot noise has the same
-  level ``1 / (2 sqrt(peak))`` at every intensity; the TV of ``u`` itself would smooth
-  bright areas too much and dark ones too little (measured 0.2-0.6 dB below the Gaussian
-  model at 10 photons). The problem is convex in ``v``; Adam runs on ``v >= 1e-3`` with
-  the gradient multiplied by ``v`` (bounded where ``f / v`` is not), ``lr = 0.03 * weight``
-  decaying to 10 %. ``peak`` does not change the minimiser for a given weight; it is the
-  photon scale the automatic weight is computed from
-  (:func:`tvdenoise.noise_weight.auto_weight_for_noise`).
-
-Against the certified minimiser (:func:`tvdenoise.reference.reference_solve`), at their
-automatic weights on 64x64 photograph crops (``scripts/eval_noise.py --convergence``),
-60 iterations reach an RMS of 2e-4 to 2e-3 (Poisson, 10 and 30 photons; impulse, 10 %)
-and up to 2e-2 for impulse noise on 30 % of the values, where the near-L1 energy is
-almost flat along some directions.
+How close 60 iterations come to the certified minimiser (:mod:`tvdenoise.reference`) is
+measured by ``scripts/eval_noise.py --convergence`` and ``benchmarks/bench_ndim.py``, and
+checked on small images and volumes by the tests.
 """
 
 from __future__ import annotations
