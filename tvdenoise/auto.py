@@ -23,19 +23,16 @@ The gain depends on the total variation:
   of uncorrelated noise is ``sqrt(C)`` times that of one channel, and an edge shared by
   all channels is penalised ``sqrt(C)`` times less per channel than separately, so the
   physical form is ``gain = ISOTROPIC_GAIN * C**p`` with ``p = 1/2`` for independent
-  channels. Colour photographs have strongly correlated channels; measured, the best
-  joint weight is 1.52 times the best separate weight on the same images (median),
-  ``p = JOINT_EXPONENT = 0.38``;
+  channels. Colour photographs have strongly correlated channels, so the fitted exponent
+  ``p = JOINT_EXPONENT`` is smaller;
 * ``tv="anisotropic"``: for white noise ``E(|dx| + |dy|) = (4/pi) E sqrt(dx**2 + dy**2)``,
   so the anisotropic penalty is stronger and needs a gain about ``pi/4 = 0.79`` times the
-  isotropic one; measured 0.83 (``ANISOTROPIC_GAIN``; the colour mode has no effect on
-  this TV).
+  isotropic one (``ANISOTROPIC_GAIN``; the colour mode has no effect on this TV).
 
-The constants are medians of the best weight divided by sigma (the ``w_best`` column of
-``scripts/eval_auto_weight.py``) over eight 256x256 photographs and sigma = 5..50/255.
-They are the best *single* numbers, but a particular image's best weight differs from them
-by up to a factor of two (fine texture and low noise want less smoothing; smooth scenes
-and high noise want more), which costs the rule alone up to 2-5 dB. Hence layer 2.
+The constants are medians of the best weight divided by sigma over photographs
+(``scripts/eval_auto_weight.py``). A particular image's best weight differs from them by up
+to a factor of two (fine texture and low noise want less smoothing; smooth scenes and high
+noise want more), hence layer 2.
 
 SURE refinement
 ---------------
@@ -61,17 +58,12 @@ inverse Mills ratio ``phi / Phi(-.)``; symmetrically at 1). That needs the clean
 ``x`` of clipped pixels only, read from the result at the rule's weight, corrected for
 the bias clipping gives a local mean (the inverse of
 ``x -> E[clip(x + n, 0, 1)]``). The error of this plug-in enters only through the
-clipped values, and the estimate is exact where nothing is clipped. It replaces an
-earlier rule that kept SURE to pixels well inside (0, 1) and fell back to the rule when
-fewer than half were: at 50/255 that lost up to 0.70 dB on photographs with bright skies
-or dark coats (``rocket``), and clipped values left in the set biased SURE towards too
-much smoothing (``gravel`` 0.42 dB at 512x512).
+clipped values, and the estimate is exact where nothing is clipped.
 
 SURE needs the right ``sigma``: on smooth images the error at the best weight is a small
-fraction of ``sigma**2``, and a ``sigma`` 10 % low makes SURE undervalue smoothing by
-more than that (``cell`` at 50/255 with sigma read as 45: 3.9 dB below the best weight;
-hubble_deep_field 0.6 dB). The noise estimate therefore models clipping itself
-(:mod:`tvdenoise.sigma`), and SURE runs on every image.
+fraction of ``sigma**2``, so a low ``sigma`` makes SURE undervalue smoothing. The noise
+estimate therefore models clipping itself (:mod:`tvdenoise.sigma`), and SURE runs on every
+image.
 
 SURE holds for any weakly differentiable map of ``f``, the truncated solver included, so
 the candidates are solved exactly as the output will be (``DEFAULT_MAX_ITER``
@@ -81,29 +73,14 @@ stopping test would make the map discontinuous in ``f``).
 
 The weight is searched on a geometric grid (ratio ``2**(1/3)``): the rule and its two
 neighbours first, then one more point at a time while the minimum sits at an edge,
-within ``[rule / 4, rule * 2]`` (the best weights of the photographs measured lie within
-0.3-1.8 times the rule), and refined by a parabola through the three best points in
+within ``[rule / 4, rule * 2]``, and refined by a parabola through the three best points in
 ``log(weight)``. Large images are represented by up to 16 evenly spread 64x64 tiles
-(65536 pixels; smaller images are used whole): the weight is a per-pixel quantity, so a
-weight chosen on a sample of the image holds for all of it.
+(smaller images are used whole), volumes by up to eight 32-voxel cubes: the weight is a
+per-value quantity, so a weight chosen on a sample of the image holds for all of it.
 
-How many pixels and probes: SURE is a random estimate, and near the best weight the
-error curve is flat, so its noise decides the choice. With one probe the probe's own
-noise dominates (on ``moon`` at 35/255, 256x256, four probes moved SURE's minimum
-between 0.31 and 0.43 against a best 0.30), and 8 tiles miss the structure of
-non-stationary scenes (``camera`` 512x512 at 50/255: 0.85 dB lost). Measured over five
-such cases and three noise draws each, the largest gap to the best weight was 0.85 dB
-with 8 tiles and one probe, 0.42 with 8 tiles and three probes, 0.28 with 16 tiles and
-one probe, and 0.12 dB with 16 tiles and two probes, the setting kept. Each grid point
-costs one solve of the image and two of probed copies (batched), 3-5 points in all:
-0.2-0.5 s on a 512x512 RGB image on 2 CPU cores, 3-8 times one solve.
-
-Measured (``scripts/eval_auto_weight.py``: eight photographs, sigma = 5, 10, 15, 25, 35,
-50/255, 8-bit noise, isotropic joint TV), the gap to the best fixed weight of each image is
-at most 0.17 dB (``moon`` at 50/255) and 0.010 dB on average at 256x256 (the image whole),
-at most 0.22 dB (``moon`` at 35/255) and 0.027 dB on average at 512x512 (16 tiles); no
-result is below the noisy PSNR, and clean photographs stay above 47 dB. On eight images
-not among them (micrographs, a night sky, a retina, text, grass), at most 0.25 dB.
+How many tiles and probes: SURE is a random estimate, and near the best weight the error
+curve is flat, so its noise decides the choice; the tile count and two probes were chosen by
+that measurement (``benchmarks/README.md``, "Where the constants come from").
 """
 
 from __future__ import annotations
