@@ -290,3 +290,20 @@ def test_bad_missing_value_inputs() -> None:
         denoise(image, 0.1, mask=torch.zeros(5, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="weight must be <="):
         denoise(image, 1e30)
+
+
+def test_empty_batches_and_inputs_that_require_grad() -> None:
+    empty = torch.rand(0, 3, 8, 8)
+    assert denoise(empty, 0.1).shape == (0, 3, 8, 8)
+    assert denoise(empty).shape == (0, 3, 8, 8)
+    assert denoise(torch.rand(0, 1, 4, 8, 8), spatial_dims=3).shape == (0, 1, 4, 8, 8)
+    image = torch.rand(3, 16, 16, requires_grad=True)
+    restored = denoise(image, 0.1)
+    assert not restored.requires_grad
+    torch.testing.assert_close(restored, denoise(image.detach(), 0.1))
+
+
+@pytest.mark.parametrize("sigma", [100.0, -0.1, float("nan")])
+def test_sigma_outside_the_intensity_scale_is_refused(sigma: float) -> None:
+    with pytest.raises(ValueError, match=r"sigma must be a finite noise level in \[0, 1\]"):
+        denoise(torch.rand(1, 16, 16), sigma=sigma)

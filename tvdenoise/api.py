@@ -127,7 +127,11 @@ def restore(
     term = data_term(noise)
     _check_peak(noise, peak)
     iteration = Iteration(max_iter, tol, lr)
-    f = _with_missing(floating(reg.batch(image)), mask)
+    # The result is data, not a function of the input autograd could follow.
+    f = _with_missing(floating(reg.batch(image).detach()), mask)
+    if f.shape[0] == 0:
+        nothing = f.new_zeros(0)
+        return Restoration(f.clone(), nothing, None, nothing.long(), nothing)
     if tile is not None and tile < 0:
         raise ValueError(f"tile must be >= 0 (0: never tile), got {tile}")
     term.check_data(f)

@@ -155,10 +155,11 @@ def _gain(tv: str, color: str, channels: int) -> float:
 
 
 def _check_sigma(sigma: Tensor) -> None:
-    if not bool(torch.isfinite(sigma).all()) or bool((sigma < 0).any()):
+    if not bool(torch.isfinite(sigma).all()) or bool((sigma < 0).any() or (sigma > 1).any()):
         values = sigma.tolist() if sigma.numel() <= 8 else f"a tensor of shape {sigma.shape}"
         raise ValueError(
-            f"sigma must be a finite noise level >= 0 on the [0, 1] scale, got {values}"
+            "sigma must be a finite noise level in [0, 1] on the intensity scale [0, 1] "
+            f"(25/255 for 25 grey levels of an 8-bit image), got {values}"
         )
 
 

@@ -277,11 +277,14 @@ def run_solver(
     NaN values of ``noisy`` are missing (:mod:`tvdenoise.missing`): no fidelity there.
     """
     check_finite(noisy, "noisy")
-    f, observed = split_missing(floating(noisy).contiguous())
+    # The solver is not differentiable (in-place updates): its input is data.
+    f, observed = split_missing(floating(noisy.detach()).contiguous())
     term.check_data(f)
     b = f.shape[0]
     weights = weights_per_image(weight, b, f)
     iterations = torch.zeros(b, dtype=torch.long)
+    if b == 0:
+        return DenoiseResult(f.clone(), weights, iterations, f.new_zeros(0))
     active = weights > 0
     u = term.to_variable(f)
     half_weight = (weights / 2).reshape(b, *([1] * (f.dim() - 1)))
