@@ -2,7 +2,8 @@
 
 Library entry points (tensors in, tensors out):
 
-* :func:`denoise` — restore a ``(C, H, W)`` or ``(B, C, H, W)`` image in [0, 1];
+* :func:`denoise` — restore a ``(C, H, W)`` or ``(B, C, H, W)`` image in [0, 1], or a
+  volume / time series ``(C, D, H, W)`` / ``(B, C, D, H, W)`` with ``spatial_dims=3``;
 * :func:`restore` — the same, returning weights, noise levels, iterations, energies;
 * :func:`solve` — the Adam solver for given weights;
 * :func:`total_variation` / :class:`TVLoss` — differentiable TV for training loops;
