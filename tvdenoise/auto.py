@@ -75,7 +75,7 @@ The weight is searched on a geometric grid (ratio ``2**(1/3)``): the rule and it
 neighbours first, then one more point at a time while the minimum sits at an edge,
 within ``[rule / 4, rule * 2]``, and refined by a parabola through the three best points in
 ``log(weight)``. Large images are represented by up to 16 evenly spread 64x64 tiles
-(smaller images are used whole), volumes by up to eight 32-voxel cubes: the weight is a
+(smaller images are used whole), volumes by up to 27 cubes of 32 voxels: the weight is a
 per-value quantity, so a weight chosen on a sample of the image holds for all of it.
 
 How many tiles and probes: SURE is a random estimate, and near the best weight the error
@@ -132,8 +132,10 @@ _PROBES = 2
 # Large images: SURE on at most this many tiles of this size; volumes on cubes.
 _TILE = 64
 _MAX_TILES = 16
+# Volumes: cubes on a 3 x 3 x 3 grid. Corner cubes alone (2 x 2 x 2) missed a disc crossing
+# the middle of a time-lapse (benchmarks/README.md).
 _TILE_3D = 32
-_MAX_TILES_3D = 8
+_CUBES_PER_AXIS = 3
 # Volumes: their noise is estimated on at most this many evenly spaced slices.
 _MAX_SLICES = 16
 # Solver settings for the refinement: exactly the iterations of the final solve
@@ -254,8 +256,8 @@ def _sigmas(sigma: float | Tensor | None, batch: Tensor) -> Tensor:
 def sample_tiles(f: Tensor, count: int | None = None) -> Tensor:
     """Up to ``count`` (default ``_MAX_TILES``) evenly spread ``_TILE``-pixel tiles of
     every image, ``(B, T, C, h, w)``; the whole image (``T = 1``) if it has no more
-    pixels. Volumes ``(B, C, D, H, W)`` give up to ``_MAX_TILES_3D`` cubes of
-    ``_TILE_3D`` voxels, ``(B, T, C, d, h, w)``."""
+    pixels. Volumes ``(B, C, D, H, W)`` give up to ``_CUBES_PER_AXIS**3`` evenly spread
+    cubes of ``_TILE_3D`` voxels a side, ``(B, T, C, d, h, w)``."""
     if f.dim() == 5:
         return _sample_cubes(f)
     count = _MAX_TILES if count is None else count
@@ -272,15 +274,14 @@ def sample_tiles(f: Tensor, count: int | None = None) -> Tensor:
 
 
 def _sample_cubes(f: Tensor) -> Tensor:
-    """Up to ``_MAX_TILES_3D`` evenly spread cubes of every volume (or the whole)."""
+    """Up to ``_CUBES_PER_AXIS**3`` evenly spread cubes of every volume (or the whole)."""
     sizes = f.shape[2:]
-    if math.prod(sizes) <= _MAX_TILES_3D * _TILE_3D**3 or min(sizes) < _TILE_3D:
+    if math.prod(sizes) <= (_CUBES_PER_AXIS * _TILE_3D) ** 3 or min(sizes) < _TILE_3D:
         return f.unsqueeze(1)
-    # Positions per axis: two along each axis that has room (2 x 2 x 2 = 8 cubes).
     starts = [
         [round(i * (n - _TILE_3D) / max(k - 1, 1)) for i in range(k)]
         for n in sizes
-        for k in [min(2, n // _TILE_3D)]
+        for k in [min(_CUBES_PER_AXIS, n // _TILE_3D)]
     ]
     tiles = [
         f[:, :, z : z + _TILE_3D, y : y + _TILE_3D, x : x + _TILE_3D]
@@ -457,7 +458,7 @@ def auto_weight(
     With ``method="sure"`` (default) that weight is the starting point of a search for
     the weight that minimises Stein's unbiased risk estimate of the image's mean squared
     error (see the module docstring); this takes usually 9-15 extra solves of the image
-    (of at most 16 tiles of 64x64 pixels for large images, 8 cubes of 32 voxels for large
+    (of at most 16 tiles of 64x64 pixels for large images, 27 cubes of 32 voxels for large
     volumes). An image with ``sigma = 0`` gets weight 0.
 
     Args:
