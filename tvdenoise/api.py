@@ -15,8 +15,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .checks import check_choice, floating
-from .fidelity import DataTerm, NoiseModel, data_term
+from .checks import floating
+from .fidelity import DataTerm, NoiseModel
 from .missing import check_finite
 from .solver import (
     DEFAULT_EPS,
@@ -24,13 +24,13 @@ from .solver import (
     DEFAULT_TOL,
     Callback,
     Iteration,
-    _check_peak,
     energy,
+    model,
     run_solver,
     weights_per_image,
 )
 from .tiling import DEFAULT_OVERLAP, auto_tile, run_tiled, tiles_per_batch
-from .tv import TV_KINDS, ColorMode, TotalVariation, TVKind
+from .tv import ColorMode, TotalVariation, TVKind
 
 __all__ = ["Restoration", "Weight", "denoise", "restore"]
 
@@ -120,12 +120,7 @@ def restore(
     Returns:
         A :class:`Restoration` with ``(B, C, *spatial)`` images.
     """
-    check_choice("tv", tv, TV_KINDS)
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
-    reg = TotalVariation(tv, color, eps, spatial_dims, None if spacing is None else tuple(spacing))
-    term = data_term(noise)
-    _check_peak(noise, peak)
+    reg, term = model(tv, color, eps, spatial_dims, spacing, noise, peak)
     iteration = Iteration(max_iter, tol, lr)
     # The result is data, not a function of the input autograd could follow.
     f = _with_missing(floating(reg.batch(image).detach()), mask)

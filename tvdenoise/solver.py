@@ -253,15 +253,34 @@ def solve(
     Returns:
         A :class:`DenoiseResult` with ``(B, C, *spatial)`` restored images.
     """
-    check_choice("tv", tv, TV_KINDS)
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
-    reg = TotalVariation(tv, color, eps, spatial_dims, None if spacing is None else tuple(spacing))
-    term = data_term(noise)
-    _check_peak(noise, peak)
+    reg, term = model(tv, color, eps, spatial_dims, spacing, noise, peak)
     iteration = Iteration(max_iter, tol, lr, check_every)
     f = reg.batch(noisy, "noisy")
     return run_solver(f, weight, reg, term, iteration, callback)
+
+
+def model(
+    tv: str,
+    color: str,
+    eps: float,
+    spatial_dims: int,
+    spacing: Sequence[float] | None,
+    noise: str,
+    peak: float | None,
+) -> tuple[TotalVariation, DataTerm]:
+    """The validated regulariser and data term of the public options (``eps > 0``)."""
+    check_choice("tv", tv, TV_KINDS)
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    reg = TotalVariation(
+        tv,  # type: ignore[arg-type]
+        color,  # type: ignore[arg-type]
+        eps,
+        spatial_dims,
+        None if spacing is None else tuple(spacing),
+    )
+    _check_peak(noise, peak)
+    return reg, data_term(noise)
 
 
 def run_solver(

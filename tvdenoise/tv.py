@@ -157,11 +157,7 @@ class TotalVariation:
         """The magnitudes the total variation sums, before smoothing; autograd-safe."""
         if self.kind == "anisotropic":
             return torch.cat([d.abs() for d in diffs], dim=1)
-        squared = diffs[0] * diffs[0]
-        for d in diffs[1:]:
-            squared = squared + d * d
-        if self.color == "joint":
-            squared = squared.sum(dim=1, keepdim=True)
+        squared = self._squared_norm(diffs)
         # sqrt has an infinite derivative at 0; route zeros around it so that autograd
         # returns the zero subgradient on flat areas instead of NaN.
         positive = squared > 0
@@ -177,12 +173,7 @@ class TotalVariation:
         diffs = self.differences(u)
         if self.kind == "anisotropic":
             return [d / d.abs().clamp_min(self.eps) if self.eps > 0 else d.sign() for d in diffs]
-        squared = diffs[0] * diffs[0]
-        for d in diffs[1:]:
-            squared = squared + d * d
-        if self.color == "joint":
-            squared = squared.sum(dim=1, keepdim=True)
-        norm = squared.sqrt_()
+        norm = self._norm(diffs)
         if self.eps > 0:
             norm.clamp_min_(self.eps)
         else:
@@ -192,6 +183,18 @@ class TotalVariation:
     def gradient(self, u: Tensor) -> Tensor:
         """Gradient of :meth:`value` (its zero-at-zero subgradient for ``eps == 0``)."""
         return -self.divergence(self.dual_field(u))
+
+    def _squared_norm(self, fields: Sequence[Tensor]) -> Tensor:
+        """The squared Euclidean norm over axes (and channels, for ``"joint"``) per sample."""
+        squared = fields[0] * fields[0]
+        for p in fields[1:]:
+            squared = squared + p * p
+        if self.color == "joint":
+            squared = squared.sum(dim=1, keepdim=True)
+        return squared
+
+    def _norm(self, fields: Sequence[Tensor]) -> Tensor:
+        return self._squared_norm(fields).sqrt_()
 
     def project(self, fields: Sequence[Tensor], radius: Tensor | float = 1.0) -> None:
         """Project a dual field onto the ball of ``radius`` per sample group, in place.
@@ -207,12 +210,7 @@ class TotalVariation:
                 else:
                     p.clamp_(-radius, radius)
             return
-        squared = fields[0] * fields[0]
-        for p in fields[1:]:
-            squared = squared + p * p
-        if self.color == "joint":
-            squared = squared.sum(dim=1, keepdim=True)
-        norm = squared.sqrt_()
+        norm = self._norm(fields)
         scale = torch.where(norm > radius, radius / norm.clamp_min(1e-300), torch.ones_like(norm))
         for p in fields:
             p.mul_(scale)
