@@ -52,10 +52,15 @@ def _pil(values: npt.NDArray[np.uint8]) -> Image.Image:
 
 
 def _as_samples(image: LoadedImage) -> npt.NDArray[np.int64]:
-    """The loaded data back on the integer scale of its bit depth, as (H, W, C)."""
-    top = 65535 if image.bit_depth == 16 else 255
+    """The loaded samples as (H, W, C) integers; checks that ``data`` agrees with them."""
+    channel = image.channel_axis
+    order = [image.axes.index("Y"), image.axes.index("X")] + ([] if channel is None else [channel])
+    samples = image.samples.transpose(order)
+    samples = samples if samples.ndim == 3 else samples[:, :, None]
+    top = 65535 if image.dtype == np.uint16 else 255
     scaled = np.rint(image.data.numpy().astype(np.float64) * top).astype(np.int64)
-    return scaled.transpose(1, 2, 0)
+    np.testing.assert_array_equal(scaled.transpose(1, 2, 0), samples)
+    return samples.astype(np.int64)
 
 
 def _pillow_reading(path: Path, channels: int) -> npt.NDArray[np.uint8]:
@@ -255,7 +260,7 @@ def test_8bit_round_trip_is_exact(tmp_path: Path, suffix: str, channels: int) ->
     image = load_image(source)
     assert image.data.dtype == torch.float32
     assert image.data.shape == (channels, HEIGHT, WIDTH)
-    assert image.bit_depth == 8 and image.alpha is None
+    assert image.dtype == np.uint8 and image.alpha is None
     assert float(image.data.min()) >= 0.0 and float(image.data.max()) <= 1.0
     np.testing.assert_array_equal(_as_samples(image), values)
 
@@ -275,7 +280,7 @@ def test_16bit_gray_round_trip_is_exact(tmp_path: Path, suffix: str) -> None:
     Image.frombytes("I;16", (WIDTH, HEIGHT), values.astype("<u2").tobytes()).save(source)
 
     image = load_image(source)
-    assert image.bit_depth == 16 and image.data.shape == (1, HEIGHT, WIDTH)
+    assert image.dtype == np.uint16 and image.data.shape == (1, HEIGHT, WIDTH)
     np.testing.assert_array_equal(_as_samples(image)[:, :, 0], values)
 
     target = tmp_path / f"out{suffix}"
@@ -296,7 +301,7 @@ def test_16bit_png_keeps_all_16_bits(tmp_path: Path, channels: int, interlace: b
     np.testing.assert_array_equal(_pillow_reading(source, channels), high_bytes)
 
     image = load_image(source)
-    assert image.bit_depth == 16
+    assert image.dtype == np.uint16
     colour = values[:, :, : 3 if channels >= 3 else 1]
     np.testing.assert_array_equal(_as_samples(image), colour)
     if channels in (2, 4):
@@ -326,7 +331,7 @@ def test_png_unfilter_handles_a_single_row_and_column(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("order", "planar", "predictor"),
-    [("<", 1, 1), (">", 1, 1), ("<", 2, 1), ("<", 1, 2), (">", 2, 2)],
+    [("<", 1, 1), (">", 1, 1), ("<", 2, 1), (">", 2, 1)],
 )
 def test_16bit_rgb_tiff_keeps_all_16_bits(
     tmp_path: Path, order: str, planar: int, predictor: int
@@ -338,7 +343,7 @@ def test_16bit_rgb_tiff_keeps_all_16_bits(
     )
 
     image = load_image(source)
-    assert image.bit_depth == 16 and image.data.shape == (3, HEIGHT, WIDTH)
+    assert image.dtype == np.uint16 and image.data.shape == (3, HEIGHT, WIDTH)
     np.testing.assert_array_equal(_as_samples(image), values)
 
 
@@ -401,14 +406,14 @@ def test_16bit_tiff_round_trip_with_alpha(tmp_path: Path, channels: int) -> None
             assert written.size == (WIDTH, HEIGHT)
             np.testing.assert_array_equal(np.asarray(written), (values >> 8).astype(np.uint8))
     again = load_image(target)
-    assert again.bit_depth == 16
+    assert again.dtype == np.uint16
     assert torch.equal(again.data, image.data)
     if channels in (2, 4):
         assert again.alpha is not None
         np.testing.assert_array_equal(again.alpha, values[:, :, -1])
 
 
-def test_unsupported_16bit_tiff_layout_is_refused(tmp_path: Path) -> None:
+def test_signed_16bit_rgb_tiff_is_read_as_int16(tmp_path: Path) -> None:
     values = _random_u16(3)
     source = tmp_path / "signed.tif"
     signed = ((339, 3, 3, struct.pack("<3H", 2, 2, 2)),)
@@ -424,8 +429,9 @@ def test_unsupported_16bit_tiff_layout_is_refused(tmp_path: Path) -> None:
             extra=signed,
         )
     )
-    with pytest.raises(ImageFileError, match="signed or floating-point"):
-        load_image(source)
+    image = load_image(source)
+    assert image.dtype == np.int16 and image.axes == "YXS"
+    np.testing.assert_array_equal(image.samples, values.view(np.int16))
 
 
 def test_16bit_source_written_as_8bit_where_format_needs_it(tmp_path: Path) -> None:
@@ -437,7 +443,7 @@ def test_16bit_source_written_as_8bit_where_format_needs_it(tmp_path: Path) -> N
     target = tmp_path / "out.webp"  # WebP: 8 bits per sample, lossy colour, exact alpha
     save_image(target, image.data, like=image)
     again = load_image(target)
-    assert again.bit_depth == 8
+    assert again.dtype == np.uint8
     assert again.alpha is not None and again.alpha.dtype == np.uint8
     expected_alpha = np.round(values[:, :, 3] / 257.0).astype(np.uint8)
     np.testing.assert_array_equal(again.alpha, expected_alpha)
@@ -453,7 +459,7 @@ def test_palette_becomes_rgb(tmp_path: Path) -> None:
 
     image = load_image(source)
     assert image.data.shape == (3, HEIGHT, WIDTH) and image.alpha is None
-    assert image.bit_depth == 8
+    assert image.dtype == np.uint8
     np.testing.assert_array_equal(_as_samples(image), palette[indices])
 
 
@@ -512,13 +518,13 @@ def test_one_bit_image_reads_as_gray(tmp_path: Path) -> None:
     Image.fromarray(bits).save(source)
 
     image = load_image(source)
-    assert image.data.shape == (1, HEIGHT, WIDTH) and image.bit_depth == 8
+    assert image.data.shape == (1, HEIGHT, WIDTH) and image.dtype == np.uint8
     np.testing.assert_array_equal(image.data[0].numpy(), bits.astype(np.float32))
 
 
-def test_cmyk_becomes_rgb_and_drops_its_profile(tmp_path: Path) -> None:
+def test_cmyk_jpeg_becomes_rgb_and_drops_its_profile(tmp_path: Path) -> None:
     values = _random_u8(4)
-    source = tmp_path / "cmyk.tif"
+    source = tmp_path / "cmyk.jpg"
     Image.frombytes("CMYK", (WIDTH, HEIGHT), values.tobytes()).save(
         source, icc_profile=b"not really a CMYK profile"
     )
@@ -527,12 +533,29 @@ def test_cmyk_becomes_rgb_and_drops_its_profile(tmp_path: Path) -> None:
     assert image.icc_profile is None
 
 
-def test_floating_point_image_is_refused(tmp_path: Path) -> None:
+def test_cmyk_tiff_keeps_its_four_channels_and_profile(tmp_path: Path) -> None:
+    values = _random_u8(4)
+    source = tmp_path / "cmyk.tif"
+    Image.frombytes("CMYK", (WIDTH, HEIGHT), values.tobytes()).save(
+        source, icc_profile=b"not really a CMYK profile"
+    )
+    image = load_image(source)
+    assert image.axes == "YXS" and image.alpha is None
+    np.testing.assert_array_equal(image.samples, values)
+    assert image.icc_profile == b"not really a CMYK profile"
+    target = tmp_path / "out.tif"
+    save_image(target, image)
+    with Image.open(target) as written:
+        assert written.mode == "CMYK"
+        np.testing.assert_array_equal(np.asarray(written), values)
+
+
+def test_floating_point_tiff_is_read_as_float32(tmp_path: Path) -> None:
     source = tmp_path / "float.tif"
     Image.new("F", (WIDTH, HEIGHT), 0.5).save(source)
-    with pytest.raises(ImageFileError, match="floating-point") as info:
-        load_image(source)
-    assert info.value.path == source
+    image = load_image(source)
+    assert image.dtype == np.float32 and image.axes == "YX"
+    assert (image.samples == 0.5).all()
 
 
 # ---- metadata ----------------------------------------------------------------------------
@@ -622,7 +645,7 @@ def test_icc_profile_is_preserved(tmp_path: Path, suffix: str, depth: int) -> No
         source.write_bytes(_reference_png16(_random_u16(3)))
     image = load_image(source)
     if depth == 16:  # attach the profile as if it came with the file
-        image = LoadedImage(image.data, None, 16, profile, None, "PNG")
+        image = image.replace(icc_profile=profile)
     assert image.icc_profile == profile
 
     target = tmp_path / f"out{suffix}"
@@ -777,11 +800,24 @@ def test_error_pickles(tmp_path: Path) -> None:
 
 
 def test_supported_suffixes() -> None:
-    assert {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"} == SUPPORTED_SUFFIXES
+    assert {
+        ".png",
+        ".apng",
+        ".jpg",
+        ".jpeg",
+        ".tif",
+        ".tiff",
+        ".btf",
+        ".tf8",
+        ".webp",
+        ".bmp",
+        ".gif",
+        ".npy",
+    } == SUPPORTED_SUFFIXES
 
 
 def test_unknown_output_suffix(tmp_path: Path) -> None:
-    path = tmp_path / "out.gif"
+    path = tmp_path / "out.pdf"
     with pytest.raises(ImageFileError, match=r"\.png") as info:
         check_output_path(path)
     _assert_one_line(info.value, path)
