@@ -133,6 +133,11 @@ def read_pillow(file: Path, max_pixels: int | None) -> LoadedImage:
     except Image.DecompressionBombError as exc:
         raise ImageFileError(f"{first_line(exc)} (raise it with --max-pixels)", file) from None
     except PILLOW_ERRORS as exc:
+        if "too large" in str(exc):  # PngImagePlugin's limit on compressed metadata
+            raise ImageFileError(
+                f"metadata inflates past the safe limit ({first_line(exc)})",
+                file,
+            ) from None
         raise ImageFileError(
             f"image data is truncated or corrupt ({first_line(exc)})", file
         ) from None

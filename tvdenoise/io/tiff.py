@@ -90,6 +90,11 @@ def read_tiff(file: Path, max_pixels: int | None) -> LoadedImage:
         except MemoryError:
             raise ImageFileError("not enough memory to read the image", file) from None
         except Exception as exc:  # tifffile and imagecodecs raise many kinds for bad data
+            if "INSUFFICIENT_SPACE" in str(exc) or "BUF_ERROR" in str(exc):
+                raise ImageFileError(
+                    "image data inflates to more than the image size (a decompression bomb?)",
+                    file,
+                ) from None
             raise ImageFileError(
                 f"image data is truncated or corrupt ({first_line(exc)})", file
             ) from None
