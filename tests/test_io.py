@@ -9,6 +9,7 @@ import stat
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -925,3 +926,58 @@ def test_failed_save_leaves_no_temporary_file(
 
 def test_image_file_error_is_raised_from_module() -> None:
     assert tio.ImageFileError is ImageFileError
+
+
+# ---- never replacing ----------------------------------------------------------------------
+
+
+def test_write_never_replaces_a_file_that_appears_meanwhile(tmp_path: Path) -> None:
+    from tvdenoise.io import OutputExistsError, is_temporary, write_atomically
+
+    target = tmp_path / "out.png"
+
+    def slow_write(fh: Any) -> None:
+        fh.write(b"ours")
+        target.write_bytes(b"theirs")  # another process finishes first
+
+    with pytest.raises(OutputExistsError, match="created by someone else"):
+        write_atomically(target, slow_write)
+    assert target.read_bytes() == b"theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary file left
+    write_atomically(target, lambda fh: fh.write(b"ours"), overwrite=True)
+    assert target.read_bytes() == b"ours"
+    assert is_temporary(tmp_path / ".out.png.1a2b3c4d.tvdenoise-tmp")
+    assert not is_temporary(tmp_path / "out.png")
+
+
+def test_temporary_name_is_ours_and_in_the_destination_folder(tmp_path: Path) -> None:
+    from tvdenoise.io import TEMPORARY_SUFFIX, write_atomically
+
+    seen: list[str] = []
+
+    def write(fh: Any) -> None:
+        seen.append(fh.name)
+        fh.write(b"x")
+
+    write_atomically(tmp_path / "sub" / "a.tif", write)
+    assert Path(seen[0]).parent == tmp_path / "sub"
+    assert Path(seen[0]).name.startswith(".a.tif.") and seen[0].endswith(TEMPORARY_SUFFIX)
+
+
+@pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "hard-link"])
+def test_final_name_is_created_without_replacing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renameat2: bool
+) -> None:
+    from tvdenoise.io import atomic
+
+    if not renameat2:
+        monkeypatch.setattr(atomic, "_RENAMEAT2", None)
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.write_bytes(b"new")
+    target.write_bytes(b"old")
+    with pytest.raises(FileExistsError):
+        atomic._rename_no_replace(source, target)
+    assert target.read_bytes() == b"old" and source.read_bytes() == b"new"
+    target.unlink()
+    atomic._rename_no_replace(source, target)
+    assert target.read_bytes() == b"new" and not source.exists()

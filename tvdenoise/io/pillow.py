@@ -262,13 +262,27 @@ def split_alpha(values: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], npt.NDArray
     return values, None
 
 
-def read_exif(im: Image.Image, had_orientation: bool = False) -> tuple[bytes | None, int]:
-    """The EXIF block to carry (orientation reset to 1) and the orientation to apply."""
+def read_exif(
+    im: Image.Image, had_orientation: bool = False, *, loaded: bool = True
+) -> tuple[bytes | None, int]:
+    """The EXIF block to carry (orientation reset to 1) and the orientation to apply.
+
+    Args:
+        im: The open image.
+        had_orientation: Pillow has turned a TIFF upright already.
+        loaded: The pixels are decoded; if not, only EXIF stored before them is read
+            (Pillow would decode the whole image to look for EXIF after them).
+    """
     raw = im.info.get("exif")
     try:
-        exif = im.getexif()
+        if loaded:
+            exif = im.getexif()
+        else:
+            exif = Image.Exif()
+            if isinstance(raw, bytes) and raw:
+                exif.load(raw)
         if had_orientation and _ORIENTATION_TAG not in exif:
-            exif[_ORIENTATION_TAG] = 1  # Pillow has turned a TIFF upright already
+            exif[_ORIENTATION_TAG] = 1
         orientation = exif.get(_ORIENTATION_TAG, 1)
         if not isinstance(orientation, int) or not 1 <= orientation <= 8:
             orientation = 1

@@ -158,8 +158,9 @@ def _raw_size(png: _Structure) -> int:
     )
 
 
-def _check_image_data(png: _Structure, file: Path) -> None:
-    """The image data must inflate to exactly the size the header implies."""
+def _check_image_data(png: _Structure, file: Path) -> bytes:
+    """The image data must inflate to exactly the size the header implies; returns the
+    compressed stream."""
     expected = _raw_size(png)
     stream = b"".join(png.image_data)
     if len(stream) > expected * _DEFLATE_GROWTH + 1024:
@@ -189,6 +190,7 @@ def _check_image_data(png: _Structure, file: Path) -> None:
         raise ImageFileError(
             f"image data is truncated or corrupt ({len(raw)} of {expected} bytes)", file
         )
+    return stream
 
 
 def read_png(file: Path, max_pixels: int | None) -> LoadedImage:
@@ -207,17 +209,17 @@ def read_png(file: Path, max_pixels: int | None) -> LoadedImage:
         max_pixels,
         file,
     )
-    _check_image_data(png, file)
+    stream = _check_image_data(png, file)
     if png.depth < 16:
         return read_pillow(file, max_pixels)
     if png.frames > 1:
         raise ImageFileError("16-bit animated PNG is not supported", file)
-    return _read_png16(data, png, file)
+    return _read_png16(stream, png, file)
 
 
-def _read_png16(data: bytes, png: _Structure, file: Path) -> LoadedImage:
-    bare = SIGNATURE + _chunk(b"IHDR", png.header)
-    bare += b"".join(_chunk(b"IDAT", part) for part in png.image_data) + _chunk(b"IEND", b"")
+def _read_png16(stream: bytes, png: _Structure, file: Path) -> LoadedImage:
+    bare = SIGNATURE + _chunk(b"IHDR", png.header) + _chunk(b"IDAT", stream)
+    bare += _chunk(b"IEND", b"")
     try:
         values = np.asarray(imagecodecs.png_decode(bare))
     except Exception as exc:  # imagecodecs raises its own PngError
@@ -235,7 +237,7 @@ def _read_png16(data: bytes, png: _Structure, file: Path) -> LoadedImage:
     try:
         with open_image(file) as im:  # metadata only: Pillow stops before the pixels
             icc_profile = im.info.get("icc_profile") or None
-            exif, orientation = read_exif(im)
+            exif, orientation = read_exif(im, loaded=False)
     except PILLOW_ERRORS as exc:
         raise ImageFileError(f"metadata is corrupt ({first_line(exc)})", file) from None
     values = apply_orientation(values, orientation, 0, 1)
