@@ -11,8 +11,10 @@ The work is split in two pure steps so that each can be reasoned about (and test
    picklable function of ``(Job, Settings)`` that a cluster engine can map over jobs.
    :func:`run_jobs` does the same for a whole plan on one machine, faster: files are read
    and written by worker threads while the solver runs, and images of the same shape are
-   stacked into one ``(B, C, H, W)`` batch for :func:`tvdenoise.solver.solve`. Both give the
-   same pixels.
+   stacked into one ``(B, C, H, W)`` batch for :func:`tvdenoise.restore`. A stack (pages,
+   frames, slices) is read whole and cut into 2-D images or 3-D volumes
+   (:mod:`tvdenoise.io.layout`), which are batched the same way and put back together
+   before the file is written. Both give the same pixels.
 
 Failures of single files (unreadable, corrupt, unwritable) never raise; they come back as
 records with ``status == "failed"`` and a one-line ``error``.
@@ -747,10 +749,11 @@ def run_jobs(
     """Restore many files, stacking images of one shape into batches.
 
     Reading runs ahead on two threads and writing behind on one, while the solver runs
-    on the calling thread. Loaded images wait in a window of ``2 * batch_size``: an image
-    shape whose group reaches ``batch_size`` is solved at once; when the window is full,
-    the group holding the oldest waiting image is solved as it is. So memory holds at most
-    about ``3 * batch_size`` images whatever the number of files.
+    on the calling thread. Loaded files wait in a window of ``2 * batch_size``: files whose
+    solver images (2-D images, or the slices or volumes of a stack) share a shape and
+    spacing form a group, solved ``batch_size`` images at a time as soon as it holds that
+    many; when the window is full, the group holding the oldest waiting file is solved as
+    it is. So memory holds at most about ``3 * batch_size`` files whatever their number.
 
     On an exception (such as ``KeyboardInterrupt``) reading stops, the images already
     restored are still written (each write is atomic) and reported, and the exception
