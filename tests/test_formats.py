@@ -338,3 +338,56 @@ def test_scaling_ignores_nan_and_handles_constants() -> None:
         .tolist()
         == constant.tolist()
     )
+
+
+def _tiff_variant(path: Path, kind: str) -> npt.NDArray[Any]:
+    rng = _rng(4)
+    if kind == "pages":  # a plain multi-page file, as Pillow writes it
+        frames = rng.integers(0, 256, (3, 20, 30), dtype=np.uint8)
+        pictures = [Image.fromarray(frame) for frame in frames]
+        pictures[0].save(path, save_all=True, append_images=pictures[1:])
+        return frames
+    if kind == "planar-rgba":
+        values = rng.integers(0, 65536, (4, 20, 30), dtype=np.uint16)
+        tifffile.imwrite(
+            path, values, photometric="rgb", planarconfig="separate", extrasamples=["unassalpha"]
+        )
+        return values
+    if kind == "bilevel":
+        bits = rng.integers(0, 2, (20, 30), dtype=np.uint8).astype(bool)
+        Image.fromarray(bits).save(path)
+        return bits.astype(np.uint8) * 255
+    if kind == "five-channels":
+        values = rng.random((5, 20, 30)).astype(np.float32)
+        tifffile.imwrite(path, values, metadata={"axes": "CYX"})
+        return values
+    values = rng.integers(0, 256, (20, 30), dtype=np.uint8)  # miniswhite
+    tifffile.imwrite(path, values, photometric="miniswhite")
+    return values
+
+
+@pytest.mark.parametrize(
+    ("kind", "axes"),
+    [
+        ("pages", "IYX"),
+        ("planar-rgba", "SYX"),
+        ("bilevel", "YX"),
+        ("five-channels", "CYX"),
+        ("miniswhite", "YX"),
+    ],
+)
+def test_tiff_variants_round_trip(tmp_path: Path, kind: str, axes: str) -> None:
+    from tvdenoise.io import save_image
+
+    source = tmp_path / "in.tif"
+    expected = _tiff_variant(source, kind)
+    image = load_image(source)
+    assert image.axes == axes
+    save_image(tmp_path / "out.tif", image)
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        assert tif.series[0].axes == axes
+        written = tif.asarray()
+        photometric = tif.pages[0].photometric
+    np.testing.assert_array_equal(written, expected)  # bilevel: now 8-bit black and white
+    if kind == "miniswhite":
+        assert photometric == tifffile.PHOTOMETRIC.MINISWHITE

@@ -217,16 +217,16 @@ def _read(
 def _check_segments(series: Any, file: Path) -> None:
     """Every strip or tile must lie in the file, hold data, and be long enough."""
     size = int(series.parent.filehandle.size)
-    raw = int(series.nbytes)
     offset = series.dataoffset
     if offset is not None:  # contiguous data (uncompressed ImageJ and shaped files)
+        raw = int(series.nbytes)
         if offset <= 0 or offset + raw > size:
             raise ImageFileError(
                 f"image data is truncated or corrupt ({size - int(offset)} of {raw} bytes)",
                 file,
             )
         return
-    stored = 0
+    stored = needed = 0
     compressed = False
     for page in series.pages:
         if page is None:
@@ -247,14 +247,35 @@ def _check_segments(series: Any, file: Path) -> None:
                     file,
                 )
             stored += int(count)
-    if not compressed and stored < raw:
-        raise ImageFileError(f"image data is truncated or corrupt ({stored} of {raw} bytes)", file)
-    if compressed and stored * _MOST_RATIO + (1 << 20) < raw:
+        needed += _stored_size(keyframe)
+    if not compressed and stored < needed:
         raise ImageFileError(
-            f"image data is far smaller than the declared size ({stored} bytes for {raw}): "
+            f"image data is truncated or corrupt ({stored} of {needed} bytes)", file
+        )
+    if compressed and stored * _MOST_RATIO + (1 << 20) < needed:
+        raise ImageFileError(
+            f"image data is far smaller than the declared size ({stored} bytes for {needed}): "
             "truncated, or a decompression bomb",
             file,
         )
+
+
+def _stored_size(page: Any) -> int:
+    """Bytes a page's samples take uncompressed, rows padded to whole bytes."""
+    planes = int(page.samplesperpixel) if int(page.planarconfig) == 2 else 1
+    per_pixel = int(page.samplesperpixel) // planes
+    bits = page.bitspersample
+    bits = sum(bits) if isinstance(bits, tuple) else int(bits)
+    depth = max(1, int(page.imagedepth))
+    if page.is_tiled:
+        rows = int(page.tilelength)
+        row_bytes = (int(page.tilewidth) * per_pixel * bits + 7) // 8
+        tiles = math.ceil(int(page.imagelength) / max(1, rows))
+        tiles *= math.ceil(int(page.imagewidth) / max(1, int(page.tilewidth)))
+        tiles *= math.ceil(depth / max(1, int(page.tiledepth or 1)))
+        return planes * tiles * rows * row_bytes
+    row_bytes = (int(page.imagewidth) * per_pixel * bits + 7) // 8
+    return planes * depth * int(page.imagelength) * row_bytes
 
 
 def _segments_expected(page: Any) -> int:
