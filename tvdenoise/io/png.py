@@ -6,14 +6,15 @@ prints warnings on stderr):
 
 * every chunk is complete, its CRC is right, and the file ends with ``IEND``;
 * the header's size is within ``max_pixels`` (every frame of an animation counted);
-* the image data inflates to exactly the size the header implies: not shorter (a
-  truncated file), not longer (a decompression bomb: data past the image is never
-  inflated beyond one byte), and its compressed size is no larger than the raw size
-  allows.
+* the image data inflates (libdeflate, into a buffer of exactly the size the header
+  implies) to exactly that size: not shorter (a truncated file), not longer (a
+  decompression bomb: inflating stops where the buffer ends), and its compressed size is
+  neither larger than the raw size allows nor too small to hold it.
 
 Then 8-bit and smaller images and animations (APNG) go through :mod:`.pillow`, and 16-bit
-images through libpng (imagecodecs), given only the header and image data so that no
-ancillary chunk can make it print. Pillow reads the metadata (ICC profile, EXIF) with its
+images through libpng (imagecodecs), given only the header and the checked scanlines
+(stored uncompressed, so that they are inflated once in all), so that no ancillary chunk
+or excess data can make it print. Pillow reads the metadata (ICC profile, EXIF) with its
 own limits on compressed metadata (``iCCP``, ``zTXt``). A 16-bit ``tRNS`` colour becomes
 an alpha channel. Writing: 8-bit through Pillow, 16-bit through libpng with the ICC profile
 and EXIF added as ``iCCP`` and ``eXIf`` chunks.
@@ -160,7 +161,7 @@ def _raw_size(png: _Structure) -> int:
 
 def _check_image_data(png: _Structure, file: Path) -> bytes:
     """The image data must inflate to exactly the size the header implies; returns the
-    compressed stream."""
+    inflated (still filtered) scanlines."""
     expected = _raw_size(png)
     stream = b"".join(png.image_data)
     if len(stream) > expected * _DEFLATE_GROWTH + 1024:
@@ -190,7 +191,7 @@ def _check_image_data(png: _Structure, file: Path) -> bytes:
         raise ImageFileError(
             f"image data is truncated or corrupt ({len(raw)} of {expected} bytes)", file
         )
-    return stream
+    return bytes(raw)
 
 
 def read_png(file: Path, max_pixels: int | None) -> LoadedImage:
@@ -209,16 +210,19 @@ def read_png(file: Path, max_pixels: int | None) -> LoadedImage:
         max_pixels,
         file,
     )
-    stream = _check_image_data(png, file)
+    scanlines = _check_image_data(png, file)
     if png.depth < 16:
         return read_pillow(file, max_pixels)
     if png.frames > 1:
         raise ImageFileError("16-bit animated PNG is not supported", file)
-    return _read_png16(stream, png, file)
+    return _read_png16(scanlines, png, file)
 
 
-def _read_png16(stream: bytes, png: _Structure, file: Path) -> LoadedImage:
-    bare = SIGNATURE + _chunk(b"IHDR", png.header) + _chunk(b"IDAT", stream)
+def _read_png16(scanlines: bytes, png: _Structure, file: Path) -> LoadedImage:
+    # libpng gets the checked scanlines again, stored without compression: inflating
+    # stored blocks is a copy, so the data is inflated once in all (by libdeflate).
+    stored = zlib.compress(scanlines, 0)
+    bare = SIGNATURE + _chunk(b"IHDR", png.header) + _chunk(b"IDAT", stored)
     bare += _chunk(b"IEND", b"")
     try:
         values = np.asarray(imagecodecs.png_decode(bare))
