@@ -216,6 +216,8 @@ def test_image_over_the_pixel_limit(tmp_path: Path) -> None:
         ("--tv", "total"),
         ("--color", "rgb"),
         ("--format", "pdf"),
+        ("--dims", "4"),
+        ("--spacing", "1,2"),
     ],
 )
 def test_bad_option_value(tmp_path: Path, option: str, value: str) -> None:

@@ -391,3 +391,59 @@ def test_tiff_variants_round_trip(tmp_path: Path, kind: str, axes: str) -> None:
     np.testing.assert_array_equal(written, expected)  # bilevel: now 8-bit black and white
     if kind == "miniswhite":
         assert photometric == tifffile.PHOTOMETRIC.MINISWHITE
+
+
+# ---- volumes: --dims 3 ---------------------------------------------------------------------
+
+
+def test_z_stack_is_one_volume_by_default(tmp_path: Path) -> None:
+    import torch
+
+    from tvdenoise import restore
+
+    stack = (_piecewise((6, 20, 24)) * 65535).astype(np.uint16)
+    source = tmp_path / "stack.tif"
+    tifffile.imwrite(
+        source,
+        stack,
+        imagej=True,
+        resolution=(10.0, 10.0),
+        metadata={"axes": "ZYX", "spacing": 0.3, "unit": "um"},
+    )
+    out = tmp_path / "out.tif"
+    record = _run(source, out, "--weight", "0.2")
+    assert (record["dims"], record["spacing"], record["images"]) == (3, [3.0, 1.0, 1.0], 1)
+    written = tifffile.imread(out)
+    volume = torch.from_numpy(stack.astype(np.float32) / 65535)[None, None]
+    expected = restore(volume, 0.2, max_iter=6, spatial_dims=3, spacing=(3.0, 1.0, 1.0))
+    expected_u16 = np.rint(expected.restored[0, 0].numpy().astype(np.float64) * 65535)
+    assert np.abs(written.astype(np.float64) - expected_u16).max() <= 1
+    slices = _run(source, tmp_path / "slices.tif", "--weight", "0.2", "--dims", "2")
+    assert (slices["dims"], slices["images"]) == (2, 6)
+    assert not np.array_equal(tifffile.imread(tmp_path / "slices.tif"), written)
+
+
+def test_time_series_couples_frames_only_when_asked(tmp_path: Path) -> None:
+    series = (_piecewise((4, 20, 24)) * 255).astype(np.uint8)
+    source = tmp_path / "movie.tif"
+    tifffile.imwrite(source, series, imagej=True, metadata={"axes": "TYX", "finterval": 2.0})
+    alone = _run(source, tmp_path / "alone.tif", "--weight", "0.2")
+    assert (alone["dims"], alone["images"]) == (2, 4)
+    coupled = _run(source, tmp_path / "coupled.tif", "--weight", "0.2", "--dims", "3")
+    assert (coupled["dims"], coupled["spacing"], coupled["images"]) == (3, [1.0, 1.0, 1.0], 1)
+    spaced = _run(
+        source, tmp_path / "spaced.tif", "--weight", "0.2", "--dims", "3", "--spacing", "4,1,1"
+    )
+    assert spaced["spacing"] == [4.0, 1.0, 1.0]
+    with tifffile.TiffFile(tmp_path / "coupled.tif") as tif:
+        assert tif.series[0].axes == "TYX" and tif.imagej_metadata is not None
+        assert tif.imagej_metadata["finterval"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("value", ["1,2", "0,1,1", "a,b,c", "1,1,-1"])
+def test_bad_spacing_is_a_usage_error(tmp_path: Path, value: str) -> None:
+    source = tmp_path / "x.npy"
+    np.save(source, np.zeros((9, 9)))
+    result = run_cli(source, "--spacing", value)
+    assert result.exit_code == 2 and result.stderr.startswith("error: ")
+    assert "--spacing" in result.stderr and len(result.stderr.splitlines()) == 1

@@ -102,7 +102,9 @@ def choose_layout(
         y = known.get("Y") if x else None
         z = known.get("Z") if x and depth == "Z" else None
         relative = ((z / x) if z and x else 1.0, (y / x) if y and x else 1.0, 1.0)
-    return Layout(dims=dims, depth=depth, spacing=relative[-dims:], count=count)
+    # 12 significant digits: 0.3 / 0.1 is 3, not 2.9999999999999996
+    spacing_used = tuple(float(f"{value:.12g}") for value in relative[-dims:])
+    return Layout(dims=dims, depth=depth, spacing=spacing_used, count=count)
 
 
 @dataclass(frozen=True, eq=False)
