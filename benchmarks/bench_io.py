@@ -14,15 +14,17 @@ Run from the repository root::
    the best of five in this process; the bar is 16-bit within 2x of Pillow's 8-bit time.
 2. Hostile files. ``scripts/make_hostile_files.py`` makes every case; each runs through
    ``python -m tvdenoise FILE -o OUT`` in its own process, timed from start to exit
-   (Python and torch start-up included) with the child's peak resident memory from
-   ``wait4``. The bar: one ``error:`` line and nothing else on stderr, a non-zero exit, no
-   output, <= 10 s and <= 1 GiB each. ``load_image`` alone is timed in this process too.
+   (Python and torch start-up included) with its peak resident memory from ``wait4`` (in
+   a small parent process of its own, see ``_MEASURE``). The bar: one ``error:`` line
+   and nothing else on stderr, a non-zero exit, no output, <= 10 s and <= 1 GiB each.
+   ``load_image`` alone is timed in this process too.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -116,10 +118,29 @@ def load_speed(folder: Path, width: int, height: int) -> tuple[str, bool]:
     return "\n".join(lines), passed
 
 
+# Runs the command and reports its exit code, stderr, time and peak memory. A small
+# parent of its own: a child forked from this (large) process would report this process's
+# peak resident memory as its own (Linux carries maxrss across fork and exec).
+_MEASURE = """
+import json, os, subprocess, sys, tempfile, time
+start = time.perf_counter()
+with tempfile.TemporaryFile() as errors:
+    child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=errors)
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - start
+    errors.seek(0)
+    text = errors.read().decode("utf-8", "replace")
+print(json.dumps([os.waitstatus_to_exitcode(status), text, seconds, usage.ru_maxrss / 1024]))
+"""
+
+
 def _run_command(path: Path, out: Path) -> tuple[int, str, float, float]:
     """Exit code, stderr, seconds and peak resident MiB of the command on one file."""
     env = {**os.environ, "PYTHONPATH": os.fspath(ROOT)}
     command = [
+        sys.executable,
+        "-c",
+        _MEASURE,
         sys.executable,
         "-m",
         "tvdenoise",
@@ -129,15 +150,9 @@ def _run_command(path: Path, out: Path) -> tuple[int, str, float, float]:
         "--device",
         "cpu",
     ]
-    start = time.perf_counter()
-    with tempfile.TemporaryFile() as errors:
-        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, env=env)
-        _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - start
-        child.returncode = os.waitstatus_to_exitcode(status)
-        errors.seek(0)
-        text = errors.read().decode("utf-8", "replace")
-    return child.returncode, text, seconds, usage.ru_maxrss / 1024
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    code, text, seconds, memory = json.loads(done.stdout)
+    return int(code), str(text), float(seconds), float(memory)
 
 
 def hostile(folder: Path, *, full: bool, subprocesses: bool) -> tuple[str, bool]:

@@ -35,6 +35,7 @@ from .checks import check_output_path
 from .errors import ImageFileError, OutputExistsError, first_line, os_reason, quiet
 from .formats import SUPPORTED_SUFFIXES, format_for, reader_for
 from .image import CHANNEL_AXES, FileFormat, LoadedImage
+from .npy import axes_for_shape
 from .pillow import read_pillow
 from .scaling import Scaling
 
@@ -220,8 +221,6 @@ def _as_image(
         if like is not None:
             axes = like.axes
         else:
-            from .npy import axes_for_shape
-
             try:
                 axes = axes_for_shape(data.shape)
             except ValueError as exc:

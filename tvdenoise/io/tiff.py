@@ -129,6 +129,8 @@ def _read(
     main = series[0]
     page = main.keyframe
     axes, shape = main.axes, tuple(int(n) for n in main.shape)
+    if not {"Y", "X"} <= set(axes):
+        raise ImageFileError(f"image has no rows and columns (axes {axes})", file)
     check_pixels(
         tuple(n for n, a in zip(shape, axes, strict=True) if a not in CHANNEL_AXES),
         max_pixels,
