@@ -981,3 +981,19 @@ def test_final_name_is_created_without_replacing(
     target.unlink()
     atomic._rename_no_replace(source, target)
     assert target.read_bytes() == b"new" and not source.exists()
+
+
+@pytest.mark.parametrize("size", [1, 1000, 65535, 65536, 3 * 65535, 3 * 65535 + 7])
+def test_stored_png_framing_at_block_boundaries(size: int) -> None:
+    """The 16-bit path hands libpng its scanlines in stored deflate blocks."""
+    from tvdenoise.io import png
+
+    raw = _rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    data = bytes(png._stored_png(bytes(13), raw))
+    start = len(png.SIGNATURE) + 25
+    (length,) = struct.unpack(">I", data[start : start + 4])
+    assert data[start + 4 : start + 8] == b"IDAT"
+    assert zlib.decompress(data[start + 8 : start + 8 + length]) == raw
+    (crc,) = struct.unpack(">I", data[start + 8 + length : start + 12 + length])
+    assert crc == zlib.crc32(data[start + 4 : start + 8 + length])
+    assert data.endswith(b"IEND\xae\x42\x60\x82")

@@ -67,6 +67,7 @@ _ADAM7 = (
 _DEFLATE_GROWTH = 1.125
 # ... and never shrinks it by more than 1032 to 1.
 _DEFLATE_MOST_RATIO = 1032
+_STORED_BLOCK = 65535  # bytes in a full stored (uncompressed) deflate block
 
 
 @dataclass(frozen=True)
@@ -218,12 +219,50 @@ def read_png(file: Path, max_pixels: int | None) -> LoadedImage:
     return _read_png16(scanlines, png, file)
 
 
+def _stored_png(header: bytes, scanlines: bytes) -> bytearray:
+    """A PNG of ``header`` and ``scanlines`` stored in deflate's uncompressed blocks.
+
+    Inflating stored blocks is a copy, so libpng spends its time on unfiltering only; the
+    file is assembled in one buffer (no copy of the scanlines but one).
+    """
+    size = len(scanlines)
+    blocks = max(1, -(-size // _STORED_BLOCK))
+    head = SIGNATURE + _chunk(b"IHDR", header)
+    stream_size = 2 + 5 * blocks + size + 4
+    total = len(head) + 8 + stream_size + 4 + 12
+    buffer = bytearray(total)
+    out = np.frombuffer(buffer, dtype=np.uint8)
+    out[: len(head)] = np.frombuffer(head, np.uint8)
+    position = len(head)
+    out[position : position + 8] = np.frombuffer(struct.pack(">I", stream_size) + b"IDAT", np.uint8)
+    start = position + 8
+    out[start : start + 2] = (0x78, 0x01)  # zlib header: deflate, no preset dictionary
+    full = size // _STORED_BLOCK  # full blocks; the last may be one of them
+    data = np.frombuffer(scanlines, np.uint8)
+    body = out[start + 2 : start + 2 + 5 * blocks + size]
+    if full:
+        grid = body[: full * (5 + _STORED_BLOCK)].reshape(full, 5 + _STORED_BLOCK)
+        grid[:, 1:5] = (0xFF, 0xFF, 0x00, 0x00)  # LEN 65535 and its complement
+        grid[:, 5:] = data[: full * _STORED_BLOCK].reshape(full, _STORED_BLOCK)
+    last = body[full * (5 + _STORED_BLOCK) :]
+    if len(last):
+        rest = size - full * _STORED_BLOCK
+        last[:5] = np.frombuffer(struct.pack("<BHH", 0, rest, rest ^ 0xFFFF), np.uint8)
+        last[5:] = data[full * _STORED_BLOCK :]
+        last_header = start + 2 + full * (5 + _STORED_BLOCK)
+    else:
+        last_header = start + 2 + (full - 1) * (5 + _STORED_BLOCK)
+    out[last_header] = 1  # BFINAL
+    end = start + stream_size
+    out[end - 4 : end] = np.frombuffer(struct.pack(">I", zlib.adler32(scanlines)), np.uint8)
+    crc = zlib.crc32(memoryview(buffer)[position + 4 : end])
+    out[end : end + 4] = np.frombuffer(struct.pack(">I", crc), np.uint8)
+    out[end + 4 :] = np.frombuffer(_chunk(b"IEND", b""), np.uint8)
+    return buffer
+
+
 def _read_png16(scanlines: bytes, png: _Structure, file: Path) -> LoadedImage:
-    # libpng gets the checked scanlines again, stored without compression: inflating
-    # stored blocks is a copy, so the data is inflated once in all (by libdeflate).
-    stored = zlib.compress(scanlines, 0)
-    bare = SIGNATURE + _chunk(b"IHDR", png.header) + _chunk(b"IDAT", stored)
-    bare += _chunk(b"IEND", b"")
+    bare = _stored_png(png.header, scanlines)
     try:
         values = np.asarray(imagecodecs.png_decode(bare))
     except Exception as exc:  # imagecodecs raises its own PngError
