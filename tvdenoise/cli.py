@@ -238,7 +238,8 @@ def tvdenoise(
             callback=_non_negative,
             help=(
                 "Gaussian noise std in grey levels of 0-255 (16-bit files: relative to full "
-                "range); sets the automatic weight instead of estimating the noise."
+                "range; float and signed files: to their value range); sets the automatic "
+                "weight instead of estimating the noise."
             ),
             show_default="estimated",
         ),
