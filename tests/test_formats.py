@@ -447,3 +447,21 @@ def test_bad_spacing_is_a_usage_error(tmp_path: Path, value: str) -> None:
     result = run_cli(source, "--spacing", value)
     assert result.exit_code == 2 and result.stderr.startswith("error: ")
     assert "--spacing" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_nan_is_missing_data_not_a_value(tmp_path: Path) -> None:
+    """NaN samples carry no data: their neighbours are not pulled towards any fill value."""
+    values = np.zeros((HEIGHT, WIDTH), dtype=np.float32)
+    values[:, WIDTH // 2 :] = 1000.0
+    values[10:14, 20:24] = np.nan  # a hole inside the bright half
+    values[0, 0] = np.inf
+    source = tmp_path / "holes.tif"
+    tifffile.imwrite(source, values)
+    out = tmp_path / "out.tif"
+    _run(source, out, "--weight", "0.5", "--max-iter", "60")
+    restored = tifffile.imread(out)
+    assert np.isnan(restored[10:14, 20:24]).all() and restored[0, 0] == np.inf
+    around = restored[9:15, 19:25][~np.isnan(restored[9:15, 19:25])]
+    far = restored[25:, 19:25]  # the same columns away from the hole (TV lowers the step)
+    np.testing.assert_allclose(around, far.mean(), rtol=5e-3)
+    assert abs(far.mean() - 1000.0) < 50

@@ -20,8 +20,8 @@ spacing 1 (its interval is in seconds, not in the unit of X). A given ``spacing`
 the file's.
 
 Values: all solver images of a file share one :class:`~tvdenoise.io.scaling.Scaling`.
-Non-finite samples (NaN, infinities) are replaced by the mean of the finite ones for the
-solver and put back unchanged afterwards.
+Non-finite samples (NaN, infinities) are missing data for the solver (NaN: no fidelity
+term there, see :func:`tvdenoise.restore`) and are put back unchanged afterwards.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def prepare(image: LoadedImage, layout: Layout) -> Prepared:
         finite = np.isfinite(values)
         if not finite.all():
             nonfinite = ~finite
-            values[nonfinite] = float(values[finite].mean()) if finite.any() else 0.0
+            values[nonfinite] = np.nan  # missing data: the solver fills it in from around
     sizes = dict(zip(axes, image.samples.shape, strict=True))
     unit_shape = (
         int(np.prod([sizes[a] for a in batch])),
