@@ -456,3 +456,41 @@ def test_interruption_keeps_finished_files_and_writes_the_report(
     resumed = run_cli(tmp_path / "in", "-o", out, *FAST)
     assert resumed.exit_code == EXIT_OK
     assert resumed.stderr == "3 restored, 2 skipped, 0 failed\n"
+
+
+def test_output_created_meanwhile_is_skipped_not_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = Job(write_image(tmp_path / "a.png"), tmp_path / "out" / "a.png")
+    real_save = batch.save_image
+
+    def racing_save(path: Path, *args: Any, **kwargs: Any) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"another run's result")
+        real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "save_image", racing_save)
+    record = process_file(job, FAST_SETTINGS)
+    assert record.status == "skipped"
+    assert job.output.read_bytes() == b"another run's result"
+    assert files_under(tmp_path / "out") == {job.output}
+
+
+def test_report_records_dims_spacing_and_images(tmp_path: Path) -> None:
+    import tifffile
+
+    stack = np.random.default_rng(0).integers(0, 255, (3, 20, 24), dtype=np.uint8)
+    source = tmp_path / "stack.tif"
+    tifffile.imwrite(
+        source,
+        stack,
+        imagej=True,
+        resolution=(10.0, 10.0),
+        metadata={"axes": "ZYX", "spacing": 0.2, "unit": "um"},
+    )
+    settings = Settings(FAST_SETTINGS.solver, device="cpu", dims=2)
+    record = process_file(Job(source, tmp_path / "out.tif"), settings)
+    assert record.status == "restored", record.error
+    assert (record.dims, record.spacing, record.images) == (2, (1.0, 1.0), 3)
+    assert record.to_dict()["spacing"] == [1.0, 1.0]
+    assert settings.to_dict()["dims"] == 2 and settings.to_dict()["spacing"] == "file"

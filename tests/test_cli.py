@@ -215,7 +215,9 @@ def test_image_over_the_pixel_limit(tmp_path: Path) -> None:
         ("--max-pixels", "-1"),
         ("--tv", "total"),
         ("--color", "rgb"),
-        ("--format", "gif"),
+        ("--format", "pdf"),
+        ("--dims", "4"),
+        ("--spacing", "1,2"),
     ],
 )
 def test_bad_option_value(tmp_path: Path, option: str, value: str) -> None:
@@ -268,7 +270,7 @@ def test_output_folder_blocked_by_a_file(tmp_path: Path) -> None:
     assert files_under(tmp_path) == {noisy, tmp_path / "blocker"}
 
 
-@pytest.mark.parametrize("name", ["out.gif", "out.xyz", "out"])
+@pytest.mark.parametrize("name", ["out.pdf", "out.xyz", "out"])
 def test_unknown_output_extension(tmp_path: Path, name: str) -> None:
     noisy = write_image(tmp_path / "noisy.png")
     result = run_cli(noisy, "-o", tmp_path / name, *FAST)

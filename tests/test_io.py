@@ -9,6 +9,7 @@ import stat
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -52,10 +53,15 @@ def _pil(values: npt.NDArray[np.uint8]) -> Image.Image:
 
 
 def _as_samples(image: LoadedImage) -> npt.NDArray[np.int64]:
-    """The loaded data back on the integer scale of its bit depth, as (H, W, C)."""
-    top = 65535 if image.bit_depth == 16 else 255
+    """The loaded samples as (H, W, C) integers; checks that ``data`` agrees with them."""
+    channel = image.channel_axis
+    order = [image.axes.index("Y"), image.axes.index("X")] + ([] if channel is None else [channel])
+    samples = image.samples.transpose(order)
+    samples = samples if samples.ndim == 3 else samples[:, :, None]
+    top = 65535 if image.dtype == np.uint16 else 255
     scaled = np.rint(image.data.numpy().astype(np.float64) * top).astype(np.int64)
-    return scaled.transpose(1, 2, 0)
+    np.testing.assert_array_equal(scaled.transpose(1, 2, 0), samples)
+    return samples.astype(np.int64)
 
 
 def _pillow_reading(path: Path, channels: int) -> npt.NDArray[np.uint8]:
@@ -255,7 +261,7 @@ def test_8bit_round_trip_is_exact(tmp_path: Path, suffix: str, channels: int) ->
     image = load_image(source)
     assert image.data.dtype == torch.float32
     assert image.data.shape == (channels, HEIGHT, WIDTH)
-    assert image.bit_depth == 8 and image.alpha is None
+    assert image.dtype == np.uint8 and image.alpha is None
     assert float(image.data.min()) >= 0.0 and float(image.data.max()) <= 1.0
     np.testing.assert_array_equal(_as_samples(image), values)
 
@@ -275,7 +281,7 @@ def test_16bit_gray_round_trip_is_exact(tmp_path: Path, suffix: str) -> None:
     Image.frombytes("I;16", (WIDTH, HEIGHT), values.astype("<u2").tobytes()).save(source)
 
     image = load_image(source)
-    assert image.bit_depth == 16 and image.data.shape == (1, HEIGHT, WIDTH)
+    assert image.dtype == np.uint16 and image.data.shape == (1, HEIGHT, WIDTH)
     np.testing.assert_array_equal(_as_samples(image)[:, :, 0], values)
 
     target = tmp_path / f"out{suffix}"
@@ -296,7 +302,7 @@ def test_16bit_png_keeps_all_16_bits(tmp_path: Path, channels: int, interlace: b
     np.testing.assert_array_equal(_pillow_reading(source, channels), high_bytes)
 
     image = load_image(source)
-    assert image.bit_depth == 16
+    assert image.dtype == np.uint16
     colour = values[:, :, : 3 if channels >= 3 else 1]
     np.testing.assert_array_equal(_as_samples(image), colour)
     if channels in (2, 4):
@@ -326,7 +332,7 @@ def test_png_unfilter_handles_a_single_row_and_column(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("order", "planar", "predictor"),
-    [("<", 1, 1), (">", 1, 1), ("<", 2, 1), ("<", 1, 2), (">", 2, 2)],
+    [("<", 1, 1), (">", 1, 1), ("<", 2, 1), (">", 2, 1)],
 )
 def test_16bit_rgb_tiff_keeps_all_16_bits(
     tmp_path: Path, order: str, planar: int, predictor: int
@@ -338,7 +344,7 @@ def test_16bit_rgb_tiff_keeps_all_16_bits(
     )
 
     image = load_image(source)
-    assert image.bit_depth == 16 and image.data.shape == (3, HEIGHT, WIDTH)
+    assert image.dtype == np.uint16 and image.data.shape == (3, HEIGHT, WIDTH)
     np.testing.assert_array_equal(_as_samples(image), values)
 
 
@@ -401,14 +407,14 @@ def test_16bit_tiff_round_trip_with_alpha(tmp_path: Path, channels: int) -> None
             assert written.size == (WIDTH, HEIGHT)
             np.testing.assert_array_equal(np.asarray(written), (values >> 8).astype(np.uint8))
     again = load_image(target)
-    assert again.bit_depth == 16
+    assert again.dtype == np.uint16
     assert torch.equal(again.data, image.data)
     if channels in (2, 4):
         assert again.alpha is not None
         np.testing.assert_array_equal(again.alpha, values[:, :, -1])
 
 
-def test_unsupported_16bit_tiff_layout_is_refused(tmp_path: Path) -> None:
+def test_signed_16bit_rgb_tiff_is_read_as_int16(tmp_path: Path) -> None:
     values = _random_u16(3)
     source = tmp_path / "signed.tif"
     signed = ((339, 3, 3, struct.pack("<3H", 2, 2, 2)),)
@@ -424,8 +430,9 @@ def test_unsupported_16bit_tiff_layout_is_refused(tmp_path: Path) -> None:
             extra=signed,
         )
     )
-    with pytest.raises(ImageFileError, match="signed or floating-point"):
-        load_image(source)
+    image = load_image(source)
+    assert image.dtype == np.int16 and image.axes == "YXS"
+    np.testing.assert_array_equal(image.samples, values.view(np.int16))
 
 
 def test_16bit_source_written_as_8bit_where_format_needs_it(tmp_path: Path) -> None:
@@ -437,7 +444,7 @@ def test_16bit_source_written_as_8bit_where_format_needs_it(tmp_path: Path) -> N
     target = tmp_path / "out.webp"  # WebP: 8 bits per sample, lossy colour, exact alpha
     save_image(target, image.data, like=image)
     again = load_image(target)
-    assert again.bit_depth == 8
+    assert again.dtype == np.uint8
     assert again.alpha is not None and again.alpha.dtype == np.uint8
     expected_alpha = np.round(values[:, :, 3] / 257.0).astype(np.uint8)
     np.testing.assert_array_equal(again.alpha, expected_alpha)
@@ -453,7 +460,7 @@ def test_palette_becomes_rgb(tmp_path: Path) -> None:
 
     image = load_image(source)
     assert image.data.shape == (3, HEIGHT, WIDTH) and image.alpha is None
-    assert image.bit_depth == 8
+    assert image.dtype == np.uint8
     np.testing.assert_array_equal(_as_samples(image), palette[indices])
 
 
@@ -512,13 +519,13 @@ def test_one_bit_image_reads_as_gray(tmp_path: Path) -> None:
     Image.fromarray(bits).save(source)
 
     image = load_image(source)
-    assert image.data.shape == (1, HEIGHT, WIDTH) and image.bit_depth == 8
+    assert image.data.shape == (1, HEIGHT, WIDTH) and image.dtype == np.uint8
     np.testing.assert_array_equal(image.data[0].numpy(), bits.astype(np.float32))
 
 
-def test_cmyk_becomes_rgb_and_drops_its_profile(tmp_path: Path) -> None:
+def test_cmyk_jpeg_becomes_rgb_and_drops_its_profile(tmp_path: Path) -> None:
     values = _random_u8(4)
-    source = tmp_path / "cmyk.tif"
+    source = tmp_path / "cmyk.jpg"
     Image.frombytes("CMYK", (WIDTH, HEIGHT), values.tobytes()).save(
         source, icc_profile=b"not really a CMYK profile"
     )
@@ -527,12 +534,29 @@ def test_cmyk_becomes_rgb_and_drops_its_profile(tmp_path: Path) -> None:
     assert image.icc_profile is None
 
 
-def test_floating_point_image_is_refused(tmp_path: Path) -> None:
+def test_cmyk_tiff_keeps_its_four_channels_and_profile(tmp_path: Path) -> None:
+    values = _random_u8(4)
+    source = tmp_path / "cmyk.tif"
+    Image.frombytes("CMYK", (WIDTH, HEIGHT), values.tobytes()).save(
+        source, icc_profile=b"not really a CMYK profile"
+    )
+    image = load_image(source)
+    assert image.axes == "YXS" and image.alpha is None
+    np.testing.assert_array_equal(image.samples, values)
+    assert image.icc_profile == b"not really a CMYK profile"
+    target = tmp_path / "out.tif"
+    save_image(target, image)
+    with Image.open(target) as written:
+        assert written.mode == "CMYK"
+        np.testing.assert_array_equal(np.asarray(written), values)
+
+
+def test_floating_point_tiff_is_read_as_float32(tmp_path: Path) -> None:
     source = tmp_path / "float.tif"
     Image.new("F", (WIDTH, HEIGHT), 0.5).save(source)
-    with pytest.raises(ImageFileError, match="floating-point") as info:
-        load_image(source)
-    assert info.value.path == source
+    image = load_image(source)
+    assert image.dtype == np.float32 and image.axes == "YX"
+    assert (image.samples == 0.5).all()
 
 
 # ---- metadata ----------------------------------------------------------------------------
@@ -622,7 +646,7 @@ def test_icc_profile_is_preserved(tmp_path: Path, suffix: str, depth: int) -> No
         source.write_bytes(_reference_png16(_random_u16(3)))
     image = load_image(source)
     if depth == 16:  # attach the profile as if it came with the file
-        image = LoadedImage(image.data, None, 16, profile, None, "PNG")
+        image = image.replace(icc_profile=profile)
     assert image.icc_profile == profile
 
     target = tmp_path / f"out{suffix}"
@@ -777,11 +801,24 @@ def test_error_pickles(tmp_path: Path) -> None:
 
 
 def test_supported_suffixes() -> None:
-    assert {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"} == SUPPORTED_SUFFIXES
+    assert {
+        ".png",
+        ".apng",
+        ".jpg",
+        ".jpeg",
+        ".tif",
+        ".tiff",
+        ".btf",
+        ".tf8",
+        ".webp",
+        ".bmp",
+        ".gif",
+        ".npy",
+    } == SUPPORTED_SUFFIXES
 
 
 def test_unknown_output_suffix(tmp_path: Path) -> None:
-    path = tmp_path / "out.gif"
+    path = tmp_path / "out.pdf"
     with pytest.raises(ImageFileError, match=r"\.png") as info:
         check_output_path(path)
     _assert_one_line(info.value, path)
@@ -889,3 +926,74 @@ def test_failed_save_leaves_no_temporary_file(
 
 def test_image_file_error_is_raised_from_module() -> None:
     assert tio.ImageFileError is ImageFileError
+
+
+# ---- never replacing ----------------------------------------------------------------------
+
+
+def test_write_never_replaces_a_file_that_appears_meanwhile(tmp_path: Path) -> None:
+    from tvdenoise.io import OutputExistsError, is_temporary, write_atomically
+
+    target = tmp_path / "out.png"
+
+    def slow_write(fh: Any) -> None:
+        fh.write(b"ours")
+        target.write_bytes(b"theirs")  # another process finishes first
+
+    with pytest.raises(OutputExistsError, match="created by someone else"):
+        write_atomically(target, slow_write)
+    assert target.read_bytes() == b"theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary file left
+    write_atomically(target, lambda fh: fh.write(b"ours"), overwrite=True)
+    assert target.read_bytes() == b"ours"
+    assert is_temporary(tmp_path / ".out.png.1a2b3c4d.tvdenoise-tmp")
+    assert not is_temporary(tmp_path / "out.png")
+
+
+def test_temporary_name_is_ours_and_in_the_destination_folder(tmp_path: Path) -> None:
+    from tvdenoise.io import TEMPORARY_SUFFIX, write_atomically
+
+    seen: list[str] = []
+
+    def write(fh: Any) -> None:
+        seen.append(fh.name)
+        fh.write(b"x")
+
+    write_atomically(tmp_path / "sub" / "a.tif", write)
+    assert Path(seen[0]).parent == tmp_path / "sub"
+    assert Path(seen[0]).name.startswith(".a.tif.") and seen[0].endswith(TEMPORARY_SUFFIX)
+
+
+@pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "hard-link"])
+def test_final_name_is_created_without_replacing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renameat2: bool
+) -> None:
+    from tvdenoise.io import atomic
+
+    if not renameat2:
+        monkeypatch.setattr(atomic, "_RENAMEAT2", None)
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.write_bytes(b"new")
+    target.write_bytes(b"old")
+    with pytest.raises(FileExistsError):
+        atomic._rename_no_replace(source, target)
+    assert target.read_bytes() == b"old" and source.read_bytes() == b"new"
+    target.unlink()
+    atomic._rename_no_replace(source, target)
+    assert target.read_bytes() == b"new" and not source.exists()
+
+
+@pytest.mark.parametrize("size", [1, 1000, 65535, 65536, 3 * 65535, 3 * 65535 + 7])
+def test_stored_png_framing_at_block_boundaries(size: int) -> None:
+    """The 16-bit path hands libpng its scanlines in stored deflate blocks."""
+    from tvdenoise.io import png
+
+    raw = _rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    data = bytes(png._stored_png(bytes(13), raw))
+    start = len(png.SIGNATURE) + 25
+    (length,) = struct.unpack(">I", data[start : start + 4])
+    assert data[start + 4 : start + 8] == b"IDAT"
+    assert zlib.decompress(data[start + 8 : start + 8 + length]) == raw
+    (crc,) = struct.unpack(">I", data[start + 8 + length : start + 12 + length])
+    assert crc == zlib.crc32(data[start + 4 : start + 8 + length])
+    assert data.endswith(b"IEND\xae\x42\x60\x82")

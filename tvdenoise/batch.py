@@ -11,8 +11,10 @@ The work is split in two pure steps so that each can be reasoned about (and test
    picklable function of ``(Job, Settings)`` that a cluster engine can map over jobs.
    :func:`run_jobs` does the same for a whole plan on one machine, faster: files are read
    and written by worker threads while the solver runs, and images of the same shape are
-   stacked into one ``(B, C, H, W)`` batch for :func:`tvdenoise.solver.solve`. Both give the
-   same pixels.
+   stacked into one ``(B, C, H, W)`` batch for :func:`tvdenoise.restore`. A stack (pages,
+   frames, slices) is read whole and cut into 2-D images or 3-D volumes
+   (:mod:`tvdenoise.io.layout`), which are batched the same way and put back together
+   before the file is written. Both give the same pixels.
 
 Failures of single files (unreadable, corrupt, unwritable) never raise; they come back as
 records with ``status == "failed"`` and a one-line ``error``.
@@ -49,11 +51,13 @@ from .io import (
     SUPPORTED_SUFFIXES,
     ImageFileError,
     LoadedImage,
+    OutputExistsError,
     check_output_path,
     load_image,
     save_image,
     write_atomically,
 )
+from .io.layout import Prepared, choose_layout, prepare
 from .solver import DEFAULT_MAX_ITER, DEFAULT_TOL, Callback
 from .tv import ColorMode, TVKind
 
@@ -170,6 +174,11 @@ class Settings:
         overwrite: Replace existing outputs instead of skipping them.
         max_pixels: Refuse images with more pixels than this; ``None`` for no limit.
         batch_size: Most images of one shape denoised together by :func:`run_jobs`.
+        dims: 2 (every slice, page or frame of a stack alone) or 3 (a stack as one
+            volume); ``None`` chooses per file: 3 for files with a Z axis, else 2 (see
+            :mod:`tvdenoise.io.layout`).
+        spacing: ``(dz, dy, dx)`` sample distances overriding the files' own; ``None``
+            takes them from each file.
     """
 
     solver: SolverSettings = field(default_factory=SolverSettings)
@@ -178,6 +187,8 @@ class Settings:
     overwrite: bool = False
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     batch_size: int = DEFAULT_BATCH_SIZE
+    dims: int | None = None
+    spacing: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.quality <= 100:
@@ -186,11 +197,19 @@ class Settings:
             raise ValueError(f"max_pixels must be >= 1 or None, got {self.max_pixels}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.dims not in (None, 2, 3):
+            raise ValueError(f"dims must be 2, 3 or None, got {self.dims!r}")
+        if self.spacing is not None and (
+            len(self.spacing) != 3 or not all(s > 0 for s in self.spacing)
+        ):
+            raise ValueError(f"spacing must be three numbers > 0, got {self.spacing!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as one flat JSON-ready mapping (solver options first)."""
         outer = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         del outer["solver"]
+        outer["dims"] = "auto" if self.dims is None else self.dims
+        outer["spacing"] = "file" if self.spacing is None else list(self.spacing)
         return {**self.solver.kwargs(), **outer}
 
 
@@ -216,11 +235,18 @@ class Record:
         output: The output file (written only when ``status == "restored"``).
         status: ``"restored"``, ``"skipped"`` (the output existed) or ``"failed"``.
         error: For a failure, one line ``"<what went wrong>: <path>"``; else ``None``.
-        weight: The weight the solver used.
+        weight: The weight the solver used (for a stack cut into several solver images,
+            their mean).
         sigma: The Gaussian noise level (on the 0-255 scale) the automatic weight was
-            chosen for, estimated or given; ``None`` for a fixed weight or other noise.
-        iterations: Iterations the solver ran for this image.
-        energy: The final energy (loss) of this image.
+            chosen for, estimated or given (mean over a stack's solver images); ``None``
+            for a fixed weight or other noise.
+        iterations: Iterations the solver ran for this image (the most of a stack's).
+        energy: The final energy (loss) of this image (mean over a stack's).
+        dims: Spatial dimensions the file was denoised in: 2 (each 2-D image alone) or
+            3 (volumes).
+        spacing: The sample distances given to the solver per spatial axis, relative
+            to X.
+        images: How many 2-D images or volumes the file was cut into.
         seconds: Wall time spent on this file: reading, its share of a batched solve,
             writing.
     """
@@ -234,12 +260,17 @@ class Record:
     iterations: int | None = None
     energy: float | None = None
     seconds: float = 0.0
+    dims: int | None = None
+    spacing: tuple[float, ...] | None = None
+    images: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready mapping, paths as strings."""
         values = dataclasses.asdict(self)
         values["input"] = os.fspath(self.input)
         values["output"] = os.fspath(self.output)
+        if self.spacing is not None:
+            values["spacing"] = list(self.spacing)
         return values
 
 
@@ -536,7 +567,17 @@ def _without_conflicts(jobs: Sequence[Job]) -> tuple[Job, ...]:
 class _Loaded:
     job: Job
     image: LoadedImage
+    prepared: Prepared
     seconds: float
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Files whose solver images share this key can be denoised in one batch."""
+        return (*self.prepared.noisy.shape[1:], *self.prepared.layout.spacing)
+
+    @property
+    def count(self) -> int:
+        return int(self.prepared.noisy.shape[0])
 
 
 @dataclass(frozen=True, eq=False)
@@ -555,18 +596,32 @@ def _failed(job: Job, error: str, seconds: float) -> Record:
 
 
 def _read(job: Job, settings: Settings) -> _Loaded | Record:
-    """Load a job's input, or say why not (output already there, unreadable file)."""
+    """Load a job's input and cut it into solver images, or say why not (output already
+    there, unreadable file)."""
     start = time.perf_counter()
     if not settings.overwrite and os.path.lexists(job.output):
         return Record(job.input, job.output, "skipped")
     try:
         image = load_image(job.input, max_pixels=settings.max_pixels)
+        layout = choose_layout(image, dims=settings.dims, spacing=settings.spacing)
+        prepared = prepare(image, layout)
     except ImageFileError as exc:
         return _failed(job, str(exc), time.perf_counter() - start)
     except Exception as exc:  # one odd file must not stop a batch
         error = f"cannot read the image ({type(exc).__name__}: {exc}): {job.input}"
         return _failed(job, " ".join(error.split()), time.perf_counter() - start)
-    return _Loaded(job, image, time.perf_counter() - start)
+    return _Loaded(job, image, prepared, time.perf_counter() - start)
+
+
+def _layout_kwargs(loaded: _Loaded) -> dict[str, Any]:
+    """The solver's ``spatial_dims`` and ``spacing`` for a file's layout."""
+    layout = loaded.prepared.layout
+    kwargs: dict[str, Any] = {}
+    if layout.dims != 2:
+        kwargs["spatial_dims"] = layout.dims
+    if any(s != 1.0 for s in layout.spacing):
+        kwargs["spacing"] = layout.spacing
+    return kwargs
 
 
 def _solve(
@@ -575,14 +630,26 @@ def _solve(
     device: torch.device,
     progress: IterationProgress | None,
 ) -> list[_Solved] | list[Record]:
-    """Denoise images of one shape together; a solver failure fails the whole group."""
+    """Denoise the solver images of files that share a key together, ``batch_size`` at a
+    time; a solver failure fails the whole group."""
     start = time.perf_counter()
     jobs = [item.job for item in group]
+    size = settings.batch_size
     try:
-        noisy = torch.stack([item.image.data for item in group]).to(device)
-        with progress(jobs) if progress is not None else contextlib.nullcontext() as callback:
-            result = restore(noisy, **settings.solver.kwargs(), callback=callback)
-        restored = result.restored.cpu()
+        noisy = torch.cat([item.prepared.noisy for item in group])
+        layout = _layout_kwargs(group[0])
+        parts = []
+        for first in range(0, noisy.shape[0], size):
+            chunk = noisy[first : first + size].to(device)
+            with progress(jobs) if progress is not None else contextlib.nullcontext() as callback:
+                result = restore(chunk, **settings.solver.kwargs(), **layout, callback=callback)
+            parts.append(result)
+        restored = torch.cat([part.restored.cpu() for part in parts])
+        weights = torch.cat([part.weights.cpu().reshape(-1) for part in parts])
+        sigmas = (None if any(part.sigmas is None for part in parts)
+                  else torch.cat([part.sigmas.cpu().reshape(-1) for part in parts]))  # type: ignore[union-attr]  # fmt: skip
+        iterations = torch.cat([part.iterations.cpu().reshape(-1) for part in parts])
+        energy = torch.cat([part.energy.cpu().reshape(-1) for part in parts])
     except (RuntimeError, ValueError) as exc:  # out of memory, a broken device, NaN input
         seconds = time.perf_counter() - start
         message = " ".join(str(exc).split()) or type(exc).__name__
@@ -590,19 +657,24 @@ def _solve(
             _failed(item.job, f"denoising failed ({message}): {item.job.input}", seconds)
             for item in group
         ]
-    share = (time.perf_counter() - start) / len(group)
-    return [
-        _Solved(
-            item,
-            restored[i],
-            _single(result.weights[i]),
-            None if result.sigmas is None else _single(result.sigmas[i] * 255),
-            int(result.iterations[i]),
-            _single(result.energy[i]),
-            item.seconds + share,
+    total = sum(item.count for item in group)
+    solved: list[_Solved] = []
+    first = 0
+    for item in group:
+        part = slice(first, first + item.count)
+        first += item.count
+        solved.append(
+            _Solved(
+                item,
+                restored[part],
+                _single(weights[part].mean()),
+                None if sigmas is None else _single(sigmas[part].mean() * 255),
+                int(iterations[part].max()),
+                _single(energy[part].mean()),
+                item.seconds + (time.perf_counter() - start) * item.count / total,
+            )
         )
-        for i, item in enumerate(group)
-    ]
+    return solved
 
 
 def _single(value: torch.Tensor) -> float:
@@ -613,20 +685,19 @@ def _single(value: torch.Tensor) -> float:
 def _write(solved: _Solved, settings: Settings) -> Record:
     """Save a restored image atomically and describe the result."""
     start = time.perf_counter()
-    job = solved.loaded.job
+    loaded = solved.loaded
+    job = loaded.job
     try:
-        save_image(
-            job.output,
-            solved.restored,
-            like=solved.loaded.image,
-            quality=settings.quality,
-            overwrite=settings.overwrite,
-        )
+        restored = loaded.prepared.restore(loaded.image, solved.restored)
+        save_image(job.output, restored, quality=settings.quality, overwrite=settings.overwrite)
+    except OutputExistsError:  # created meanwhile by another run: not ours to replace
+        return Record(job.input, job.output, "skipped")
     except ImageFileError as exc:
         return _failed(job, str(exc), solved.seconds + time.perf_counter() - start)
     except Exception as exc:  # one odd file must not stop a batch
         error = f"cannot write the image ({type(exc).__name__}: {exc}): {job.output}"
         return _failed(job, " ".join(error.split()), solved.seconds)
+    layout = loaded.prepared.layout
     return Record(
         job.input,
         job.output,
@@ -636,6 +707,9 @@ def _write(solved: _Solved, settings: Settings) -> Record:
         iterations=solved.iterations,
         energy=solved.energy,
         seconds=solved.seconds + time.perf_counter() - start,
+        dims=layout.dims,
+        spacing=layout.spacing,
+        images=loaded.count,
     )
 
 
@@ -675,10 +749,11 @@ def run_jobs(
     """Restore many files, stacking images of one shape into batches.
 
     Reading runs ahead on two threads and writing behind on one, while the solver runs
-    on the calling thread. Loaded images wait in a window of ``2 * batch_size``: an image
-    shape whose group reaches ``batch_size`` is solved at once; when the window is full,
-    the group holding the oldest waiting image is solved as it is. So memory holds at most
-    about ``3 * batch_size`` images whatever the number of files.
+    on the calling thread. Loaded files wait in a window of ``2 * batch_size``: files whose
+    solver images (2-D images, or the slices or volumes of a stack) share a shape and
+    spacing form a group, solved ``batch_size`` images at a time as soon as it holds that
+    many; when the window is full, the group holding the oldest waiting file is solved as
+    it is. So memory holds at most about ``3 * batch_size`` files whatever their number.
 
     On an exception (such as ``KeyboardInterrupt``) reading stops, the images already
     restored are still written (each write is atomic) and reported, and the exception
@@ -700,7 +775,7 @@ def run_jobs(
     pending = iter(jobs)
     reads: deque[Future[_Loaded | Record]] = deque()
     writes: deque[Future[Record]] = deque()
-    groups: dict[tuple[int, ...], list[_Loaded]] = {}  # insertion order = age
+    groups: dict[tuple[Any, ...], list[_Loaded]] = {}  # insertion order = age
     readers = ThreadPoolExecutor(2, thread_name_prefix="tvdenoise-read")
     writer = ThreadPoolExecutor(1, thread_name_prefix="tvdenoise-write")
 
@@ -716,8 +791,8 @@ def run_jobs(
         while writes and (len(writes) > keep or writes[0].done()):
             on_record(writes.popleft().result())
 
-    def solve_group(shape: tuple[int, ...]) -> None:
-        group = groups.pop(shape)
+    def solve_group(key: tuple[Any, ...]) -> None:
+        group = groups.pop(key)
         read_ahead()  # the next files load while this group is solved
         for item in _solve(group, settings, device, iteration_progress):
             if isinstance(item, Record):
@@ -733,10 +808,10 @@ def run_jobs(
             if isinstance(item, Record):
                 on_record(item)
             else:
-                shape = tuple(item.image.data.shape)
-                groups.setdefault(shape, []).append(item)
-                if len(groups[shape]) >= settings.batch_size:
-                    solve_group(shape)
+                group = groups.setdefault(item.key, [])
+                group.append(item)
+                if sum(member.count for member in group) >= settings.batch_size:
+                    solve_group(item.key)
                 elif waiting() >= window:
                     solve_group(next(iter(groups)))
             settle_writes(keep=settings.batch_size)

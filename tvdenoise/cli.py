@@ -69,6 +69,14 @@ use one too). Outputs keep their paths under the folder or the glob's fixed part
 existing outputs are skipped unless --overwrite, so a re-run finishes an interrupted
 batch. Images of one size are denoised together, --batch-size at a time.
 
+Stacks (multi-page TIFF, ImageJ and OME hyperstacks, animated GIF/WebP/PNG, .npy
+volumes) are read whole and written back whole, in their own dtype (float32 stays
+float32). --dims 3 denoises a stack as one volume, --dims 2 each 2-D slice, page or frame
+alone. Default: 3 for files with a Z axis (z-stacks, volumes), 2 for everything else
+(time series, pages, frames: coupling along time is --dims 3). The dims used per file are
+in --report. Z spacing relative to the pixel size comes from the file (ImageJ, OME) or
+--spacing.
+
 The input is never overwritten. The path of each file written is printed on stdout;
 progress, messages and errors go to stderr.
 
@@ -157,6 +165,35 @@ def _output_format(value: str | None) -> str | None:
     return suffix
 
 
+def _dims(value: str) -> str:
+    """Accept ``auto``, ``2`` or ``3``."""
+    text = value.strip().lower()
+    if text not in ("auto", "2", "3"):
+        raise typer.BadParameter(f"{value!r} is not one of auto, 2, 3")
+    return text
+
+
+def _spacing(value: str | None) -> str | None:
+    """Accept ``DZ,DY,DX``: three numbers > 0 (kept as text; see :func:`_spacing_value`)."""
+    if value is None:
+        return None
+    parts = value.replace(" ", "").split(",")
+    try:
+        numbers = [float(part) for part in parts]
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not three numbers DZ,DY,DX") from None
+    if len(numbers) != 3 or not all(math.isfinite(n) and n > 0 for n in numbers):
+        raise typer.BadParameter(f"{value!r} is not three numbers > 0 (DZ,DY,DX)")
+    return value
+
+
+def _spacing_value(value: str | None) -> tuple[float, float, float] | None:
+    if value is None:
+        return None
+    dz, dy, dx = (float(part) for part in value.replace(" ", "").split(","))
+    return dz, dy, dx
+
+
 def _show_version(value: bool) -> None:
     if value:
         typer.echo(f"tvdenoise {__version__}")
@@ -201,7 +238,8 @@ def tvdenoise(
             callback=_non_negative,
             help=(
                 "Gaussian noise std in grey levels of 0-255 (16-bit files: relative to full "
-                "range); sets the automatic weight instead of estimating the noise."
+                "range; float and signed files: to their value range); sets the automatic "
+                "weight instead of estimating the noise."
             ),
             show_default="estimated",
         ),
@@ -284,9 +322,37 @@ def tvdenoise(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing outputs (never an input).")
     ] = False,
+    dims: Annotated[
+        str,
+        typer.Option(
+            metavar="auto|2|3",
+            callback=_dims,
+            help=(
+                "3: a stack is one volume (TV across slices); 2: each slice, page or frame "
+                "alone. auto: 3 for files with a Z axis (z-stacks, volumes), else 2 (time "
+                "series, pages, frames)."
+            ),
+        ),
+    ] = "auto",
+    spacing: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DZ,DY,DX",
+            callback=_spacing,
+            help=(
+                "Sample distances along z, y and x in any one unit (only ratios count), "
+                "instead of the file's; a larger DZ couples slices less."
+            ),
+            show_default="from the file (ImageJ, OME), else 1,1,1",
+        ),
+    ] = None,
     max_pixels: Annotated[
         int,
-        typer.Option(min=0, help="Refuse larger images (decompression bombs); 0 = no limit."),
+        typer.Option(
+            min=0,
+            help="Refuse larger images, counting every slice of a stack (decompression "
+            "bombs); 0 = no limit.",
+        ),
     ] = DEFAULT_MAX_PIXELS,
     report: Annotated[
         Path | None,
@@ -350,6 +416,8 @@ def tvdenoise(
         overwrite=overwrite,
         max_pixels=max_pixels or None,
         batch_size=batch_size,
+        dims=None if dims == "auto" else int(dims),
+        spacing=_spacing_value(spacing),
     )
     if verbose:
         shown = " ".join(f"{k}={v}" for k, v in settings.to_dict().items())
@@ -407,7 +475,8 @@ def _run(
             tqdm.write(os.fspath(record.output), file=sys.stdout)
             if verbose:
                 _message(
-                    f"restored {record.input}: {record.iterations} iterations, "
+                    f"restored {record.input} ({record.images} x {record.dims}-D): "
+                    f"{record.iterations} iterations, "
                     f"loss {record.energy:.5g}, weight {record.weight:g}, "
                     + ("" if record.sigma is None else f"sigma {record.sigma:.3g}/255, ")
                     + f"{record.seconds:.2f} s"

@@ -1,0 +1,231 @@
+"""Reading speed of 16-bit files, and hostile files through the command (issue 13).
+
+Run from the repository root::
+
+    python benchmarks/bench_io.py            # the 4000x3000 load test and small hostile files
+    python benchmarks/bench_io.py --full     # hostile files at the issue's sizes (GiB bombs)
+    python benchmarks/bench_io.py --quick    # 1000x750 and no subprocesses: a smoke run
+
+1. Load speed. A 4000x3000 RGB photograph (a bundled sample, upscaled) is made at 16 bits
+   (with a little sensor-like noise in the low bits) and at 8 bits (the same image
+   divided by 257). :func:`tvdenoise.io.load_image` reads the 16-bit PNG, a 16-bit TIFF
+   (deflate with the horizontal predictor, as cameras and microscopes write) and an
+   uncompressed 16-bit TIFF; Pillow reads the 8-bit PNG (``open`` + ``load``). Each time is
+   the best of five in this process; the bar is 16-bit within 2x of Pillow's 8-bit time.
+2. Hostile files. ``scripts/make_hostile_files.py`` makes every case; each runs through
+   ``python -m tvdenoise FILE -o OUT`` in its own process, timed from start to exit
+   (Python and torch start-up included) with its peak resident memory from ``wait4`` (in
+   a small parent process of its own, see ``_MEASURE``). The bar: one ``error:`` line
+   and nothing else on stderr, a non-zero exit, no output, <= 10 s and <= 1 GiB each.
+   ``load_image`` alone is timed in this process too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import tifffile
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
+
+from results import record  # noqa: E402
+
+from tvdenoise.io import ImageFileError, load_image  # noqa: E402
+
+
+def _best(function: Callable[[], object], repeats: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _photo16(width: int, height: int) -> np.ndarray:
+    """A bundled photograph upscaled to ``width x height`` at 16 bits, with noise of
+    about a quarter of an 8-bit grey level (the low byte of a real 16-bit file is not
+    smooth)."""
+    with Image.open(ROOT / "sample_images" / "astronaut_clean.png") as im:
+        planes = [
+            np.asarray(
+                im.convert("RGB").getchannel(c).resize((width, height), Image.Resampling.BICUBIC),
+                dtype=np.float64,
+            )
+            for c in range(3)
+        ]
+    values = np.stack(planes, axis=2) * 257.0
+    values += np.random.default_rng(0).normal(0.0, 64.0, values.shape)
+    return np.clip(np.rint(values), 0, 65535).astype(np.uint16)
+
+
+def load_speed(folder: Path, width: int, height: int) -> tuple[str, bool]:
+    deep = _photo16(width, height)
+    shallow = np.rint(deep / 257.0).astype(np.uint8)
+    png8, png16 = folder / "photo8.png", folder / "photo16.png"
+    tiff16, raw16 = folder / "photo16.tif", folder / "photo16_raw.tif"
+    Image.fromarray(shallow).save(png8)
+    png16.write_bytes(imagecodecs.png_encode(deep, level=6))
+    tifffile.imwrite(
+        tiff16, deep, photometric="rgb", compression="zlib", predictor=True, rowsperstrip=64
+    )
+    tifffile.imwrite(raw16, deep, photometric="rgb")
+
+    def pillow8() -> None:
+        with Image.open(png8) as im:
+            im.load()
+
+    pillow = _best(pillow8)
+    rows = [("Pillow, 8-bit PNG (reference)", png8, pillow)]
+    for label, path in [
+        ("tvdenoise, 8-bit PNG", png8),
+        ("tvdenoise, 16-bit PNG", png16),
+        ("tvdenoise, 16-bit TIFF (deflate, predictor)", tiff16),
+        ("tvdenoise, 16-bit TIFF (uncompressed)", raw16),
+    ]:
+        rows.append((label, path, _best(lambda path=path: load_image(path, max_pixels=None))))
+    lines = [
+        f"Load time of a {width}x{height} RGB photograph (best of 5, this process):",
+        "",
+        "| reader, file | size | time | vs Pillow 8-bit |",
+        "|---|---|---|---|",
+    ]
+    for label, path, seconds in rows:
+        size = path.stat().st_size / 2**20
+        lines.append(f"| {label} | {size:.1f} MiB | {seconds:.3f} s | {seconds / pillow:.2f}x |")
+    png_ratio = rows[2][2] / pillow
+    tiff_ratio = rows[3][2] / pillow
+    passed = min(png_ratio, tiff_ratio) <= 2.0
+    lines += [
+        "",
+        f"BAR 16-bit PNG or TIFF within 2x of Pillow's 8-bit PNG: PNG {png_ratio:.2f}x, "
+        f"TIFF {tiff_ratio:.2f}x -> {'PASS' if passed else 'FAIL'}",
+    ]
+    return "\n".join(lines), passed
+
+
+# Runs the command and reports its exit code, stderr, time and peak memory. A small
+# parent of its own: a child forked from this (large) process would report this process's
+# peak resident memory as its own (Linux carries maxrss across fork and exec).
+_MEASURE = """
+import json, os, subprocess, sys, tempfile, time
+start = time.perf_counter()
+with tempfile.TemporaryFile() as errors:
+    child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=errors)
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - start
+    errors.seek(0)
+    text = errors.read().decode("utf-8", "replace")
+print(json.dumps([os.waitstatus_to_exitcode(status), text, seconds, usage.ru_maxrss / 1024]))
+"""
+
+
+def _run_command(path: Path, out: Path) -> tuple[int, str, float, float]:
+    """Exit code, stderr, seconds and peak resident MiB of the command on one file."""
+    env = {**os.environ, "PYTHONPATH": os.fspath(ROOT)}
+    command = [
+        sys.executable,
+        "-c",
+        _MEASURE,
+        sys.executable,
+        "-m",
+        "tvdenoise",
+        os.fspath(path),
+        "-o",
+        os.fspath(out),
+        "--device",
+        "cpu",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    code, text, seconds, memory = json.loads(done.stdout)
+    return int(code), str(text), float(seconds), float(memory)
+
+
+def hostile(folder: Path, *, full: bool, subprocesses: bool) -> tuple[str, bool]:
+    spec = importlib.util.spec_from_file_location(
+        "make_hostile_files", ROOT / "scripts" / "make_hostile_files.py"
+    )
+    assert spec is not None and spec.loader is not None
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    files = maker.make_all(folder / "hostile", full=full)
+    lines = [
+        f"Hostile files ({'issue sizes' if full else 'small versions'}), each through "
+        "`python -m tvdenoise FILE -o OUT --device cpu` in its own process:",
+        "",
+        "| file | size | load_image | command | peak memory | exit | stderr |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    passed = True
+    for path in files:
+        start = time.perf_counter()
+        try:
+            load_image(path)
+            refused = False
+        except ImageFileError:
+            refused = True
+        loading = time.perf_counter() - start
+        size = path.stat().st_size
+        shown = f"{size / 2**20:.1f} MiB" if size > 2**20 else f"{size} B"
+        if not subprocesses:
+            passed = passed and refused
+            lines.append(f"| {path.name} | {shown} | {loading:.3f} s | | | | |")
+            continue
+        out = folder / "out" / path.name
+        code, text, seconds, memory = _run_command(path, out)
+        stderr = text.splitlines()
+        good = (
+            code != 0
+            and len(stderr) == 1
+            and stderr[0].startswith("error: ")
+            and not out.exists()
+            and seconds <= 10
+            and memory <= 1024
+        )
+        passed = passed and good and refused
+        lines.append(
+            f"| {path.name} | {shown} | {loading:.3f} s | {seconds:.1f} s | {memory:.0f} MiB "
+            f"| {code} | {len(stderr)} line{'' if len(stderr) == 1 else 's'}"
+            f"{'' if good else ' FAIL'} |"
+        )
+    lines += [
+        "",
+        f"BAR every hostile file refused in one line, <= 10 s, <= 1 GiB: "
+        f"{'PASS' if passed else 'FAIL'}",
+    ]
+    return "\n".join(lines), passed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--full", action="store_true", help="hostile files at issue sizes")
+    parser.add_argument("--quick", action="store_true", help="small image, no subprocesses")
+    args = parser.parse_args()
+    width, height = (1000, 750) if args.quick else (4000, 3000)
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        speed, _ = load_speed(folder, width, height)
+        print(speed, flush=True)
+        files, _ = hostile(folder, full=args.full, subprocesses=not args.quick)
+        print()
+        print(files)
+    if not args.quick:
+        record("bench_io", speed + "\n\n" + files)
+
+
+if __name__ == "__main__":
+    main()
