@@ -307,3 +307,10 @@ def test_empty_batches_and_inputs_that_require_grad() -> None:
 def test_sigma_outside_the_intensity_scale_is_refused(sigma: float) -> None:
     with pytest.raises(ValueError, match=r"sigma must be a finite noise level in \[0, 1\]"):
         denoise(torch.rand(1, 16, 16), sigma=sigma)
+
+
+def test_tiny_images_need_a_noise_level_only_to_estimate_it() -> None:
+    tiny = torch.rand(3, 5, 6, generator=torch.Generator().manual_seed(1))
+    assert denoise(tiny, sigma=0.1).shape == (3, 5, 6)
+    with pytest.raises(ValueError, match="to estimate its noise, got 5x6; give sigma"):
+        denoise(tiny)

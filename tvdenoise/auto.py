@@ -511,8 +511,11 @@ def choose_weight(
     check_choice("method", method, AUTO_METHODS)
     b, c = batch.shape[:2]
     h, w = batch.shape[-2:]
-    if h < MIN_SIZE or w < MIN_SIZE:
-        raise ValueError(f"image must be at least {MIN_SIZE}x{MIN_SIZE} pixels, got {h}x{w}")
+    if sigma is None and (h < MIN_SIZE or w < MIN_SIZE):
+        raise ValueError(
+            f"image must be at least {MIN_SIZE}x{MIN_SIZE} pixels to estimate its noise, "
+            f"got {h}x{w}; give sigma (or a weight)"
+        )
     # Missing values (NaN) are filled for the noise estimate, which the noise-free fill
     # lowers by the observed share of the variance; SURE ignores them.
     sigmas = _sigmas(sigma, split_missing(batch)[0])
