@@ -265,48 +265,69 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--no-skimage-quality", action="store_true")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--sections",
+        default="quality,accuracy,speed",
+        help="comma-separated subset of quality, accuracy, speed (each recorded on its own)",
+    )
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
     rng = np.random.default_rng(SEED)
     if args.quick:
         vol, frames, speed_shape = (16, 64, 64), (12, 64, 64), (16, 64, 64)
     else:
         vol, frames, speed_shape = (64, 256, 256), (48, 192, 192), (128, 256, 256)
     print(f"torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}")
-    quality_rows = [
-        "| data | noisy | 2-D slices best (weight) | 3-D best (weight) | 3-D gain "
-        "| 3-D automatic (weight, sigma, time) | auto gap | skimage 3-D gain |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
     clean = objects_volume(vol, rng)
     noisy = add_noise(clean, rng)
-    quality("objects volume", clean, noisy, quality_rows, not args.no_skimage_quality)
     lapse = time_lapse(*frames, rng)
-    quality("time-lapse", lapse, add_noise(lapse, rng), quality_rows, not args.no_skimage_quality)
+    lapse_noisy = add_noise(lapse, rng)
     pan = panning(*frames, rng, step=6)
-    quality("panning", pan, add_noise(pan, rng), quality_rows, not args.no_skimage_quality)
-    accuracy_rows = [
-        "| TV | automatic weight | RMS to minimiser | certificate |",
-        "|---|---|---|---|",
-    ]
-    accuracy(noisy[: min(32, vol[0]), :128, :128], accuracy_rows)
-    speed_rows = ["| method | seconds | PSNR dB | peak memory / volume |", "|---|---|---|---|"]
-    speed(speed_shape, speed_rows, args.repeat)
+    pan_noisy = add_noise(pan, rng)
+    parts: dict[str, str] = {}
+    if "quality" in sections:
+        rows = [
+            "| data | noisy | 2-D slices best (weight) | 3-D best (weight) | 3-D gain "
+            "| 3-D automatic (weight, sigma, time) | auto gap | skimage 3-D gain |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        skimage = not args.no_skimage_quality
+        quality("objects volume", clean, noisy, rows, skimage)
+        quality("time-lapse", lapse, lapse_noisy, rows, skimage)
+        quality("panning", pan, pan_noisy, rows, skimage)
+        parts["quality"] = (
+            f"sigma = 25/255, sizes {vol} (volume) and {frames} (time series; panning: 6 "
+            "pixels per frame); PSNR in dB:\n\n" + "\n".join(rows)
+        )
+    if "accuracy" in sections:
+        rows = ["| TV | automatic weight | RMS to minimiser | certificate |", "|---|---|---|---|"]
+        accuracy(noisy[: min(32, vol[0]), :128, :128], rows)
+        parts["accuracy"] = (
+            "Adam against the certified 3-D minimiser (a 32x128x128 crop of the volume):\n\n"
+            + "\n".join(rows)
+        )
+    if "speed" in sections:
+        rows = ["| method | seconds | PSNR dB | peak memory / volume |", "|---|---|---|---|"]
+        speed(speed_shape, rows, args.repeat)
+        parts["speed"] = (
+            f"{speed_shape} float32, median of {args.repeat} interleaved runs in fresh "
+            f"processes, torch threads {torch.get_num_threads()}, load average "
+            f"{os.getloadavg()[0]:.1f}:\n\n" + "\n".join(rows)
+        )
     print(f"load at the end {os.getloadavg()[0]:.2f}")
-    body = (
-        f"Quality, sigma = 25/255, sizes {vol} (volume) and {frames} (time series; "
-        "panning: 6 pixels per frame):\n\n"
-        + "\n".join(quality_rows)
-        + "\n\nAccuracy of Adam against the certified 3-D minimiser (a 32x128x128 crop):\n\n"
-        + "\n".join(accuracy_rows)
-        + f"\n\nSpeed and memory, {speed_shape} float32, median of {args.repeat} interleaved "
-        "runs in fresh processes:\n\n"
-        + "\n".join(speed_rows)
-        + "\n\n```\n"
-        + "\n".join(_BARS)
-        + "\n```"
-    )
-    if not args.quick:
-        record("bench_ndim", body)
+    if args.quick:
+        return
+    for name, text in parts.items():
+        bars = [line for line in _BARS if _section_of(line) == name]
+        record(f"bench_ndim {name}", text + "\n\n```\n" + "\n".join(bars) + "\n```")
+
+
+def _section_of(bar_line: str) -> str:
+    if "rms_to_minimiser" in bar_line:
+        return "accuracy"
+    if "time_ratio" in bar_line or "psnr_3d" in bar_line or "peak_memory" in bar_line:
+        return "speed"
+    return "quality"
 
 
 if __name__ == "__main__":
