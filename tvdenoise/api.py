@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-from .checks import floating
+from .auto import choose_weight
+from .checks import check_choice, floating
 from .fidelity import DataTerm, NoiseModel
 from .missing import check_finite
 from .solver import (
@@ -29,13 +30,17 @@ from .solver import (
     run_solver,
     weights_per_image,
 )
+from .tgv import DEFAULT_RATIO, Regulariser, TotalGeneralisedVariation
 from .tiling import DEFAULT_OVERLAP, auto_tile, run_tiled, tiles_per_batch
 from .tv import ColorMode, TotalVariation, TVKind
 
-__all__ = ["Restoration", "Weight", "denoise", "restore"]
+__all__ = ["REGULARISERS", "RegulariserName", "Restoration", "Weight", "denoise", "restore"]
 
 #: A weight: one number, one per image, or ``"auto"``.
 Weight = float | Sequence[float] | Tensor | Literal["auto"]
+#: The regularisers by name: total variation, or second-order total generalised variation.
+RegulariserName = Literal["tv", "tgv"]
+REGULARISERS: tuple[str, ...] = get_args(RegulariserName)
 
 
 @dataclass(frozen=True)
@@ -59,17 +64,36 @@ class Restoration:
     energy: Tensor
 
 
+def _regulariser(name: str, first_order: TotalVariation, noise: str) -> Regulariser:
+    """The regulariser ``name`` stands for, with the validated TV's options."""
+    check_choice("reg", name, REGULARISERS)
+    if name == "tv":
+        return first_order
+    if first_order.kind != "isotropic":
+        raise ValueError(
+            f"reg='tgv' is isotropic; tv={first_order.kind!r} applies to reg='tv' only"
+        )
+    if noise != "gaussian":
+        raise ValueError(f"reg='tgv' supports noise='gaussian' only, got noise={noise!r}")
+    reg = first_order
+    return TotalGeneralisedVariation(
+        DEFAULT_RATIO, reg.color, reg.eps, reg.spatial_dims, reg.spacing
+    )
+
+
 def _resolve_weights(
     f: Tensor,
     weight: Weight,
     sigma: float | Tensor | None,
-    reg: TotalVariation,
+    reg: Regulariser,
     term: DataTerm,
     peak: float | None,
 ) -> tuple[Tensor | float | Sequence[float], Tensor | None]:
     if isinstance(weight, str):
         if weight != "auto":
             raise ValueError(f"weight must be a number >= 0 or 'auto', got {weight!r}")
+        if isinstance(reg, TotalGeneralisedVariation):  # Gaussian noise only
+            return choose_weight(f, reg, sigma=sigma)
         return term.auto_weight(f, reg, sigma=sigma, peak=peak)
     if sigma is not None:
         raise ValueError("sigma sets the automatic weight; it needs weight='auto'")
@@ -110,6 +134,7 @@ def restore(
     spatial_dims: int = 2,
     spacing: Sequence[float] | None = None,
     mask: Tensor | None = None,
+    reg: RegulariserName = "tv",
 ) -> Restoration:
     """Denoise images or volumes and report the weights, noise levels, iterations and
     energies.
@@ -120,38 +145,46 @@ def restore(
     Returns:
         A :class:`Restoration` with ``(B, C, *spatial)`` images.
     """
-    reg, term = model(tv, color, eps, spatial_dims, spacing, noise, peak)
+    first_order, term = model(tv, color, eps, spatial_dims, spacing, noise, peak)
+    regulariser = _regulariser(reg, first_order, noise)
     iteration = Iteration(max_iter, tol, lr)
     # The result is data, not a function of the input autograd could follow.
-    f = _with_missing(floating(reg.batch(image).detach()), mask)
+    f = _with_missing(floating(regulariser.batch(image).detach()), mask)
     if f.shape[0] == 0:
         nothing = f.new_zeros(0)
         return Restoration(f.clone(), nothing, None, nothing.long(), nothing)
     if tile is not None and tile < 0:
         raise ValueError(f"tile must be >= 0 (0: never tile), got {tile}")
     term.check_data(f)
-    weights, sigmas = _resolve_weights(f, weight, sigma, reg, term, peak)
+    weights, sigmas = _resolve_weights(f, weight, sigma, regulariser, term, peak)
     chosen = auto_tile(f.shape, f.device, f.dtype) if tile is None else tile
     if not chosen or all(chosen >= n for n in f.shape[2:]):
-        result = run_solver(f, weights, reg, term, iteration, callback)
+        result = run_solver(f, weights, regulariser, term, iteration, callback)
         return Restoration(
             result.restored, result.weights, sigmas, result.iterations, result.energy
         )
     per_image = weights_per_image(weights, f.shape[0], f)
+    c = f.shape[1]
 
     def solve_tiles(tiles: Tensor, tile_weights: Tensor) -> tuple[Tensor, Tensor]:
-        done = run_solver(tiles, tile_weights, reg, term, iteration)
-        return done.restored, done.iterations
+        done = run_solver(tiles[:, :c], tile_weights, regulariser, term, iteration)
+        if done.field is None:
+            return done.restored, done.iterations
+        return torch.cat([done.restored, done.field], dim=1), done.iterations
 
-    restored, iterations = run_tiled(
-        f,
+    # TGV's field is stitched with the image (as extra channels) for the final energy.
+    extra = 0 if isinstance(regulariser, TotalVariation) else regulariser.spatial_dims * c
+    padded = f if not extra else torch.cat([f, f.new_zeros((f.shape[0], extra, *f.shape[2:]))], 1)
+    stitched, iterations = run_tiled(
+        padded,
         per_image,
         solve_tiles,
         tile=chosen,
         overlap=DEFAULT_OVERLAP,
         tiles_per_batch=tiles_per_batch(f.device),
     )
-    final = energy(restored, f, per_image, reg, term)
+    final = energy(stitched, f, per_image, regulariser, term)
+    restored = stitched[:, :c].contiguous() if extra else stitched
     return Restoration(restored, per_image, sigmas, iterations, final)
 
 
@@ -172,6 +205,7 @@ def denoise(
     spatial_dims: int = 2,
     spacing: Sequence[float] | None = None,
     mask: Tensor | None = None,
+    reg: RegulariserName = "tv",
 ) -> Tensor:
     """Total-variation denoising of images, volumes or time series.
 
@@ -217,6 +251,12 @@ def denoise(
             missing (as NaN values of ``image`` are): no fidelity there, so the total
             variation fills it in from its surroundings (see :mod:`tvdenoise.missing`
             for how large a hole is sensible). Infinite values are an error.
+        reg: ``"tv"`` (total variation) or ``"tgv"``: second-order total generalised
+            variation (:mod:`tvdenoise.tgv`), which keeps edges like TV but restores
+            smooth shading without TV's staircase; for smooth scientific images
+            (micrographs, astronomy). ``weight`` is then its first-order weight, the
+            second-order one is :data:`tvdenoise.tgv.DEFAULT_RATIO` times it. Gaussian
+            noise and isotropic ``tv`` only.
 
     Returns:
         The restored image(s), shape, dtype and device of ``image``, clipped to [0, 1].
@@ -245,5 +285,6 @@ def denoise(
         spatial_dims=spatial_dims,
         spacing=spacing,
         mask=mask,
+        reg=reg,
     )
     return result.restored.to(image.dtype).reshape(image.shape)

@@ -87,7 +87,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -100,6 +100,9 @@ from .sigma import MIN_SIZE, estimate_sigma
 from .solver import DEFAULT_EPS, DEFAULT_MAX_ITER, Iteration, run_solver
 from .tiling import CPU_TILE
 from .tv import COLOR_MODES, TV_KINDS, ColorMode, TotalVariation, TVKind
+
+if TYPE_CHECKING:
+    from .tgv import Regulariser
 
 __all__ = ["AutoMethod", "auto_weight", "weight_for_sigma"]
 
@@ -311,7 +314,7 @@ def _clipped_targets(f: Tensor, smoothed: Tensor, sigma: float) -> Tensor:
 class _Sure:
     """SURE of one image's tiles at any weight."""
 
-    def __init__(self, tiles: Tensor, sigma: float, rule: float, reg: TotalVariation) -> None:
+    def __init__(self, tiles: Tensor, sigma: float, rule: float, reg: Regulariser) -> None:
         self.tiles = tiles  # (T, C, *spatial)
         f = tiles.to(torch.float64)
         clipped = (f <= 0) | (f >= 1)
@@ -364,7 +367,7 @@ RiskEstimate = Callable[[list[float]], list[float]]
 def solve_at_weights(
     images: Tensor,
     weights: list[float],
-    reg: TotalVariation,
+    reg: Regulariser,
     term: DataTerm | None = None,
     *,
     iteration: Iteration | None = None,
@@ -502,12 +505,16 @@ def auto_weight(
 
 def choose_weight(
     batch: Tensor,
-    reg: TotalVariation,
+    reg: Regulariser,
     *,
     sigma: float | Tensor | None = None,
     method: AutoMethod = "sure",
 ) -> tuple[Tensor, Tensor]:
-    """:func:`auto_weight` of a ``(B, C, *spatial)`` batch for a validated regulariser."""
+    """:func:`auto_weight` of a ``(B, C, *spatial)`` batch for a validated regulariser.
+
+    ``reg`` may be a :class:`~tvdenoise.tgv.TotalGeneralisedVariation` too: the rule then
+    starts its first-order weight at the isotropic TV's, and SURE searches from there.
+    """
     check_choice("method", method, AUTO_METHODS)
     b, c = batch.shape[:2]
     h, w = batch.shape[-2:]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
@@ -41,6 +42,9 @@ from .checks import check_choice, floating
 from .fidelity import NOISE_MODELS, DataTerm, NoiseModel, data_term
 from .missing import check_finite, split_missing
 from .tv import TV_KINDS, ColorMode, TotalVariation, TVKind
+
+if TYPE_CHECKING:
+    from .tgv import Regulariser
 
 __all__ = ["DEFAULT_EPS", "DenoiseResult", "energy", "solve"]
 
@@ -70,12 +74,58 @@ class DenoiseResult:
         weights: the weight used per image, ``(B,)``.
         iterations: iterations run per image, ``(B,)``.
         energy: the final energy ``E(u)`` per image, ``(B,)``.
+        field: the regulariser's own variables, ``None`` for TV; for TGV its vector field
+            ``w``, one ``(B, C, *spatial)`` block per axis along the channel axis.
     """
 
     restored: Tensor
     weights: Tensor
     iterations: Tensor
     energy: Tensor
+    field: Tensor | None = None
+
+
+class Workspace(Protocol):
+    """What the Adam loop needs of a regulariser's workspace.
+
+    The solver variable ``x`` is the data term's variable ``u`` itself for TV; a
+    regulariser that owns extra variables (TGV's vector field) stacks them with ``u``
+    along the channel axis, so that one Adam step updates all of them.
+    """
+
+    term: DataTerm
+
+    def variables(self, u: Tensor) -> Tensor:
+        """The solver variable that starts at the data term's variable ``u``."""
+        ...
+
+    def image(self, x: Tensor) -> Tensor:
+        """The data term's variable inside the solver variable ``x`` (a view)."""
+        ...
+
+    def gradient(self, x: Tensor) -> Tensor:
+        """Half the energy gradient times ``N`` in ``x``, in a workspace buffer."""
+        ...
+
+    def energy(self, x: Tensor) -> Tensor:
+        """The energy per image."""
+        ...
+
+    def extra(self, x: Tensor) -> Tensor | None:
+        """The regulariser's own variables in ``x``, stacked (``None`` if it has none)."""
+        ...
+
+
+def _workspace(
+    f: Tensor,
+    half_weight: Tensor,
+    reg: Regulariser,
+    term: DataTerm,
+    observed: Tensor | None,
+) -> Workspace:
+    if isinstance(reg, TotalVariation):
+        return _Workspace(f, half_weight, reg, term, observed)
+    return reg.workspace(f, half_weight, term, observed)
 
 
 class _Workspace:
@@ -105,6 +155,16 @@ class _Workspace:
         self.scratch = torch.empty_like(f)
         shared = reg.joint and f.shape[1] > 1
         self.norm = f.new_empty((f.shape[0], 1, *f.shape[2:])) if shared else None
+
+    def variables(self, u: Tensor) -> Tensor:
+        """TV has no variables besides ``u``."""
+        return u
+
+    def image(self, x: Tensor) -> Tensor:
+        return x
+
+    def extra(self, x: Tensor) -> None:
+        return None
 
     def _differences(self, u: Tensor) -> None:
         for axis, inv, d in zip(self.reg.axes, self.inverse_spacing, self.diffs, strict=True):
@@ -286,7 +346,7 @@ def model(
 def run_solver(
     noisy: Tensor,
     weight: float | Sequence[float] | Tensor,
-    reg: TotalVariation,
+    reg: Regulariser,
     term: DataTerm,
     iteration: Iteration,
     callback: Callback | None = None,
@@ -294,6 +354,8 @@ def run_solver(
     """:func:`solve` on a validated ``(B, C, *spatial)`` batch and settings objects.
 
     NaN values of ``noisy`` are missing (:mod:`tvdenoise.missing`): no fidelity there.
+    ``reg`` is a :class:`~tvdenoise.tv.TotalVariation` or a
+    :class:`~tvdenoise.tgv.TotalGeneralisedVariation` (Gaussian noise only).
     """
     check_finite(noisy, "noisy")
     # The solver is not differentiable (in-place updates): its input is data.
@@ -307,16 +369,18 @@ def run_solver(
     active = weights > 0
     u = term.to_variable(f)
     half_weight = (weights / 2).reshape(b, *([1] * (f.dim() - 1)))
-    ws = _Workspace(f, half_weight, reg, term, observed)
-    energy = ws.energy(u)
+    ws = _workspace(f, half_weight, reg, term, observed)
+    x = ws.variables(u)
+    energy = ws.energy(x)
     if bool(active.any()):
-        _adam(u, ws, weights, active, iterations, energy, iteration, callback)
-    return DenoiseResult(term.from_variable_(u).clamp_(0.0, 1.0), weights, iterations, energy)
+        _adam(x, ws, weights, active, iterations, energy, iteration, callback)
+    restored = term.from_variable_(ws.image(x).contiguous()).clamp_(0.0, 1.0)
+    return DenoiseResult(restored, weights, iterations, energy, ws.extra(x))
 
 
 def _adam(
     u: Tensor,
-    ws: _Workspace,
+    ws: Workspace,
     weights: Tensor,
     active: Tensor,
     iterations: Tensor,
@@ -324,7 +388,7 @@ def _adam(
     iteration: Iteration,
     callback: Callback | None,
 ) -> None:
-    """Run Adam in place on ``u``; updates ``iterations`` and ``energy``."""
+    """Run Adam in place on the solver variable ``u``; updates ``iterations`` and ``energy``."""
     schedule = ws.term.schedule
     max_iter, check_every, tol = iteration.max_iter, iteration.check_every, iteration.tol
     if iteration.lr is not None:
@@ -341,7 +405,7 @@ def _adam(
         grad = ws.gradient(u)
         step(u, grad, m, v, k, runs, decay ** (k - 1), schedule.beta2)
         if floor is not None:
-            u.clamp_min_(floor)
+            ws.image(u).clamp_min_(floor)
         iterations += active.to(iterations.device)
         if k % check_every == 0 or k == max_iter:
             new_energy = ws.energy(u)
@@ -447,7 +511,7 @@ def energy(
     restored: Tensor,
     noisy: Tensor,
     weight: Tensor,
-    reg: TotalVariation,
+    reg: Regulariser,
     term: DataTerm,
     *,
     slices: int = 256,
@@ -459,7 +523,8 @@ def energy(
     matters for images that were solved in tiles.
 
     Args:
-        restored: ``(B, C, *spatial)`` intensities ``u``.
+        restored: ``(B, C, *spatial)`` intensities ``u``; for TGV followed along the
+            channel axis by its field ``w`` (:attr:`DenoiseResult.field`).
         noisy: ``(B, C, *spatial)`` data ``f``.
         weight: ``(B,)`` weights.
         reg, term: the regulariser and the data term.
@@ -476,7 +541,7 @@ def energy(
 
     def slab_sum(start: int, stop: int) -> Tensor:
         slab, observed = split_missing(noisy.narrow(axis, start, stop - start).contiguous())
-        ws = _Workspace(slab, half_weight, reg, term, observed)
+        ws = _workspace(slab, half_weight, reg, term, observed)
         part = variable.narrow(axis, start, stop - start).contiguous()
         return ws.energy(part) * slab[0].numel()
 
