@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 import torch
 
-from .api import restore
+from .api import RegulariserName, restore
 from .fidelity import NoiseModel
 from .io import (
     DEFAULT_MAX_PIXELS,
@@ -144,6 +144,7 @@ class SolverSettings:
         max_iter: Most iterations per image.
         tol: Relative energy change at which an image stops.
         lr: Initial learning rate; ``None`` lets the solver choose from the weight.
+        reg: ``"tv"`` or ``"tgv"`` (second-order total generalised variation).
     """
 
     weight: float | Literal["auto"] = "auto"
@@ -156,6 +157,7 @@ class SolverSettings:
     max_iter: int = DEFAULT_MAX_ITER
     tol: float = DEFAULT_TOL
     lr: float | None = None
+    reg: RegulariserName = "tv"
 
     def kwargs(self) -> dict[str, Any]:
         """The settings as keyword arguments for :func:`~tvdenoise.restore`."""

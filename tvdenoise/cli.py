@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from . import __version__
+from .api import RegulariserName
 from .batch import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_QUALITY,
@@ -262,6 +263,15 @@ def tvdenoise(
         ),
     ] = None,
     tv: Annotated[TVKind, typer.Option(help="Total variation variant.")] = "isotropic",
+    reg: Annotated[
+        RegulariserName,
+        typer.Option(
+            help=(
+                "Regulariser: tv, or tgv (second-order total generalised variation: smooth "
+                "shading without staircases, for micrographs; Gaussian noise only)."
+            )
+        ),
+    ] = "tv",
     color: Annotated[
         ColorMode,
         typer.Option(help="Colour coupling: one edge map for all channels, or each alone."),
@@ -386,6 +396,8 @@ def tvdenoise(
         _fail("--sigma applies to --noise gaussian only", EXIT_USAGE)
     if peak is not None and noise != "poisson":
         _fail("--peak applies to --noise poisson only", EXIT_USAGE)
+    if reg == "tgv" and (noise != "gaussian" or tv != "isotropic"):
+        _fail("--reg tgv supports --noise gaussian and --tv isotropic only", EXIT_USAGE)
     try:
         torch_device = resolve_device(device)
     except ValueError as exc:
@@ -410,6 +422,7 @@ def tvdenoise(
             max_iter=max_iter,
             tol=tol,
             lr=lr,
+            reg=reg,
         ),
         device=str(torch_device),
         quality=quality,

@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 #: ``alpha0 / alpha1``, in samples (``scripts/eval_tgv.py`` measures the choice).
-DEFAULT_RATIO = 2.0
+DEFAULT_RATIO = 5.0
 
 
 @dataclass(frozen=True)
