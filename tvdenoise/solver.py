@@ -96,7 +96,8 @@ class Workspace(Protocol):
     term: DataTerm
 
     def variables(self, u: Tensor) -> Tensor:
-        """The solver variable that starts at the data term's variable ``u``."""
+        """The solver variable that starts at the data term's variable ``u`` (or, stacked
+        with ``u``, at the regulariser's own variables as :meth:`extra` gives them)."""
         ...
 
     def image(self, x: Tensor) -> Tensor:
@@ -543,7 +544,7 @@ def energy(
         slab, observed = split_missing(noisy.narrow(axis, start, stop - start).contiguous())
         ws = _workspace(slab, half_weight, reg, term, observed)
         part = variable.narrow(axis, start, stop - start).contiguous()
-        return ws.energy(part) * slab[0].numel()
+        return ws.energy(ws.variables(part)) * slab[0].numel()
 
     total = torch.zeros(b, dtype=noisy.dtype, device=noisy.device)
     for start in range(0, length, slices):

@@ -267,7 +267,12 @@ class TGVWorkspace:
         self.norm = f.new_empty(shape)
 
     def variables(self, u: Tensor) -> Tensor:
-        """The solver variable for the starting image ``u``: ``(u, 0, ..., 0)``."""
+        """The solver variable for the starting image ``u`` (``w = 0``), or for ``u`` and
+        ``w`` stacked along the channel axis (as :meth:`extra` gives them)."""
+        if u.shape[1] == self.grad.shape[1]:
+            x = u.clone()
+            x[:, self.channels :] /= self.field_scale
+            return x
         x = u.new_zeros(self.grad.shape)
         x[:, : self.channels] = u
         return x
