@@ -75,10 +75,8 @@ def _regulariser(name: str, first_order: TotalVariation, noise: str) -> Regulari
         )
     if noise != "gaussian":
         raise ValueError(f"reg='tgv' supports noise='gaussian' only, got noise={noise!r}")
-    reg = first_order
-    return TotalGeneralisedVariation(
-        DEFAULT_RATIO, reg.color, reg.eps, reg.spatial_dims, reg.spacing
-    )
+    tv = first_order
+    return TotalGeneralisedVariation(DEFAULT_RATIO, tv.color, tv.eps, tv.spatial_dims, tv.spacing)
 
 
 def _resolve_weights(
