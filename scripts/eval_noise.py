@@ -15,6 +15,11 @@ estimated, not given). The table reports the best PSNR of each model, the differ
 automatic weight's PSNR and its gap to the best. Calibration images (the rules were fitted
 on them) are marked ``*``; the others are held out.
 
+``--photons`` measures what ``noise="poisson"`` returns with its automatic settings
+(:func:`tvdenoise.restore`: per image the Poisson or the Gaussian model, whichever scores
+better on held-out photons; the peak estimated) against the Gaussian model at its best
+weight, at 10 and 30 photons, and records the table in ``benchmarks/RESULTS.md``.
+
 ``--convergence`` instead prints the RMS distance of the Adam result (default settings)
 to the certified minimiser (:func:`tvdenoise.reference.reference_solve`) on 64x64 crops,
 at the automatic weights.
@@ -22,6 +27,7 @@ at the automatic weights.
 Usage::
 
     python scripts/eval_noise.py [--images astronaut,camera] [--seed 0] [--threads 1]
+    python scripts/eval_noise.py --photons [--jobs 2]
     python scripts/eval_noise.py --convergence
 """
 
@@ -29,14 +35,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
 from skimage import data
 
-from tvdenoise import solve
+from tvdenoise import restore, solve
 from tvdenoise.noise_weight import auto_weight_for_noise
 from tvdenoise.reference import reference_solve
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from results import record
 
 CALIBRATION = ("astronaut", "camera", "coffee", "chelsea")
 HELD_OUT = ("rocket", "brick", "cell", "coins")
@@ -126,6 +138,51 @@ def table(names: list[str], seed: int) -> None:
         )
 
 
+def photon_case(name: str, peak: float, seed: int) -> tuple[float, float, float, str, float]:
+    """Gaussian model at its best weight, and ``noise="poisson"`` at its automatic
+    settings: (best Gaussian weight, its PSNR, the automatic PSNR, the model chosen,
+    the Poisson model's best PSNR)."""
+    torch.set_num_threads(1)
+    clean = load(name, 256)
+    noisy = add_noise(clean, "poisson", peak, seed)
+    wg, pg = sweep(noisy, clean, "gaussian", "poisson")
+    _, pm = sweep(noisy, clean, "poisson", "poisson")
+    result = restore(noisy, noise="poisson")
+    assert result.noise_models is not None
+    return wg, pg, psnr(result.restored[0], clean), result.noise_models[0], pm
+
+
+def photons(names: list[str], seed: int, jobs: int) -> None:
+    header = (
+        "| image | photons | gaussian best | poisson best | poisson auto | model chosen "
+        "| auto - gaussian best |\n|---|---|---|---|---|---|---|"
+    )
+    rows = [header]
+    print(header, flush=True)
+    margins: list[float] = []
+    cases = [(name, peak) for name in names for peak in (10.0, 30.0)]
+    with ProcessPoolExecutor(jobs) as pool:
+        futures = [pool.submit(photon_case, name, peak, seed) for name, peak in cases]
+        for (name, peak), future in zip(cases, futures, strict=True):
+            _, pg, pa, model, pm = future.result()
+            margins.append(pa - pg)
+            row = (
+                f"| {name} | {peak:g} | {pg:.2f} | {pm:.2f} | {pa:.2f} | {model} | {pa - pg:+.2f} |"
+            )
+            rows.append(row)
+            print(row, flush=True)
+    bar = (
+        f"BAR --noise poisson (automatic) >= --noise gaussian at its best weight on every "
+        f"image: worst {min(margins):+.2f} dB, mean {np.mean(margins):+.2f} dB"
+    )
+    print(bar)
+    intro = (
+        "256x256 central crops, `clip(Poisson(peak * clean) / peak, 0, 1)`, seed "
+        f"{seed}, peak estimated; PSNR in dB. `python scripts/eval_noise.py --photons`"
+    )
+    record("eval_noise", "\n".join([intro, "", *rows, "", "```", bar, "```"]))
+
+
 def convergence(names: list[str], seed: int) -> None:
     print(f"{'image':<11} {'noise':<14} {'weight':>6} {'RMS to minimiser':>16}")
     for name in names:
@@ -145,11 +202,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--convergence", action="store_true")
+    parser.add_argument("--photons", action="store_true")
+    parser.add_argument("--jobs", type=int, default=1, help="cases measured at once (--photons)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = args.images.split(",")
     if args.convergence:
         convergence(names, args.seed)
+    elif args.photons:
+        photons(names, args.seed, args.jobs)
     else:
         table(names, args.seed)
 

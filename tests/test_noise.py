@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
 import torch
 
-from tvdenoise import solve
+from tvdenoise import restore, solve
+from tvdenoise.auto import refine_weight, sample_tiles
 from tvdenoise.fidelity import (
     NOISE_MODELS,
+    data_term,
     fidelity,
     fidelity_gradient,
     gaussian_fidelity,
@@ -17,14 +20,18 @@ from tvdenoise.fidelity import (
     poisson_fidelity,
 )
 from tvdenoise.noise_weight import (
+    _gaussian_rule,
+    _PoissonHoldOut,
     auto_weight_for_noise,
     estimate_impulse_fraction,
     estimate_peak,
     impulse_weight,
+    poisson_estimators,
     poisson_weight,
 )
 from tvdenoise.reference import reference_denoise, reference_solve
-from tvdenoise.tv import total_variation
+from tvdenoise.solver import DEFAULT_EPS
+from tvdenoise.tv import TotalVariation, total_variation
 
 from helpers import piecewise_image, psnr
 
@@ -333,3 +340,48 @@ def test_poisson_weight_is_refined_on_thinned_photons(seed: int) -> None:
     best = max(psnr(solve(noisy, w, noise="poisson").restored[0], clean) for w in grid)
     assert psnr(solve(noisy, chosen, noise="poisson").restored[0], clean) >= best - 0.5
     assert psnr(solve(noisy, rule, noise="poisson").restored[0], clean) < best - 1
+
+
+def _photon_image(seed: int) -> torch.Tensor:
+    clean = piecewise_image(1, 41, 37, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    return (torch.poisson(clean * 10, generator=g) / 10).clamp(0, 1)[None]
+
+
+@pytest.mark.parametrize("seed", [0, pytest.param(3, marks=pytest.mark.slow)])
+def test_photon_choice_is_never_worse_on_held_out_photons(seed: int) -> None:
+    """The model chosen for photon noise scores no worse on the held-out photons than
+    either candidate at its own weight (both recomputed here on the same split)."""
+    noisy = _photon_image(seed)
+    reg = TotalVariation(eps=DEFAULT_EPS)
+    weights, gaussian = poisson_estimators(noisy, reg, peak=10.0)
+    keep = math.sqrt(0.8)
+    tiles = sample_tiles(noisy)[0]
+    rule = float(poisson_weight(10.0))
+    held = _PoissonHoldOut(tiles, 10.0, rule, reg)
+    squared = data_term("gaussian")
+
+    def gaussian_score(candidates: list[float]) -> list[float]:
+        return held.score(candidates, squared)
+
+    poisson_candidate = refine_weight(held, rule / keep)
+    gaussian_candidate = refine_weight(gaussian_score, _gaussian_rule(tiles, 8.0, reg))
+    scores = {"poisson": held([poisson_candidate])[0]}
+    scores["gaussian"] = gaussian_score([gaussian_candidate])[0]
+    chosen = "gaussian" if bool(gaussian[0]) else "poisson"
+    assert scores[chosen] == min(scores.values())
+    expected = (gaussian_candidate if chosen == "gaussian" else poisson_candidate) * keep
+    assert float(weights[0]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_photon_noise_restores_with_the_chosen_model() -> None:
+    noisy = torch.cat([_photon_image(0), _photon_image(1)])
+    result = restore(noisy, noise="poisson", peak=10.0)
+    assert result.noise_models is not None and len(result.noise_models) == 2
+    for i, model in enumerate(result.noise_models):
+        alone = solve(noisy[i], float(result.weights[i]), noise=model)  # type: ignore[arg-type]
+        assert torch.allclose(result.restored[i], alone.restored[0], atol=1e-6)
+    # A given weight keeps the Poisson model; so does the automatic weight of other models.
+    assert restore(noisy, 0.5, noise="poisson").noise_models is None
+    with pytest.raises(ValueError, match="sigma applies to noise='gaussian' only"):
+        restore(noisy, noise="poisson", sigma=0.1)

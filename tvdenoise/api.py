@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 import torch
@@ -17,13 +17,25 @@ from torch import Tensor
 
 from .auto import choose_weight
 from .checks import check_choice, floating
-from .fidelity import DataTerm, NoiseModel
+from .colour import (
+    ColorChoice,
+    chroma_weights,
+    from_opponent,
+    opponent_regulariser,
+    opponent_weights,
+    partly_missing,
+    resolve_color,
+    to_opponent,
+)
+from .fidelity import DataTerm, NoiseModel, data_term
 from .missing import check_finite
+from .noise_weight import poisson_estimators
 from .solver import (
     DEFAULT_EPS,
     DEFAULT_MAX_ITER,
     DEFAULT_TOL,
     Callback,
+    DenoiseResult,
     Iteration,
     energy,
     model,
@@ -32,7 +44,7 @@ from .solver import (
 )
 from .tgv import DEFAULT_RATIO, Regulariser, TotalGeneralisedVariation
 from .tiling import DEFAULT_OVERLAP, auto_tile, run_tiled, tiles_per_batch
-from .tv import ColorMode, TotalVariation, TVKind
+from .tv import TotalVariation, TVKind
 
 __all__ = ["REGULARISERS", "RegulariserName", "Restoration", "Weight", "denoise", "restore"]
 
@@ -55,6 +67,12 @@ class Restoration:
             ``None``.
         iterations: iterations run per image (the most of any tile), ``(B,)``.
         energy: the final energy per image, ``(B,)``.
+        chroma_weights: for ``color="opponent"``, the colour weight per image, ``(B,)``
+            (``weights`` are then the brightness weights); else ``None``.
+        noise_models: for ``noise="poisson"`` with the automatic weight, the model each
+            image was restored with, ``"poisson"`` or ``"gaussian"`` (whichever scored
+            better on held-out photons; ``weights`` are in that model's units); else
+            ``None``.
     """
 
     restored: Tensor
@@ -62,6 +80,8 @@ class Restoration:
     sigmas: Tensor | None
     iterations: Tensor
     energy: Tensor
+    chroma_weights: Tensor | None = None
+    noise_models: tuple[str, ...] | None = None
 
 
 def _regulariser(name: str, first_order: TotalVariation, noise: str) -> Regulariser:
@@ -122,7 +142,8 @@ def restore(
     noise: NoiseModel = "gaussian",
     peak: float | None = None,
     tv: TVKind = "isotropic",
-    color: ColorMode = "joint",
+    color: ColorChoice = "auto",
+    chroma_weight: float | Sequence[float] | Tensor | None = None,
     max_iter: int = DEFAULT_MAX_ITER,
     tol: float = DEFAULT_TOL,
     lr: float | None = None,
@@ -143,35 +164,64 @@ def restore(
     Returns:
         A :class:`Restoration` with ``(B, C, *spatial)`` images.
     """
-    first_order, term = model(tv, color, eps, spatial_dims, spacing, noise, peak)
-    regulariser = _regulariser(reg, first_order, noise)
+    first_order, term = model(tv, "joint", eps, spatial_dims, spacing, noise, peak)
     iteration = Iteration(max_iter, tol, lr)
     # The result is data, not a function of the input autograd could follow.
-    f = _with_missing(floating(regulariser.batch(image).detach()), mask)
+    f = _with_missing(floating(first_order.batch(image).detach()), mask)
+    partly = color == "auto" and f.shape[1] == 3 and partly_missing(f)
+    mode = resolve_color(color, f.shape[1], noise, partly=partly)
+    if color in ("joint", "separate") and chroma_weight is not None:
+        raise ValueError(f"chroma_weight applies to color='opponent' only; got color={color!r}")
+    if reg != "tv" and mode == "opponent":
+        if color == "opponent":
+            raise ValueError(f"color='opponent' applies to reg='tv' only; got reg={reg!r}")
+        mode = "joint"
+    if mode == "separate":
+        first_order = replace(first_order, color="separate")
+    regulariser = _regulariser(reg, first_order, noise)
     if f.shape[0] == 0:
         nothing = f.new_zeros(0)
         return Restoration(f.clone(), nothing, None, nothing.long(), nothing)
     if tile is not None and tile < 0:
         raise ValueError(f"tile must be >= 0 (0: never tile), got {tile}")
     term.check_data(f)
+    if mode == "opponent":
+        return _restore_opponent(
+            f, weight, chroma_weight, sigma, first_order, iteration, tile, callback
+        )
+    if term.name == "poisson" and isinstance(weight, str) and weight == "auto":
+        return _restore_photons(f, sigma, peak, first_order, iteration, tile, callback)
     weights, sigmas = _resolve_weights(f, weight, sigma, regulariser, term, peak)
+    result = _solve(f, weights, regulariser, term, iteration, tile, callback)
+    return Restoration(result.restored, result.weights, sigmas, result.iterations, result.energy)
+
+
+def _solve(
+    f: Tensor,
+    weights: Tensor | float | Sequence[float],
+    reg: Regulariser,
+    term: DataTerm,
+    iteration: Iteration,
+    tile: int | None,
+    callback: Callback | None,
+    *,
+    clip: bool = True,
+) -> DenoiseResult:
+    """Solve a batch whole, or in tiles when ``tile`` (or the device's memory) asks."""
     chosen = auto_tile(f.shape, f.device, f.dtype) if tile is None else tile
     if not chosen or all(chosen >= n for n in f.shape[2:]):
-        result = run_solver(f, weights, regulariser, term, iteration, callback)
-        return Restoration(
-            result.restored, result.weights, sigmas, result.iterations, result.energy
-        )
+        return run_solver(f, weights, reg, term, iteration, callback, clip=clip)
     per_image = weights_per_image(weights, f.shape[0], f)
     c = f.shape[1]
 
     def solve_tiles(tiles: Tensor, tile_weights: Tensor) -> tuple[Tensor, Tensor]:
-        done = run_solver(tiles[:, :c], tile_weights, regulariser, term, iteration)
+        done = run_solver(tiles[:, :c], tile_weights, reg, term, iteration, clip=clip)
         if done.field is None:
             return done.restored, done.iterations
         return torch.cat([done.restored, done.field], dim=1), done.iterations
 
     # TGV's field is stitched with the image (as extra channels) for the final energy.
-    extra = 0 if isinstance(regulariser, TotalVariation) else regulariser.spatial_dims * c
+    extra = 0 if isinstance(reg, TotalVariation) else reg.spatial_dims * c
     padded = f if not extra else torch.cat([f, f.new_zeros((f.shape[0], extra, *f.shape[2:]))], 1)
     stitched, iterations = run_tiled(
         padded,
@@ -181,9 +231,92 @@ def restore(
         overlap=DEFAULT_OVERLAP,
         tiles_per_batch=tiles_per_batch(f.device),
     )
-    final = energy(stitched, f, per_image, regulariser, term)
+    final = energy(stitched, f, per_image, reg, term)
     restored = stitched[:, :c].contiguous() if extra else stitched
-    return Restoration(restored, per_image, sigmas, iterations, final)
+    return DenoiseResult(restored, per_image, iterations, final)
+
+
+def _restore_opponent(
+    f: Tensor,
+    weight: Weight,
+    chroma_weight: float | Sequence[float] | Tensor | None,
+    sigma: float | Tensor | None,
+    reg: TotalVariation,
+    iteration: Iteration,
+    tile: int | None,
+    callback: Callback | None,
+) -> Restoration:
+    """Gaussian denoising in the opponent colour space (:mod:`tvdenoise.colour`): the
+    brightness and the colour problems solved apart, each at its own weight."""
+    b = f.shape[0]
+    sigmas: Tensor | None = None
+    if isinstance(weight, str):
+        if weight != "auto":
+            raise ValueError(f"weight must be a number >= 0 or 'auto', got {weight!r}")
+        light, colour, sigmas = opponent_weights(f, reg, sigma=sigma, colour=chroma_weight is None)
+        light = weights_per_image(light, b, f)
+        colour = colour if chroma_weight is None else chroma_weights(chroma_weight, light)
+    else:
+        if sigma is not None:
+            raise ValueError("sigma sets the automatic weight; it needs weight='auto'")
+        light = weights_per_image(weight, b, f)
+        colour = chroma_weights(chroma_weight, light)
+    g = to_opponent(f)
+    part_reg = opponent_regulariser(reg)
+    term = data_term("gaussian")
+    parts = [
+        _solve(
+            g[:, channels].contiguous(), w, part_reg, term, iteration, tile, callback, clip=False
+        )
+        for channels, w in ((slice(0, 1), light), (slice(1, 3), colour))
+    ]
+    u = torch.cat([p.restored for p in parts], dim=1)
+    # The data plus the change taken back to RGB: exactly the data where nothing changed
+    # (weight 0); where a pixel is missing, the values the total variation filled in.
+    restored = f + from_opponent(u - g)
+    restored = torch.where(torch.isnan(restored), from_opponent(u), restored).clamp_(0.0, 1.0)
+    # Both energies are means over their values: one brightness and two colour channels.
+    total = (parts[0].energy + 2 * parts[1].energy) / 3
+    iterations = torch.maximum(parts[0].iterations, parts[1].iterations)
+    return Restoration(restored, parts[0].weights, sigmas, iterations, total, parts[1].weights)
+
+
+def _restore_photons(
+    f: Tensor,
+    sigma: float | Tensor | None,
+    peak: float | None,
+    reg: TotalVariation,
+    iteration: Iteration,
+    tile: int | None,
+    callback: Callback | None,
+) -> Restoration:
+    """Photon noise at the automatic weight: per image, the Poisson or the Gaussian
+    model, whichever restores held-out photons better
+    (:func:`tvdenoise.noise_weight.poisson_estimators`)."""
+    if sigma is not None:
+        raise ValueError("sigma applies to noise='gaussian' only, got noise='poisson'")
+    weights, gaussian = poisson_estimators(f, reg, peak=peak)
+    restored = torch.empty_like(f)
+    iterations = torch.zeros(f.shape[0], dtype=torch.long)
+    final = f.new_zeros(f.shape[0])
+    for use_gaussian, name in ((False, "poisson"), (True, "gaussian")):
+        index = torch.nonzero(gaussian == use_gaussian).flatten()
+        if len(index):
+            done = _solve(
+                f[index.to(f.device)],
+                weights[index],
+                reg,
+                data_term(name),
+                iteration,
+                tile,
+                callback,
+            )
+            restored[index.to(f.device)] = done.restored
+            iterations[index] = done.iterations
+            final[index.to(f.device)] = done.energy
+    models = tuple("gaussian" if bool(g) else "poisson" for g in gaussian)
+    per_image = weights_per_image(weights, f.shape[0], f)
+    return Restoration(restored, per_image, None, iterations, final, noise_models=models)
 
 
 def denoise(
@@ -194,7 +327,8 @@ def denoise(
     noise: NoiseModel = "gaussian",
     peak: float | None = None,
     tv: TVKind = "isotropic",
-    color: ColorMode = "joint",
+    color: ColorChoice = "auto",
+    chroma_weight: float | Sequence[float] | Tensor | None = None,
     max_iter: int = DEFAULT_MAX_ITER,
     tol: float = DEFAULT_TOL,
     lr: float | None = None,
@@ -224,14 +358,27 @@ def denoise(
             ``"auto"`` (default): estimated per image from its noise level
             (:func:`tvdenoise.auto.auto_weight`, or for impulse/Poisson noise
             :func:`tvdenoise.noise_weight.auto_weight_for_noise`). ``0`` returns the input.
+            With ``color="opponent"`` it is the brightness weight.
         sigma: Gaussian noise standard deviation on the [0, 1] scale (a number or one
             per image) for the automatic weight, instead of estimating it.
         noise: ``"gaussian"`` (squared error), ``"impulse"`` (absolute error: salt and
             pepper, dead pixels) or ``"poisson"`` (photon counts); see
-            :mod:`tvdenoise.fidelity`.
+            :mod:`tvdenoise.fidelity`. With ``"poisson"`` and ``weight="auto"`` each image
+            is restored with the Poisson or the Gaussian model, whichever restores
+            held-out photons better (:func:`tvdenoise.noise_weight.poisson_estimators`).
         peak: photons at intensity 1 for ``noise="poisson"``; estimated when ``None``.
         tv: ``"isotropic"`` or ``"anisotropic"`` total variation.
-        color: ``"joint"`` (one gradient magnitude for all channels) or ``"separate"``.
+        color: ``"joint"`` (one gradient magnitude for all channels), ``"separate"``,
+            ``"opponent"`` (three channels, Gaussian noise: brightness and the two
+            colour differences of an orthonormal opponent space, each with its own
+            weight; see :mod:`tvdenoise.colour`) or ``"auto"`` (default): ``"opponent"``
+            for three-channel images with Gaussian noise (unless some pixel lacks some
+            of its channels but not all), ``"joint"`` otherwise.
+        chroma_weight: for ``"opponent"``, the weight of the colour channels (one
+            number or one per image); ``None``: chosen automatically with
+            ``weight="auto"``, else ``CHROMA_RATIO`` (:mod:`tvdenoise.colour`) times
+            ``weight``. Ignored where ``"auto"`` resolves to ``"joint"``; an error
+            with ``"joint"`` or ``"separate"``.
         max_iter: maximum number of Adam iterations.
         tol: relative energy change below which an image stops.
         lr: initial learning rate; default proportional to the weight.
@@ -275,6 +422,7 @@ def denoise(
         peak=peak,
         tv=tv,
         color=color,
+        chroma_weight=chroma_weight,
         max_iter=max_iter,
         tol=tol,
         lr=lr,

@@ -345,7 +345,10 @@ class _Sure:
     def __call__(self, weights: list[float]) -> list[float]:
         """SURE of the image's result at each of ``weights``."""
         both = solve_at_weights(
-            self.images, weights, self.reg, iteration=Iteration(_SURE_MAX_ITER, _SURE_TOL)
+            self.images,
+            weights,
+            self.reg,
+            iteration=Iteration(_SURE_MAX_ITER, _SURE_TOL),
         )
         t = self.tiles.shape[0]
         u, v = both[:, :t], both[:, t:]
@@ -371,9 +374,11 @@ def solve_at_weights(
     term: DataTerm | None = None,
     *,
     iteration: Iteration | None = None,
+    clip: bool = True,
 ) -> Tensor:
     """Every image of ``(T, C, *spatial)`` solved at every weight, in one batch:
-    ``(K, T, C, *spatial)`` in float64 for ``K`` weights (Gaussian data term by default)."""
+    ``(K, T, C, *spatial)`` in float64 for ``K`` weights (Gaussian data term by default;
+    ``clip`` as in :func:`tvdenoise.solver.run_solver`)."""
     term = data_term("gaussian") if term is None else term
     iteration = Iteration() if iteration is None else iteration
     t = images.shape[0]
@@ -387,7 +392,12 @@ def solve_at_weights(
         chunk = max(1, _CPU_CHUNK_VALUES // images[0].numel())
     restored = [
         run_solver(
-            batch[start : start + chunk], per_image[start : start + chunk], reg, term, iteration
+            batch[start : start + chunk],
+            per_image[start : start + chunk],
+            reg,
+            term,
+            iteration,
+            clip=clip,
         ).restored.to(torch.float64)
         for start in range(0, len(batch), chunk)
     ]
@@ -503,6 +513,23 @@ def auto_weight(
     return choose_weight(reg.batch(image, "image"), reg, sigma=sigma, method=method)
 
 
+def noise_levels(batch: Tensor, sigma: float | Tensor | None) -> Tensor:
+    """The Gaussian noise level per image of a ``(B, C, *spatial)`` batch, ``(B,)``:
+    ``sigma`` as given (validated), or estimated."""
+    h, w = batch.shape[-2:]
+    if sigma is None and (h < MIN_SIZE or w < MIN_SIZE):
+        raise ValueError(
+            f"image must be at least {MIN_SIZE}x{MIN_SIZE} pixels to estimate its noise, "
+            f"got {h}x{w}; give sigma (or a weight)"
+        )
+    # Missing values (NaN) are filled for the noise estimate, which the noise-free fill
+    # lowers by the observed share of the variance; SURE ignores them.
+    sigmas = _sigmas(sigma, split_missing(batch)[0])
+    if sigma is None:
+        sigmas = sigmas / observed_share(batch).to(sigmas.device).sqrt()
+    return sigmas
+
+
 def choose_weight(
     batch: Tensor,
     reg: Regulariser,
@@ -517,17 +544,7 @@ def choose_weight(
     """
     check_choice("method", method, AUTO_METHODS)
     b, c = batch.shape[:2]
-    h, w = batch.shape[-2:]
-    if sigma is None and (h < MIN_SIZE or w < MIN_SIZE):
-        raise ValueError(
-            f"image must be at least {MIN_SIZE}x{MIN_SIZE} pixels to estimate its noise, "
-            f"got {h}x{w}; give sigma (or a weight)"
-        )
-    # Missing values (NaN) are filled for the noise estimate, which the noise-free fill
-    # lowers by the observed share of the variance; SURE ignores them.
-    sigmas = _sigmas(sigma, split_missing(batch)[0])
-    if sigma is None:
-        sigmas = sigmas / observed_share(batch).to(sigmas.device).sqrt()
+    sigmas = noise_levels(batch, sigma)
     weights = weight_for_sigma(sigmas, tv=reg.kind, color=reg.color, channels=c).clone()
     if method == "rule" or b == 0:
         return weights, sigmas

@@ -45,6 +45,7 @@ from typing import Any, Literal
 import torch
 
 from .api import RegulariserName, restore
+from .colour import ColorChoice
 from .fidelity import NoiseModel
 from .io import (
     DEFAULT_MAX_PIXELS,
@@ -59,7 +60,7 @@ from .io import (
 )
 from .io.layout import Prepared, choose_layout, prepare
 from .solver import DEFAULT_MAX_ITER, DEFAULT_TOL, Callback
-from .tv import ColorMode, TVKind
+from .tv import TVKind
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -140,7 +141,8 @@ class SolverSettings:
         peak: Photons at full scale for Poisson noise; ``None`` estimates it.
         tile: Tile size in pixels; ``None`` decides automatically, ``0`` never tiles.
         tv: ``"isotropic"`` or ``"anisotropic"``.
-        color: ``"joint"`` or ``"separate"``.
+        color: ``"auto"``, ``"joint"``, ``"separate"`` or ``"opponent"``.
+        chroma_weight: Colour weight for ``"opponent"``; ``None`` chooses it.
         max_iter: Most iterations per image.
         tol: Relative energy change at which an image stops.
         lr: Initial learning rate; ``None`` lets the solver choose from the weight.
@@ -153,7 +155,8 @@ class SolverSettings:
     peak: float | None = None
     tile: int | None = None
     tv: TVKind = "isotropic"
-    color: ColorMode = "joint"
+    color: ColorChoice = "auto"
+    chroma_weight: float | None = None
     max_iter: int = DEFAULT_MAX_ITER
     tol: float = DEFAULT_TOL
     lr: float | None = None

@@ -45,10 +45,11 @@ from .batch import (
     run_jobs,
     write_report,
 )
+from .colour import ColorChoice
 from .fidelity import NoiseModel
 from .io import DEFAULT_MAX_PIXELS, SUPPORTED_SUFFIXES, ImageFileError
 from .solver import DEFAULT_MAX_ITER, DEFAULT_TOL, Callback
-from .tv import ColorMode, TVKind
+from .tv import TVKind
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "app", "main"]
 
@@ -273,9 +274,23 @@ def tvdenoise(
         ),
     ] = "tv",
     color: Annotated[
-        ColorMode,
-        typer.Option(help="Colour coupling: one edge map for all channels, or each alone."),
-    ] = "joint",
+        ColorChoice,
+        typer.Option(
+            help=(
+                "Colour coupling: opponent (brightness and colour apart, each its own "
+                "weight), joint (one edge map for all channels), separate (each alone); "
+                "auto: opponent for RGB with --noise gaussian, else joint."
+            )
+        ),
+    ] = "auto",
+    chroma_weight: Annotated[
+        float | None,
+        typer.Option(
+            callback=_non_negative,
+            help="Colour weight for --color opponent (--weight is then the brightness one).",
+            show_default="automatic, or 2.5 x --weight",
+        ),
+    ] = None,
     max_iter: Annotated[
         int, typer.Option(min=1, help="Most solver iterations per image.")
     ] = DEFAULT_MAX_ITER,
@@ -398,6 +413,12 @@ def tvdenoise(
         _fail("--peak applies to --noise poisson only", EXIT_USAGE)
     if reg == "tgv" and (noise != "gaussian" or tv != "isotropic"):
         _fail("--reg tgv supports --noise gaussian and --tv isotropic only", EXIT_USAGE)
+    if color == "opponent" and reg != "tv":
+        _fail("--color opponent applies to --reg tv only", EXIT_USAGE)
+    if color == "opponent" and noise != "gaussian":
+        _fail("--color opponent needs --noise gaussian; use joint or separate", EXIT_USAGE)
+    if chroma_weight is not None and color in ("joint", "separate"):
+        _fail("--chroma-weight applies to --color opponent (or auto) only", EXIT_USAGE)
     try:
         torch_device = resolve_device(device)
     except ValueError as exc:
@@ -419,6 +440,7 @@ def tvdenoise(
             tile=tile,
             tv=tv,
             color=color,
+            chroma_weight=chroma_weight,
             max_iter=max_iter,
             tol=tol,
             lr=lr,

@@ -351,12 +351,16 @@ def run_solver(
     term: DataTerm,
     iteration: Iteration,
     callback: Callback | None = None,
+    *,
+    clip: bool = True,
 ) -> DenoiseResult:
     """:func:`solve` on a validated ``(B, C, *spatial)`` batch and settings objects.
 
     NaN values of ``noisy`` are missing (:mod:`tvdenoise.missing`): no fidelity there.
     ``reg`` is a :class:`~tvdenoise.tv.TotalVariation` or a
     :class:`~tvdenoise.tgv.TotalGeneralisedVariation` (Gaussian noise only).
+    With ``clip=False`` the result is not clipped to [0, 1]: for data in another space
+    than intensities, such as the opponent colour channels (:mod:`tvdenoise.colour`).
     """
     check_finite(noisy, "noisy")
     # The solver is not differentiable (in-place updates): its input is data.
@@ -375,7 +379,9 @@ def run_solver(
     energy = ws.energy(x)
     if bool(active.any()):
         _adam(x, ws, weights, active, iterations, energy, iteration, callback)
-    restored = term.from_variable_(ws.image(x).contiguous()).clamp_(0.0, 1.0)
+    restored = term.from_variable_(ws.image(x).contiguous())
+    if clip:
+        restored.clamp_(0.0, 1.0)
     return DenoiseResult(restored, weights, iterations, energy, ws.extra(x))
 
 

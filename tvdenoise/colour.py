@@ -1,0 +1,299 @@
+"""Total variation of colour images in an orthonormal opponent colour space.
+
+The noise of a photograph is equally strong in every colour direction, but the picture is
+not: its structure is mostly in brightness, its colour varies slowly. The opponent space
+
+.. math::
+
+    O = \\begin{pmatrix} 1/\\sqrt3 & 1/\\sqrt3 & 1/\\sqrt3 \\\\
+                         1/\\sqrt2 & 0 & -1/\\sqrt2 \\\\
+                         1/\\sqrt6 & -2/\\sqrt6 & 1/\\sqrt6 \\end{pmatrix}
+
+splits an RGB value into brightness ``(R + G + B) / sqrt 3`` and two colour differences
+``(R - B) / sqrt 2`` and ``(R - 2G + B) / sqrt 6``. ``O`` is orthonormal, so white Gaussian
+noise of level ``sigma`` in RGB is white Gaussian noise of the same level in each opponent
+channel, and the squared error ``|u - f|**2`` is the same in both spaces. The energy
+
+.. math::
+
+    E(u) = \\frac{1}{N}\\Big(|u - f|^2 + w_L \\mathrm{TV}(L u)
+        + w_C \\mathrm{TV}_{joint}(C u)\\Big)
+
+(``L``: the brightness row of ``O``, ``C``: the two colour rows, coupled by one gradient
+magnitude) therefore splits exactly into two independent problems: brightness, one
+channel with weight ``w_L``, and colour, two channels with weight ``w_C``. Each is solved
+on its own (:func:`tvdenoise.solver.run_solver`, without clipping: opponent values are
+not intensities) and each weight is chosen on its own, by SURE on the opponent channels
+(:func:`opponent_weights`); the result is taken back to RGB and clipped to [0, 1].
+
+Why only Gaussian noise: impulse noise hits one RGB value and leaves the others exact, and
+photon noise has a variance that follows each channel's intensity; ``O`` mixes an outlier
+into all three opponent channels and makes the noise correlated between them, so neither
+model's fidelity splits. Those models keep the joint RGB total variation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+from .auto import (
+    _PROBE_RATIO,
+    _PROBE_SEED,
+    _PROBES,
+    _SURE_MAX_ITER,
+    _SURE_TOL,
+    AUTO_METHODS,
+    AutoMethod,
+    _clipped_targets,
+    noise_levels,
+    refine_weight,
+    sample_tiles,
+    solve_at_weights,
+    weight_for_sigma,
+)
+from .checks import check_choice
+from .solver import Iteration, weights_per_image
+from .tv import TotalVariation
+
+__all__ = [
+    "CHROMA_RATIO",
+    "COLOR_CHOICES",
+    "ColorChoice",
+    "from_opponent",
+    "opponent_matrix",
+    "opponent_weights",
+    "partly_missing",
+    "resolve_color",
+    "to_opponent",
+]
+
+#: The ``color`` option of :func:`tvdenoise.denoise`: ``"auto"`` is ``"opponent"`` for
+#: three-channel images with Gaussian noise, ``"joint"`` otherwise.
+ColorChoice = Literal["auto", "joint", "separate", "opponent"]
+COLOR_CHOICES: tuple[str, ...] = get_args(ColorChoice)
+
+#: Colour weight per brightness weight when the weight is given (``weight=W`` means
+#: ``w_L = W``, ``w_C = CHROMA_RATIO * W``): the median ratio of the best colour weight to
+#: the best brightness weight over photographs (``scripts/eval_colour.py``).
+CHROMA_RATIO = 1.9
+#: Rule of the automatic weights (the start of the SURE search), per unit of noise level:
+#: brightness, and colour (the median best weights over sigma, ``scripts/eval_colour.py``).
+BRIGHTNESS_GAIN = 1.2
+CHROMA_GAIN = 2.2
+
+
+def opponent_matrix(
+    dtype: torch.dtype = torch.float64, device: torch.device | None = None
+) -> Tensor:
+    """The orthonormal ``3 x 3`` matrix ``O`` (rows: brightness, two colour differences)."""
+    rows = [
+        [1 / math.sqrt(3)] * 3,
+        [1 / math.sqrt(2), 0.0, -1 / math.sqrt(2)],
+        [1 / math.sqrt(6), -2 / math.sqrt(6), 1 / math.sqrt(6)],
+    ]
+    return torch.tensor(rows, dtype=dtype, device=device)
+
+
+def _apply(matrix: Tensor, x: Tensor) -> Tensor:
+    if x.dim() < 2 or x.shape[1] != 3:
+        raise ValueError(f"opponent colours need (B, 3, *spatial) images, got {tuple(x.shape)}")
+    m = matrix.to(x.dtype)
+    return torch.einsum("oc,bc...->bo...", m, x)
+
+
+def to_opponent(rgb: Tensor) -> Tensor:
+    """``(B, 3, *spatial)`` RGB values to opponent values (brightness first).
+
+    A value missing (NaN) in one channel makes the pixel missing in all three.
+
+    Example:
+        >>> grey = torch.full((1, 3, 2, 2), 0.5)
+        >>> to_opponent(grey)[0, :, 0, 0].tolist()  # doctest: +ELLIPSIS
+        [0.866..., 0.0, 0.0]
+    """
+    return _apply(opponent_matrix(device=rgb.device), rgb)
+
+
+def from_opponent(opponent: Tensor) -> Tensor:
+    """The inverse of :func:`to_opponent` (``O`` is orthonormal: its transpose)."""
+    return _apply(opponent_matrix(device=opponent.device).T, opponent)
+
+
+def partly_missing(f: Tensor) -> bool:
+    """Whether some pixel of a ``(B, C, *spatial)`` batch lacks some channels (NaN) but
+    not all."""
+    nan = torch.isnan(f)
+    return bool((nan.any(1) & ~nan.all(1)).any())
+
+
+def resolve_color(color: str, channels: int, noise: str, *, partly: bool = False) -> str:
+    """The colour mode to use: ``"auto"`` resolved, and ``"opponent"`` checked.
+
+    ``"auto"`` is ``"opponent"`` for three channels and Gaussian noise, ``"joint"``
+    otherwise (one channel, four or more, impulse or photon noise), and also where
+    ``partly``: a pixel missing some channels but not all would be missing in all three
+    opponent channels, a loss the joint RGB total variation does not have.
+    """
+    check_choice("color", color, COLOR_CHOICES)
+    if color == "auto":
+        opponent = channels == 3 and noise == "gaussian" and not partly
+        return "opponent" if opponent else "joint"
+    if color == "opponent":
+        if channels != 3:
+            raise ValueError(
+                f"color='opponent' needs 3 channels (RGB), got {channels}; "
+                "use 'joint' or 'separate'"
+            )
+        if noise != "gaussian":
+            raise ValueError(
+                f"color='opponent' needs noise='gaussian' (the opponent transform makes "
+                f"{noise} noise correlated between channels), got noise={noise!r}; "
+                "use 'joint' or 'separate'"
+            )
+    return color
+
+
+def opponent_regulariser(reg: TotalVariation) -> TotalVariation:
+    """The regulariser of both opponent problems: ``reg`` with the joint coupling (the
+    brightness problem has one channel, the two colour channels share one magnitude)."""
+    return replace(reg, color="joint")
+
+
+class _ComponentSure:
+    """SURE of one opponent component's result at any weight, with RGB clipping modelled.
+
+    ``O`` is orthonormal, so the RGB squared error is the sum of the components' errors
+    and the RGB divergence ``sum_i du_i / dy_i`` is the sum of the components' traces of
+    ``D O^T J_k O`` (``J_k`` the Jacobian of component ``k``'s solve, ``D`` the RGB values
+    that are not clipped): SURE splits into one term per component, and each weight
+    minimises its own. The clipping model is the RGB one of :mod:`tvdenoise.auto`: a
+    clipped value's target is its expected unclipped value, and it is left out of the
+    divergence. The divergence is probed in RGB (a Gaussian field ``b``): component
+    ``k``'s data moves by ``delta (O b)_k`` and its response is read against
+    ``(O D b)_k``.
+    """
+
+    def __init__(
+        self,
+        rgb: Tensor,
+        targets: Tensor,
+        scored: Tensor,
+        sigma: float,
+        part: slice,
+        reg: TotalVariation,
+    ) -> None:
+        self.reg = reg
+        f = to_opponent(rgb)[:, part]
+        self.target = to_opponent(targets)[:, part]
+        self.missing = torch.isnan(f) if bool(torch.isnan(f).any()) else None
+        self.count = rgb.numel() if self.missing is None else int((~self.missing).sum())
+        self.sigma = sigma
+        self.delta = _PROBE_RATIO * sigma
+        generator = torch.Generator().manual_seed(_PROBE_SEED)
+        shape = (_PROBES * rgb.shape[0], *rgb.shape[1:])
+        probe = torch.randn(shape, generator=generator, dtype=torch.float64).to(rgb.device)
+        ones = [1] * (rgb.dim() - 1)
+        moved = f.repeat(_PROBES, *ones) + self.delta * to_opponent(probe)[:, part]
+        self.images = torch.cat([f, moved]).to(
+            rgb.dtype if rgb.dtype.is_floating_point else torch.float32
+        )
+        self.probe = to_opponent(probe * scored.repeat(_PROBES, *ones))[:, part]
+
+    def __call__(self, weights: list[float]) -> list[float]:
+        """The component's share of SURE at each of ``weights``."""
+        both = solve_at_weights(
+            self.images,
+            weights,
+            self.reg,
+            iteration=Iteration(_SURE_MAX_ITER, _SURE_TOL),
+            clip=False,
+        )
+        t = self.target.shape[0]
+        u, v = both[:, :t], both[:, t:]
+        squared = (u - self.target).square()
+        if self.missing is not None:
+            squared = squared.masked_fill(self.missing, 0.0)
+        residual = squared.flatten(1).sum(1)
+        change = (v - u.repeat(1, _PROBES, *([1] * (u.dim() - 2)))).nan_to_num(0.0)
+        divergence = (change * self.probe).flatten(1).sum(1) / (self.delta * _PROBES)
+        var = self.sigma**2
+        sure = (residual + 2 * var * divergence) / self.count
+        return [float(value) for value in sure.tolist()]
+
+
+def opponent_weights(
+    rgb: Tensor,
+    reg: TotalVariation,
+    *,
+    sigma: float | Tensor | None = None,
+    method: AutoMethod = "sure",
+    colour: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The automatic brightness and colour weights of a ``(B, 3, *spatial)`` RGB batch.
+
+    The noise level is estimated on the RGB image (or given), and is the same in every
+    opponent channel; each weight starts at its rule (``BRIGHTNESS_GAIN * sigma``,
+    ``CHROMA_GAIN * sigma``, times the anisotropic TV's factor) and is refined by its own
+    share of SURE (``_ComponentSure``, with the clipping of the RGB data modelled as in
+    :mod:`tvdenoise.auto`). ``colour=False`` skips the colour search (its rule is
+    returned), for a colour weight given by the caller.
+
+    Returns:
+        ``(brightness weights, colour weights, sigmas)``, each ``(B,)`` float32.
+    """
+    check_choice("method", method, AUTO_METHODS)
+    sigmas = noise_levels(rgb, sigma)
+    anisotropic = float(weight_for_sigma(1.0, tv=reg.kind)) / float(weight_for_sigma(1.0))
+    light = sigmas * (BRIGHTNESS_GAIN * anisotropic)
+    chroma = sigmas * (CHROMA_GAIN * anisotropic)
+    if method == "rule":
+        return light, chroma, sigmas
+    part_reg = opponent_regulariser(reg)
+    tiles = sample_tiles(rgb.to(torch.float64 if rgb.dtype == torch.float64 else torch.float32))
+    for i in range(rgb.shape[0]):
+        level = float(sigmas[i])
+        if level <= 0:
+            continue
+        image = tiles[i]
+        f = image.to(torch.float64)
+        clipped = (f <= 0) | (f >= 1)
+        targets = f
+        if bool(clipped.any()):
+            smoothed = _solve_opponent(image, float(light[i]), float(chroma[i]), part_reg)
+            targets = _clipped_targets(f, smoothed, level)
+        scored = ~clipped & ~torch.isnan(f)
+        parts = [(slice(0, 1), light)] + ([(slice(1, 3), chroma)] if colour else [])
+        for part, weights in parts:
+            sure = _ComponentSure(image, targets, scored, level, part, part_reg)
+            weights[i] = refine_weight(sure, float(weights[i]))
+    return light, chroma, sigmas
+
+
+def _solve_opponent(rgb: Tensor, light: float, chroma: float, reg: TotalVariation) -> Tensor:
+    """``(T, 3, *spatial)`` RGB images restored in the opponent space at the two weights,
+    clipped to [0, 1], in float64."""
+    g = to_opponent(rgb)
+    parts = [
+        solve_at_weights(g[:, part].contiguous(), [w], reg, clip=False)[0]
+        for part, w in ((slice(0, 1), light), (slice(1, 3), chroma))
+    ]
+    return from_opponent(torch.cat(parts, dim=1)).clamp_(0.0, 1.0)
+
+
+def chroma_weights(
+    chroma_weight: float | Sequence[float] | Tensor | None, brightness: Tensor
+) -> Tensor:
+    """The colour weight per image, ``(B,)``: ``chroma_weight`` as given (one number or
+    one per image), or ``CHROMA_RATIO`` times the brightness weight."""
+    if chroma_weight is None:
+        return brightness * CHROMA_RATIO
+    try:
+        return weights_per_image(chroma_weight, brightness.shape[0], brightness)
+    except ValueError as error:
+        raise ValueError(f"chroma_{error}") from None
