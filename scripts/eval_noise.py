@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +39,10 @@ from skimage import data
 from tvdenoise import solve
 from tvdenoise.noise_weight import auto_weight_for_noise
 from tvdenoise.reference import reference_solve
+
+# The generated results file (benchmarks/RESULTS.md) and how to write it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from results import recording
 
 CALIBRATION = ("astronaut", "camera", "coffee", "chelsea")
 HELD_OUT = ("rocket", "brick", "cell", "coins")
@@ -155,4 +161,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    convergence_only = "--convergence" in sys.argv
+    with recording(Path(__file__).stem + ("_convergence" if convergence_only else "")):
+        main()

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +41,10 @@ import torch.nn.functional as F
 from skimage import data
 
 from tvdenoise.sigma import estimate_sigma
+
+# The generated results file (benchmarks/RESULTS.md) and how to write it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from results import recording
 
 IMAGES = (
     "astronaut",
@@ -175,4 +181,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recording(Path(__file__).stem):
+        main()
