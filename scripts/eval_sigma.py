@@ -20,7 +20,9 @@ Candidates:
 * ``estimate_sigma``: the library's estimator (the spectrum of weakly textured 8x8
   patches away from clipping; see ``tvdenoise.sigma``). The previous library estimator,
   the 10th percentile of 8x8 block variances of the residual in the clipping band, is in
-  the git history (before the patch-PCA commit); its figures are in ``tvdenoise.sigma``.
+  the git history (before the patch-PCA commit), with its figures.
+
+What it prints is also written to ``benchmarks/RESULTS.md`` (its ``eval_sigma`` section).
 
 Usage::
 
