@@ -143,13 +143,19 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def _stopped(exc: BaseException | None) -> Interrupted | None:
-    """The interruption ``exc`` stands for (Click wraps Ctrl-C in ``Abort``), if any."""
+    """The interruption ``exc`` stands for, if any.
+
+    Click wraps Ctrl-C in ``Abort``; and a signal that lands inside an import can surface
+    as another error (a module half loaded), so any error after a signal counts as it.
+    """
     if isinstance(exc, typer.Abort):
         exc = exc.__cause__ or exc.__context__
     if isinstance(exc, Interrupted):
         return exc
     if isinstance(exc, KeyboardInterrupt):
         return Interrupted(signal.SIGINT)
+    if _received:
+        return Interrupted(_received[-1])
     return None
 
 
@@ -215,9 +221,12 @@ class _Command(typer.core.TyperCommand):
         """Run the command; a Ctrl-C or SIGTERM outside the batch is one line and its code."""
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt as exc:
+        except (typer.Exit, typer.TyperException):
+            raise  # the command's own exit, after its summary; a usage error
+        except BaseException as exc:
             stopped = _stopped(exc)
-            assert stopped is not None
+            if stopped is None:
+                raise
             _print_error(stopped.verb)
             raise typer.Exit(stopped.exit_code) from None
 
@@ -712,8 +721,9 @@ def main() -> None:
             signal.signal(signum, _on_signal)
     try:
         app(prog_name="tvdenoise")
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, Exception) as exc:
         stopped = _stopped(exc)
-        assert stopped is not None
+        if stopped is None:
+            raise
         sys.stderr.write(f"error: {stopped.verb}\n")
         sys.exit(stopped.exit_code)
