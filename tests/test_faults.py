@@ -19,7 +19,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tvdenoise import batch, cli
+from tvdenoise import batch, cli, stop
 from tvdenoise.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, app
 
 from helpers import files_under, run_cli, write_image
@@ -101,11 +101,11 @@ def test_ctrl_c_while_modules_load_is_one_line_and_130(tmp_path: Path, delay: fl
 def test_ctrl_c_while_planning_is_one_line_and_130(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def stop(*args: Any, **kwargs: Any) -> Any:
+    def interrupt(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(batch, "plan_jobs", stop)
-    monkeypatch.setattr(cli, "plan_jobs", stop, raising=False)
+    monkeypatch.setattr(batch, "plan_jobs", interrupt)
+    monkeypatch.setattr(cli, "plan_jobs", interrupt, raising=False)
     result = run_cli(write_image(tmp_path / "a.png"), "-o", tmp_path / "b.png", *FAST)
     assert result.exit_code == EXIT_INTERRUPTED
     assert result.stderr == "error: interrupted\n" and result.stdout == ""
@@ -123,7 +123,7 @@ def test_sigterm_mid_batch_in_process_is_143(
         nonlocal calls
         calls += 1
         if calls == 2:
-            raise cli.Interrupted(signal.SIGTERM)
+            raise stop.Interrupted(signal.SIGTERM)
         return real(noisy, **kwargs)
 
     monkeypatch.setattr(batch, "restore", solve)
@@ -136,7 +136,7 @@ def test_a_signal_swallowed_on_its_way_still_stops_the_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A library that catches KeyboardInterrupt (say, around an import) cannot undo it."""
-    monkeypatch.setattr(cli, "_received", [signal.SIGINT])
+    monkeypatch.setattr(stop, "received", [signal.SIGINT])
     out = tmp_path / "out"
     result = run_cli(write_image(tmp_path / "in" / "a.png"), "-o", f"{out}/", *FAST)
     assert result.exit_code == EXIT_INTERRUPTED
@@ -245,3 +245,23 @@ def test_completion_offers_the_choices_of_an_option() -> None:
     env = {"_TVDENOISE_COMPLETE": "complete_bash", **words}
     result = CliRunner().invoke(app, [], prog_name="tvdenoise", env=env)
     assert result.stdout.split() == ["gaussian", "impulse", "poisson"]
+
+
+def test_an_error_after_a_signal_counts_as_the_interruption(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A signal inside an import can surface as an ImportError of a half-loaded module."""
+    monkeypatch.setattr(stop, "received", [])
+    assert stop.stopped(ImportError("partially initialized module")) is None
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise ImportError("cannot load module more than once") from None
+    except ImportError as exc:
+        chained = exc
+    interrupted = stop.stopped(chained)
+    assert interrupted is not None and interrupted.exit_code == EXIT_INTERRUPTED
+    monkeypatch.setattr(stop, "received", [signal.SIGTERM])
+    late = stop.stopped(ImportError("partially initialized module"))
+    assert late is not None and (late.exit_code, late.verb) == (EXIT_TERMINATED, "terminated")

@@ -22,13 +22,10 @@ import contextlib
 import io
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any, Literal, NoReturn, cast, get_args
 
 import typer
@@ -36,7 +33,7 @@ import typer.core
 from torch import Tensor
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, stop
 from .api import RegulariserName
 from .batch import (
     DEFAULT_BATCH_SIZE,
@@ -70,7 +67,6 @@ __all__ = [
     "EXIT_TERMINATED",
     "EXIT_USAGE",
     "MIN_TILE",
-    "Interrupted",
     "app",
     "main",
 ]
@@ -113,56 +109,6 @@ Exit codes: 0 done, 1 some file failed, 2 usage error (nothing processed), 130
 interrupted by Ctrl-C, 143 terminated by SIGTERM (files finished so far are kept; the
 summary and report are written).
 """
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM: stop, keep what is finished, report, exit ``128 + signal``.
-
-    A subclass of ``KeyboardInterrupt``, so that code which stops cleanly on Ctrl-C
-    (:func:`tvdenoise.batch.run_jobs`) stops the same way on SIGTERM.
-
-    Attributes:
-        exit_code: 130 for SIGINT, 143 for SIGTERM.
-        verb: ``"interrupted"`` or ``"terminated"``, for messages.
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.exit_code = 128 + signum
-        self.verb = "terminated" if signum == signal.SIGTERM else "interrupted"
-
-
-#: Signals this process received, so that one swallowed by a library (a broad ``except``
-#: around an import) still stops the command.
-_received: list[int] = []
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    _received.append(signum)
-    raise Interrupted(signum)
-
-
-def _stopped(exc: BaseException | None) -> Interrupted | None:
-    """The interruption ``exc`` stands for, if any.
-
-    Click wraps Ctrl-C in ``Abort``; and a signal that lands inside an import can surface
-    as another error (a module half loaded), so any error after a signal counts as it.
-    """
-    if isinstance(exc, typer.Abort):
-        exc = exc.__cause__ or exc.__context__
-    if isinstance(exc, Interrupted):
-        return exc
-    if isinstance(exc, KeyboardInterrupt):
-        return Interrupted(signal.SIGINT)
-    if _received:
-        return Interrupted(_received[-1])
-    return None
-
-
-def _check_signals() -> None:
-    """Raise the interruption of a signal received but swallowed on its way."""
-    if _received:
-        raise Interrupted(_received[-1])
 
 
 def _escape_for_stdout(exc: UnicodeError) -> tuple[str | bytes, int]:
@@ -210,9 +156,13 @@ class _Command(typer.core.TyperCommand):
             _print_error(f"{message[:1].lower()}{message[1:]} (see --help)")
             code = exc.exit_code
         except typer.Abort as exc:
-            stopped = _stopped(exc)
-            _print_error(stopped.verb if stopped is not None else "aborted")
-            code = stopped.exit_code if stopped is not None else EXIT_FAILED
+            stopped = stop.stopped(exc)
+            if stopped is None:
+                _print_error("aborted")
+                code = EXIT_FAILED
+            else:
+                stop.report(stopped)
+                code = stopped.exit_code
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else EXIT_OK)
@@ -224,10 +174,10 @@ class _Command(typer.core.TyperCommand):
         except (typer.Exit, typer.TyperException):
             raise  # the command's own exit, after its summary; a usage error
         except BaseException as exc:
-            stopped = _stopped(exc)
+            stopped = stop.stopped(exc)
             if stopped is None:
                 raise
-            _print_error(stopped.verb)
+            stop.report(stopped)
             raise typer.Exit(stopped.exit_code) from None
 
 
@@ -549,7 +499,7 @@ def tvdenoise(
     ] = False,
 ) -> None:
     started = time.perf_counter()
-    _check_signals()
+    stop.check()
     if quiet and verbose:
         _fail("--quiet and --verbose exclude each other", EXIT_USAGE)
     if sigma is not None and weight != "auto":
@@ -631,7 +581,7 @@ def tvdenoise(
 
 def _run(
     plan: Plan, settings: Settings, *, quiet: bool, verbose: bool
-) -> tuple[list[Record], Interrupted | None]:
+) -> tuple[list[Record], stop.Interrupted | None]:
     """Run the plan under progress bars; return the records and what stopped it, if any."""
     records: list[Record] = []
     # disable=None: tqdm shows a bar only when stderr is a terminal.
@@ -666,12 +616,12 @@ def _run(
         elif verbose:
             _message(f"skipped {record.input}: output exists (use --overwrite): {record.output}")
 
-    stopped: Interrupted | None = None
+    stopped: stop.Interrupted | None = None
     try:
-        _check_signals()
+        stop.check()
         run_jobs(plan.jobs, settings, on_record=on_record, iteration_progress=bars)
     except KeyboardInterrupt as exc:
-        stopped = _stopped(exc)
+        stopped = stop.stopped(exc)
     finally:
         files.close()
     return records, stopped
@@ -710,20 +660,19 @@ def _fail(text: str, code: int) -> NoReturn:
 
 
 def main() -> None:
-    """Entry point of the ``tvdenoise`` console script and ``python -m tvdenoise``.
+    """Run the command (the ``tvdenoise`` console script calls this through
+    :func:`tvdenoise.__main__.main`, which sets up the signals before loading this module).
 
-    Ctrl-C and SIGTERM raise :class:`Interrupted` from here on, whatever is running: the
-    batch stops cleanly, and anywhere else (loading modules, planning) the command prints
-    one line and exits with 130 or 143.
+    Ctrl-C and SIGTERM raise :class:`tvdenoise.stop.Interrupted` from here on, whatever is
+    running: the batch stops cleanly, and anywhere else the command prints one line and
+    exits with 130 or 143.
     """
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, _on_signal)
+    stop.install()
     try:
         app(prog_name="tvdenoise")
     except (KeyboardInterrupt, Exception) as exc:
-        stopped = _stopped(exc)
+        stopped = stop.stopped(exc)
         if stopped is None:
             raise
-        sys.stderr.write(f"error: {stopped.verb}\n")
+        stop.report(stopped)
         sys.exit(stopped.exit_code)
