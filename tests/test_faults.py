@@ -265,3 +265,22 @@ def test_an_error_after_a_signal_counts_as_the_interruption(
     monkeypatch.setattr(stop, "received", [signal.SIGTERM])
     late = stop.stopped(ImportError("partially initialized module"))
     assert late is not None and (late.exit_code, late.verb) == (EXIT_TERMINATED, "terminated")
+
+
+def test_ctrl_c_while_options_are_parsed_is_one_line_and_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Option callbacks run while the command line is parsed (and may load modules); Typer
+    alone would exit 130 there without a word, and 130 for SIGTERM too."""
+
+    class Interrupting:
+        def __contains__(self, item: object) -> bool:
+            raise stop.Interrupted(signal.SIGTERM)
+
+    from tvdenoise import io
+
+    monkeypatch.setattr(io, "SUPPORTED_SUFFIXES", Interrupting())
+    monkeypatch.setattr(cli, "SUPPORTED_SUFFIXES", Interrupting(), raising=False)
+    result = run_cli(write_image(tmp_path / "a.png"), "--format", "png", *FAST)
+    assert result.exit_code == EXIT_TERMINATED
+    assert result.stderr == "error: terminated\n"

@@ -167,6 +167,19 @@ class _Command(typer.core.TyperCommand):
             return code
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
+        """Parse the command line; Ctrl-C meanwhile (option callbacks load modules) is one
+        line and its code, not Typer's silent exit 130."""
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except KeyboardInterrupt as exc:
+            stopped = stop.stopped(exc)
+            assert stopped is not None
+            stop.report(stopped)
+            raise typer.Exit(stopped.exit_code) from None
+
     def invoke(self, ctx: Any) -> Any:
         """Run the command; a Ctrl-C or SIGTERM outside the batch is one line and its code."""
         try:
