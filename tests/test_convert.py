@@ -183,3 +183,18 @@ def test_bad_channel_axis(channel_axis: Any, error: type[Exception], match: str)
 def test_spatial_dims_is_checked() -> None:
     with pytest.raises(ValueError, match="spatial_dims must be 2 or 3, got 4"):
         to_working(np.zeros((7, 5, 3, 2)), spatial_dims=4)
+
+
+def test_a_volume_array_composes_channel_axis_with_spatial_dims() -> None:
+    """(Z, Y, X) uint16 with channel_axis=None and spatial_dims=3: one 3-D solve."""
+    gen = torch.Generator().manual_seed(11)
+    clean = piecewise_image(1, 21, 19, seed=12).expand(9, 21, 19)  # a (Z, Y, X) stack
+    noisy = (clean + 0.08 * torch.randn(clean.shape, generator=gen)).clamp(0, 1)
+    volume = (noisy * 65535).round().numpy().astype(np.uint16)
+    restored = denoise(volume, 0.1, channel_axis=None, spatial_dims=3)
+    assert restored.shape == (9, 21, 19) and restored.dtype == np.uint16
+    tensor = torch.from_numpy(volume.astype(np.float32) / 65535)[None]
+    expected = denoise(tensor, 0.1, spatial_dims=3)[0]
+    np.testing.assert_array_equal(restored, (expected * 65535).round().numpy().astype(np.uint16))
+    slices = denoise(volume, 0.1, channel_axis=None)  # a batch of 9 images instead
+    assert not np.array_equal(slices, restored)
