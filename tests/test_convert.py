@@ -158,7 +158,11 @@ def test_arrays_torch_cannot_share_are_copied_quietly() -> None:
         (np.zeros((5, 5), dtype=bool), TypeError, "real numbers"),
         (np.zeros((5, 5), dtype=np.complex64), TypeError, "real numbers"),
         (torch.zeros(5, 5, dtype=torch.bool), TypeError, "torch.bool"),
-        (np.zeros((2, 2, 5, 5, 3), dtype=np.uint8), ValueError, "at most one batch axis"),
+        (
+            np.zeros((2, 2, 5, 5, 3), dtype=np.uint8),
+            ValueError,
+            r"\(B, H, W, C\) with spatial_dims=2",
+        ),
         (np.zeros(5, dtype=np.uint8), ValueError, "got shape"),
     ],
 )

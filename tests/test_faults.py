@@ -60,7 +60,7 @@ def _slow_batch(folder: Path, count: int = 12) -> Path:
     ("signum", "code", "verb"),
     [
         (signal.SIGTERM, EXIT_TERMINATED, "terminated"),
-        (signal.SIGINT, EXIT_INTERRUPTED, "interrupted"),
+        pytest.param(signal.SIGINT, EXIT_INTERRUPTED, "interrupted", marks=pytest.mark.slow),
     ],
 )
 def test_a_signal_mid_batch_keeps_finished_files_and_reports(
@@ -85,7 +85,7 @@ def test_a_signal_mid_batch_keeps_finished_files_and_reports(
 
 
 @POSIX_ONLY
-@pytest.mark.parametrize("delay", [0.3, 1.0])
+@pytest.mark.parametrize("delay", [0.3, pytest.param(1.0, marks=pytest.mark.slow)])
 def test_ctrl_c_while_modules_load_is_one_line_and_130(tmp_path: Path, delay: float) -> None:
     """Ctrl-C before the command has started its work: no traceback, never swallowed."""
     args = ["--weight", "0.1", "--batch-size", "1"]  # lasts well beyond the delay

@@ -41,6 +41,8 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
+from .checks import check_spatial_dims
+
 __all__ = ["ChannelAxis", "Image", "Mask", "Prepared", "check_value_range", "to_working"]
 
 #: Where the channels are: an axis index, ``None`` for no channel axis, or ``"auto"``.
@@ -166,8 +168,7 @@ def to_working(
             "image must be a torch.Tensor or a numpy.ndarray, got "
             f"{type(image).__name__} (np.asarray(image) converts most image objects)"
         )
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    spatial_dims = check_spatial_dims(spatial_dims)
     shape = tuple(tensor.shape)
     axis = _channel_axis(shape, channel_axis, spatial_dims, as_numpy)
     order = _working_order(len(shape), axis, spatial_dims)
@@ -249,31 +250,35 @@ def _channel_axis(
 ) -> int | None:
     """The channel axis as a non-negative index, or ``None``."""
     ndim = len(shape)
+    axes = ", ".join("HW" if spatial_dims == 2 else "DHW")
     if channel_axis == "auto":
         if ndim == spatial_dims:
             return None
-        if as_numpy:
-            if ndim in (spatial_dims + 1, spatial_dims + 2):
-                if shape[-1] > _MAX_GUESSED_CHANNELS:
-                    raise ValueError(
-                        f"cannot tell the layout of an array of shape {shape}: its last axis "
-                        f"({shape[-1]}) is too long for colour channels; pass channel_axis "
-                        "(-1 for (H, W, C), 0 for (C, H, W)), or channel_axis=None if every "
-                        "axis is spatial (spatial_dims=3 for a volume)"
-                    )
+        if ndim in (spatial_dims + 1, spatial_dims + 2):
+            if not as_numpy:
+                return ndim - spatial_dims - 1
+            if shape[-1] <= _MAX_GUESSED_CHANNELS:
                 return ndim - 1
-        elif ndim in (spatial_dims + 1, spatial_dims + 2):
-            return ndim - spatial_dims - 1
+            raise ValueError(
+                f"cannot tell the layout of an array of shape {shape}: its last axis "
+                f"({shape[-1]}) is too long for colour channels; pass channel_axis (-1 for "
+                f"({axes}, C), 0 for (C, {axes})), or channel_axis=None if every axis is "
+                "spatial (spatial_dims=3 for a volume)"
+            )
+        shapes = (
+            f"({axes}), ({axes}, C) or (B, {axes}, C)"
+            if as_numpy
+            else f"(C, {axes}) or (B, C, {axes})"
+        )
         raise ValueError(
-            f"image must have {spatial_dims} spatial axes, one channel axis and at most one "
-            f"batch axis, got shape {shape}; pass channel_axis (None for no channel axis) "
-            "or spatial_dims"
+            f"image must have shape {shapes} with spatial_dims={spatial_dims}, got shape "
+            f"{shape}; pass channel_axis (None for no channel axis) for another layout"
         )
     if channel_axis is None:
         if ndim not in (spatial_dims, spatial_dims + 1):
             raise ValueError(
-                f"with channel_axis=None, image must have shape (*spatial) or (B, *spatial) "
-                f"with {spatial_dims} spatial axes, got shape {shape}"
+                f"with channel_axis=None, image must have shape ({axes}) or (B, {axes}) "
+                f"with spatial_dims={spatial_dims}, got shape {shape}"
             )
         return None
     if isinstance(channel_axis, bool) or not isinstance(channel_axis, int):
@@ -284,8 +289,8 @@ def _channel_axis(
         )
     if ndim not in (spatial_dims + 1, spatial_dims + 2):
         raise ValueError(
-            f"with a channel axis, image must have {spatial_dims} spatial axes and at most "
-            f"one batch axis, got shape {shape}"
+            f"with a channel axis, image must have {spatial_dims} spatial axes ({axes}) and "
+            f"at most one batch axis, got shape {shape}"
         )
     return channel_axis % ndim
 
