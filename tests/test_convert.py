@@ -202,3 +202,20 @@ def test_a_volume_array_composes_channel_axis_with_spatial_dims() -> None:
     np.testing.assert_array_equal(restored, (expected * 65535).round().numpy().astype(np.uint16))
     slices = denoise(volume, 0.1, channel_axis=None)  # a batch of 9 images instead
     assert not np.array_equal(slices, restored)
+
+
+def test_a_mask_in_the_arrays_layout_marks_the_same_values() -> None:
+    """A (H, W) mask for an (H, W, 3) uint8 photo: every channel of those pixels missing."""
+    noisy = _noisy_photo()
+    mask = np.zeros(noisy.shape[:2], dtype=bool)
+    mask[10:14, 5:9] = True
+    restored = denoise(noisy, 0.15, mask=mask)
+    tensor = torch.from_numpy(noisy).permute(2, 0, 1).float() / 255
+    expected = denoise(tensor, 0.15, mask=torch.from_numpy(mask)[None])
+    expected_u8 = (expected * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(restored, expected_u8)
+    assert not np.array_equal(restored, denoise(noisy, 0.15))  # the mask was used
+    with pytest.raises(ValueError, match="mask must broadcast to the image's shape"):
+        denoise(noisy, 0.15, mask=mask.T)
+    with pytest.raises(TypeError, match="mask must be a boolean tensor or array"):
+        denoise(noisy, 0.15, mask=mask.tolist())  # type: ignore[arg-type]

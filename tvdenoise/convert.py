@@ -33,6 +33,7 @@ values are left to the solver's own checks.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar, cast
 
@@ -74,6 +75,7 @@ class Prepared(Generic[_T]):
         permuted: the caller's shape with its axes in working order (batch, channel,
             spatial), before any axis of length 1 is added.
         forward: the permutation taking the caller's axes to ``permuted``.
+        channel: the caller's channel axis, or ``None``.
         order: the permutation taking ``permuted`` back to the caller's axis order.
         integer_range: ``(low, high)`` of an integer dtype, or ``None`` for floats.
     """
@@ -84,6 +86,7 @@ class Prepared(Generic[_T]):
     shape: tuple[int, ...]
     permuted: tuple[int, ...]
     forward: tuple[int, ...]
+    channel: int | None
     order: tuple[int, ...]
     integer_range: tuple[int, int] | None
 
@@ -105,21 +108,36 @@ class Prepared(Generic[_T]):
         return cast(_T, out.to(self.dtype))
 
     def working_mask(self, mask: Mask | None) -> Tensor | None:
-        """A mask given in the caller's layout (broadcastable to the image), in the
-        working tensor's layout, on its device.
+        """A mask given in the caller's layout, in the working tensor's layout, on its
+        device.
+
+        The mask broadcasts to the image as NumPy and PyTorch broadcast; a mask without the
+        channel axis (``(H, W)`` for an ``(H, W, C)`` array) marks every channel of a pixel.
 
         Raises:
+            TypeError: ``mask`` is not a tensor or an array.
             ValueError: ``mask`` does not broadcast to the image's shape.
         """
         if mask is None:
             return None
-        values = torch.from_numpy(np.array(mask)) if isinstance(mask, np.ndarray) else mask
+        if isinstance(mask, np.ndarray):
+            values = torch.from_numpy(np.array(mask))
+        elif isinstance(mask, Tensor):
+            values = mask
+        else:
+            raise TypeError(
+                f"mask must be a boolean tensor or array (True: missing), got {type(mask).__name__}"
+            )
         try:
             full = values.broadcast_to(self.shape)
         except RuntimeError:
+            full = None
+            if self.channel is not None and values.dim() == len(self.shape) - 1:
+                with contextlib.suppress(RuntimeError):
+                    full = values.unsqueeze(self.channel).broadcast_to(self.shape)
+        if full is None:
             raise ValueError(
-                f"mask of shape {tuple(values.shape)} does not broadcast to the image's "
-                f"shape {self.shape}"
+                f"mask must broadcast to the image's shape {self.shape}, got {tuple(values.shape)}"
             ) from None
         working = full.permute(self.forward).reshape(self.tensor.shape)
         return working.to(self.tensor.device)
@@ -200,6 +218,7 @@ def to_working(
         shape=shape,
         permuted=permuted,
         forward=order,
+        channel=axis,
         order=back,
         integer_range=integer_range,
     )
@@ -327,7 +346,7 @@ def _integer_range(dtype: torch.dtype) -> tuple[int, int] | None:
 
 def _finite_range(image: Tensor) -> tuple[float | None, float | None]:
     """The least and greatest finite values (``None`` if there are none), in chunks."""
-    flat = image.reshape(-1)
+    flat = image.detach().reshape(-1)
     low: float | None = None
     high: float | None = None
     for start in range(0, flat.numel(), _SCAN_CHUNK):
