@@ -103,4 +103,6 @@ def recording(script: str, *, path: Path = RESULTS) -> Iterator[None]:
     with contextlib.redirect_stdout(tee):
         yield
     command = shlex.join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
-    record(script, f"`{command}`\n\n```text\n{tee.getvalue().rstrip()}\n```", path=path)
+    # An indented code block: a printed "## heading" must not start a section of its own.
+    printed = "\n".join(f"    {line}".rstrip() for line in tee.getvalue().rstrip().splitlines())
+    record(script, f"`{command}`\n\n{printed}", path=path)
