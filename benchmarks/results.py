@@ -10,16 +10,28 @@ Usage from a script::
 
     from results import record   # benchmarks/ is on sys.path when a script there runs
     record("bench_speed", table_text)
+
+or, to record everything a script prints (the evaluation scripts under ``scripts/``, which
+put ``benchmarks/`` on ``sys.path`` themselves)::
+
+    with recording("eval_sigma"):
+        main()
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import io
 import os
 import platform
 import re
+import shlex
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 _HEADER = (
@@ -66,3 +78,31 @@ def record(script: str, body: str, *, path: Path = RESULTS) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+
+
+class _Tee(io.StringIO):
+    """A text stream keeping a copy of what is written to ``stream``."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        super().write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+@contextlib.contextmanager
+def recording(script: str, *, path: Path = RESULTS) -> Iterator[None]:
+    """Print as usual inside the block; then record all that was printed as ``script``'s
+    section, headed by the command line that ran it. Nothing is recorded on an error."""
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        yield
+    command = shlex.join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    # An indented code block: a printed "## heading" must not start a section of its own.
+    printed = "\n".join(f"    {line}".rstrip() for line in tee.getvalue().rstrip().splitlines())
+    record(script, f"`{command}`\n\n{printed}", path=path)

@@ -28,8 +28,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +39,10 @@ from skimage import data
 
 from tvdenoise.auto import auto_weight
 from tvdenoise.solver import solve
+
+# The generated results file (benchmarks/RESULTS.md) and how to write it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from results import recording
 
 IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "camera", "moon", "brick", "gravel")
 EXTRA = ("grass", "cell")
@@ -215,4 +221,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recording(Path(__file__).stem):
+        main()

@@ -47,8 +47,9 @@ from tvdenoise import restore, solve
 from tvdenoise.noise_weight import auto_weight_for_noise
 from tvdenoise.reference import reference_solve
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from results import record
+# The generated results file (benchmarks/RESULTS.md) and how to write it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from results import record, recording
 
 CALIBRATION = ("astronaut", "camera", "coffee", "chelsea")
 HELD_OUT = ("rocket", "brick", "cell", "coins")
@@ -180,7 +181,7 @@ def photons(names: list[str], seed: int, jobs: int) -> None:
         "256x256 central crops, `clip(Poisson(peak * clean) / peak, 0, 1)`, seed "
         f"{seed}, peak estimated; PSNR in dB. `python scripts/eval_noise.py --photons`"
     )
-    record("eval_noise", "\n".join([intro, "", *rows, "", "```", bar, "```"]))
+    record("eval_noise --photons", "\n".join([intro, "", *rows, "", "```", bar, "```"]))
 
 
 def convergence(names: list[str], seed: int) -> None:
@@ -216,4 +217,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    convergence_only = "--convergence" in sys.argv
+    with recording(Path(__file__).stem + ("_convergence" if convergence_only else "")):
+        main()

@@ -20,7 +20,9 @@ Candidates:
 * ``estimate_sigma``: the library's estimator (the spectrum of weakly textured 8x8
   patches away from clipping; see ``tvdenoise.sigma``). The previous library estimator,
   the 10th percentile of 8x8 block variances of the residual in the clipping band, is in
-  the git history (before the patch-PCA commit); its figures are in ``tvdenoise.sigma``.
+  the git history (before the patch-PCA commit), with its figures.
+
+What it prints is also written to ``benchmarks/RESULTS.md`` (its ``eval_sigma`` section).
 
 Usage::
 
@@ -31,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +43,10 @@ import torch.nn.functional as F
 from skimage import data
 
 from tvdenoise.sigma import estimate_sigma
+
+# The generated results file (benchmarks/RESULTS.md) and how to write it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from results import recording
 
 IMAGES = (
     "astronaut",
@@ -175,4 +183,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with recording(Path(__file__).stem):
+        main()

@@ -326,12 +326,14 @@ def test_report_path_that_is_a_folder(tmp_path: Path) -> None:
 def test_installed_console_script(tmp_path: Path) -> None:
     noisy = write_image(tmp_path / "noisy.png")
     out = tmp_path / "out.png"
+    root = Path(__file__).resolve().parents[1]  # this checkout, whatever is installed
     done = subprocess.run(
         ["tvdenoise", str(noisy), "-o", str(out), "--max-iter", "3", "--device", "cpu"],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+        env={**os.environ, "PYTHONPATH": os.fspath(root)},
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{out}\n"

@@ -47,6 +47,7 @@ def test_defaults_reach_the_exact_minimiser(kind: str, color: str, sigma: float)
     assert psnr(restored, clean) > psnr(noisy, clean) + 3
 
 
+@pytest.mark.slow  # an independent reference, but seconds of solving: CI's slow step
 def test_reference_agrees_with_scikit_image_chambolle() -> None:
     restoration = pytest.importorskip("skimage.restoration")
     noisy = add_noise(piecewise_image(3, 37, 31, seed=3), 0.1, seed=4).double()

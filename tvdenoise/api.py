@@ -27,6 +27,7 @@ from .colour import (
     resolve_color,
     to_opponent,
 )
+from .convert import ChannelAxis, Image, Mask, to_working
 from .fidelity import DataTerm, NoiseModel, data_term
 from .missing import check_finite
 from .noise_weight import poisson_estimators
@@ -320,9 +321,10 @@ def _restore_photons(
 
 
 def denoise(
-    image: Tensor,
+    image: Image,
     weight: Weight = "auto",
     *,
+    channel_axis: ChannelAxis = "auto",
     sigma: float | Tensor | None = None,
     noise: NoiseModel = "gaussian",
     peak: float | None = None,
@@ -336,9 +338,9 @@ def denoise(
     tile: int | None = None,
     spatial_dims: int = 2,
     spacing: Sequence[float] | None = None,
-    mask: Tensor | None = None,
+    mask: Mask | None = None,
     reg: RegulariserName = "tv",
-) -> Tensor:
+) -> Image:
     """Total-variation denoising of images, volumes or time series.
 
     Minimises, per image with ``N`` values ``f`` on [0, 1] (``N = C*H*W`` for an image,
@@ -352,8 +354,11 @@ def denoise(
     after ``max_iter`` iterations at most.
 
     Args:
-        image: float tensor ``(C, *spatial)`` or ``(B, C, *spatial)`` with intensities in
-            [0, 1]; the last ``spatial_dims`` axes are spatial.
+        image: a tensor ``(C, *spatial)`` or ``(B, C, *spatial)`` (the last ``spatial_dims``
+            axes are spatial), or a NumPy array ``(H, W)`` or ``(H, W, C)`` (``(D, H, W)``
+            or ``(D, H, W, C)`` with ``spatial_dims=3``); floats with intensities on
+            [0, 1], or integers (scaled by their dtype's range, e.g. uint8 by 255). Other
+            layouts through ``channel_axis``.
         weight: regularisation weight ``>= 0`` (one number, or one per image), or
             ``"auto"`` (default): estimated per image from its noise level
             (:func:`tvdenoise.auto.auto_weight`, or for impulse/Poisson noise
@@ -392,19 +397,24 @@ def denoise(
             differences are divided by it, so ``spacing=(3, 1, 1)`` couples the slices of a
             volume whose z-step is three pixels more weakly. Give it relative to the
             in-plane pixel size, so that ``weight`` keeps its meaning.
-        mask: boolean tensor broadcastable to ``image``, ``True`` where a value is
-            missing (as NaN values of ``image`` are): no fidelity there, so the total
-            variation fills it in from its surroundings (see :mod:`tvdenoise.missing`
-            for how large a hole is sensible). Infinite values are an error.
+        mask: boolean tensor or array broadcastable to ``image`` (in its own layout),
+            ``True`` where a value is missing (as NaN values of ``image`` are): no fidelity
+            there, so the total variation fills it in from its surroundings (see
+            :mod:`tvdenoise.missing` for how large a hole is sensible). Infinite values
+            are an error.
         reg: ``"tv"`` (total variation) or ``"tgv"``: second-order total generalised
             variation (:mod:`tvdenoise.tgv`), which keeps edges like TV but restores
             smooth shading without TV's staircase; for smooth scientific images
             (micrographs, astronomy). ``weight`` is then its first-order weight, the
             second-order one is :data:`tvdenoise.tgv.DEFAULT_RATIO` times it. Gaussian
             noise and isotropic ``tv`` only.
+        channel_axis: the axis holding the channels (``-1`` for channels last), ``None``
+            for none, or ``"auto"``: ``(C, *spatial)`` / ``(B, C, *spatial)`` for tensors,
+            ``(*spatial)`` / ``(*spatial, C)`` for arrays; see :mod:`tvdenoise.convert`.
 
     Returns:
-        The restored image(s), shape, dtype and device of ``image``, clipped to [0, 1].
+        The restored image(s) of the type, shape, dtype and device of ``image``, on
+        [0, 1] (floats) or rounded to the integer dtype's levels.
 
     Example:
         >>> noisy = (torch.rand(3, 32, 32) * 0.2 + 0.4).clamp(0, 1)
@@ -414,8 +424,9 @@ def denoise(
         >>> denoise(volume, 0.1, spatial_dims=3, spacing=(2.0, 1.0, 1.0)).shape
         torch.Size([1, 8, 24, 24])
     """
+    prepared = to_working(image, channel_axis=channel_axis, spatial_dims=spatial_dims)
     result = restore(
-        image,
+        prepared.tensor,
         weight,
         sigma=sigma,
         noise=noise,
@@ -430,7 +441,7 @@ def denoise(
         tile=tile,
         spatial_dims=spatial_dims,
         spacing=spacing,
-        mask=mask,
+        mask=prepared.working_mask(mask),
         reg=reg,
     )
-    return result.restored.to(image.dtype).reshape(image.shape)
+    return prepared.restore_layout(result.restored)

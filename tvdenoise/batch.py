@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
+import fnmatch
 import json
 import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -54,6 +54,7 @@ from .io import (
     LoadedImage,
     OutputExistsError,
     check_output_path,
+    is_temporary,
     load_image,
     save_image,
     write_atomically,
@@ -76,8 +77,10 @@ __all__ = [
     "Status",
     "check_outputs",
     "check_report_path",
+    "output_folders",
     "plan_jobs",
     "process_file",
+    "remove_stale_temporaries",
     "resolve_device",
     "run_jobs",
     "write_report",
@@ -98,6 +101,14 @@ Status = Literal["restored", "skipped", "failed"]
 IterationProgress = Callable[[Sequence["Job"]], AbstractContextManager[Callback | None]]
 
 _GLOB_MAGIC = re.compile(r"[*?[]")
+
+#: The temporary files earlier versions wrote: ``.<name>.<random>.tmp``
+#: (:func:`tempfile.mkstemp`'s eight random letters, digits or underscores); today's are
+#: named by :func:`tvdenoise.io.is_temporary`.
+_LEGACY_TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp", re.ASCII)
+#: A temporary file untouched for this long (seconds) was left by a run that was killed;
+#: a run still writing one keeps touching it. Younger ones are left alone.
+STALE_TEMPORARY_AGE = 15 * 60
 
 
 class PlanError(ValueError):
@@ -238,7 +249,8 @@ class Record:
     Attributes:
         input: The input file.
         output: The output file (written only when ``status == "restored"``).
-        status: ``"restored"``, ``"skipped"`` (the output existed) or ``"failed"``.
+        status: ``"restored"``, ``"skipped"`` (the output existed, or another run wrote it
+            meanwhile) or ``"failed"``.
         error: For a failure, one line ``"<what went wrong>: <path>"``; else ``None``.
         weight: The weight the solver used (for a stack cut into several solver images,
             their mean).
@@ -474,6 +486,61 @@ def check_report_path(path: Path, plan: Plan) -> None:
         raise PlanError("permission denied, cannot write the report in the folder", folder)
 
 
+def output_folders(plan: Plan) -> set[Path]:
+    """The folders the plan writes into (absolute; some may not exist yet)."""
+    return {job.output.absolute().parent for job in plan.jobs}
+
+
+def remove_stale_temporaries(
+    folders: Iterable[Path], *, older_than: float = STALE_TEMPORARY_AGE
+) -> list[Path]:
+    """Remove the temporary files an earlier, killed run left in ``folders``.
+
+    Only files named as :func:`tvdenoise.io.write_atomically` names its temporary files
+    (:func:`tvdenoise.io.is_temporary`; or as earlier versions did, ``.<name>.<8
+    characters>.tmp`` for an image or a JSON report) and untouched for ``older_than``
+    seconds are removed: a younger one may belong to a run that is still writing it.
+    Folders that do not exist are passed over.
+
+    Args:
+        folders: Where to look (not below them).
+        older_than: The age in seconds (of the last modification) from which a temporary
+            file is taken as left over.
+
+    Returns:
+        The files removed, sorted.
+    """
+    removed: list[Path] = []
+    now = time.time()
+    for folder in sorted(set(folders)):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if not _is_our_temporary(entry.name):
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if now - entry.stat(follow_symlinks=False).st_mtime < older_than:
+                    continue
+                os.unlink(entry.path)
+            except OSError:
+                continue  # gone meanwhile, or not ours to remove
+            removed.append(Path(entry.path))
+    return sorted(removed)
+
+
+def _is_our_temporary(name: str) -> bool:
+    if is_temporary(name):
+        return True
+    legacy = _LEGACY_TEMPORARY_NAME.fullmatch(name)
+    return legacy is not None and (
+        Path(legacy["name"]).suffix.lower() in (*SUPPORTED_SUFFIXES, ".json")
+    )
+
+
 def _or(value: str | None, default: str) -> str:
     return default if value is None else value
 
@@ -503,7 +570,7 @@ def _expand(text: str) -> tuple[list[tuple[Path, Path]], Path | None]:
             entries = sorted(path.iterdir())
         except OSError as exc:
             raise PlanError(f"cannot list the folder ({exc.strerror or exc})", path) from None
-        files = [(p, Path(p.name)) for p in entries if _is_image_name(p) and p.is_file()]
+        files = [(p, Path(p.name)) for p in _once(entries) if _is_image_name(p) and p.is_file()]
         if not files:
             raise PlanError("no supported image files in the folder", path)
         return files, path
@@ -517,13 +584,118 @@ def _expand(text: str) -> tuple[list[tuple[Path, Path]], Path | None]:
     while literal < len(parts) - 1 and not _GLOB_MAGIC.search(parts[literal]):
         literal += 1
     root = Path(*parts[:literal]) if literal else Path()
-    matches = sorted(
-        Path(m) for m in glob.glob(os.fspath(path), recursive=True) if os.path.isfile(m)
-    )
+    matches = sorted(_glob_files(root, parts[literal:]))
     files = [(m, m.relative_to(root)) for m in matches if _is_image_name(m)]
     if not files:
         raise PlanError("no supported image files match the pattern", text)
     return files, root
+
+
+def _glob_files(root: Path, pattern: Sequence[str]) -> list[Path]:
+    """Files under ``root`` whose path below it matches ``pattern``, each real file once.
+
+    ``pattern`` holds one glob per path component, ``**`` for any number of folders, with
+    the semantics of :func:`glob.glob` (``recursive=True``): wildcards do not match hidden
+    names. Unlike :func:`glob.glob`, folders are walked breadth first and each real folder
+    is entered once, so a symbolic-link loop ends and a linked folder is reached under its
+    shortest name (its own name before a link's at one depth); a file reachable under
+    several names is kept once, likewise.
+    """
+    recursive = "**" in pattern
+    found: list[Path] = []
+    seen_files: set[tuple[int, int]] = set()
+    seen_folders: set[tuple[int, int]] = set()
+    queue: deque[tuple[Path, tuple[str, ...]]] = deque([(root, ())])
+    while queue:
+        folder, below = queue.popleft()
+        try:
+            identity = _identity(folder)
+            if identity in seen_folders:
+                continue
+            seen_folders.add(identity)
+            with os.scandir(folder) as scan:
+                # Real files and folders before links to them, so each keeps its own name.
+                entries = sorted(scan, key=lambda entry: (entry.is_symlink(), entry.name))
+        except OSError:
+            continue  # unreadable or vanished: glob.glob skips it too
+        for entry in entries:
+            names = (*below, entry.name)
+            path = folder / entry.name
+            try:
+                is_dir = entry.is_dir()
+                is_file = not is_dir and entry.is_file()
+            except OSError:
+                continue
+            if is_dir and _may_hold_matches(pattern, names, recursive):
+                queue.append((path, names))
+            elif is_file and _glob_match(pattern, names):
+                try:
+                    identity = _identity(path)
+                except OSError:
+                    continue
+                if identity not in seen_files:
+                    seen_files.add(identity)
+                    found.append(path)
+    return found
+
+
+def _once(paths: Sequence[Path]) -> list[Path]:
+    """``paths`` with each real file once, under its own name rather than a link's."""
+    kept: set[int] = set()
+    seen: set[tuple[int, int]] = set()
+    for i in sorted(range(len(paths)), key=lambda i: (paths[i].is_symlink(), i)):
+        try:
+            identity = _identity(paths[i])
+        except OSError:
+            continue  # a broken link
+        if identity not in seen:
+            seen.add(identity)
+            kept.add(i)
+    return [paths[i] for i in sorted(kept)]
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """The device and inode of the file or folder ``path`` names (links followed)."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def _may_hold_matches(pattern: Sequence[str], folders: tuple[str, ...], recursive: bool) -> bool:
+    """Whether files below ``folders`` can match ``pattern`` (prunes the walk)."""
+    return (recursive or len(folders) < len(pattern)) and _prefix_match(pattern, folders)
+
+
+def _prefix_match(pattern: Sequence[str], folders: tuple[str, ...]) -> bool:
+    """Whether ``folders`` can be the leading folders of a path matching ``pattern``."""
+    if not folders:
+        return True
+    if not pattern:
+        return False
+    if pattern[0] == "**":
+        return _prefix_match(pattern[1:], folders) or (
+            _component_match("**", folders[0]) and _prefix_match(pattern, folders[1:])
+        )
+    return _component_match(pattern[0], folders[0]) and _prefix_match(pattern[1:], folders[1:])
+
+
+def _glob_match(pattern: Sequence[str], names: tuple[str, ...]) -> bool:
+    """Whether the path components ``names`` match ``pattern`` in full."""
+    if not pattern:
+        return not names
+    if pattern[0] == "**":
+        return _glob_match(pattern[1:], names) or (
+            bool(names) and _component_match("**", names[0]) and _glob_match(pattern, names[1:])
+        )
+    return bool(names) and (
+        _component_match(pattern[0], names[0]) and _glob_match(pattern[1:], names[1:])
+    )
+
+
+def _component_match(pattern: str, name: str) -> bool:
+    """One path component against one glob, hidden names only by a pattern with a dot."""
+    if name.startswith(".") and not pattern.startswith("."):
+        return False
+    return pattern == "**" or fnmatch.fnmatch(name, pattern)
 
 
 def _key(path: Path) -> str:

@@ -6,26 +6,34 @@ are not torn), the path of each file written on stdout. A user's mistake is one 
 ``error: <what went wrong>: <path>``, never a traceback.
 
 Exit codes: 0 all done, 1 some file failed, 2 a usage error (nothing was processed),
-130 interrupted.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM, as job schedulers send it). Both signals
+stop the run the same way at any moment: files finished so far are kept, the summary and
+the report are written, and the last line on stderr says so; no traceback.
+
+File names print whatever the terminal's encoding: on stdout a name that is not valid in
+it is written as its original bytes (``surrogateescape``), so that it can be piped back
+to other tools, else as ``\\N`` escapes; on stderr as ``\\x..`` escapes.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import io
 import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn, cast, get_args
 
 import typer
 import typer.core
 from torch import Tensor
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, stop
 from .api import RegulariserName
 from .batch import (
     DEFAULT_BATCH_SIZE,
@@ -40,7 +48,9 @@ from .batch import (
     SolverSettings,
     check_outputs,
     check_report_path,
+    output_folders,
     plan_jobs,
+    remove_stale_temporaries,
     resolve_device,
     run_jobs,
     write_report,
@@ -51,12 +61,26 @@ from .io import DEFAULT_MAX_PIXELS, SUPPORTED_SUFFIXES, ImageFileError
 from .solver import DEFAULT_MAX_ITER, DEFAULT_TOL, Callback
 from .tv import TVKind
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "app", "main"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_TERMINATED",
+    "EXIT_USAGE",
+    "MIN_TILE",
+    "app",
+    "main",
+]
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # at least one file could not be read, denoised or written
 EXIT_USAGE = 2  # bad options or file names; nothing was processed
-EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
+
+#: Smallest ``--tile`` (0 aside): smaller tiles are mostly overlap, and so many of them take
+#: minutes on an image that untiled takes a fraction of a second.
+MIN_TILE = 16
 
 _HELP = f"""Restore noisy images by total-variation denoising.
 
@@ -83,8 +107,27 @@ The input is never overwritten. The path of each file written is printed on stdo
 progress, messages and errors go to stderr.
 
 Exit codes: 0 done, 1 some file failed, 2 usage error (nothing processed), 130
-interrupted (files finished so far are kept; the summary and report are written).
+interrupted by Ctrl-C, 143 terminated by SIGTERM (files finished so far are kept; the
+summary and report are written).
 """
+
+
+def _escape_for_stdout(exc: UnicodeError) -> tuple[str | bytes, int]:
+    """Encoding errors on stdout: a file name's original bytes, else a ``\\N`` escape."""
+    try:
+        return codecs.lookup_error("surrogateescape")(exc)
+    except UnicodeError:
+        return codecs.backslashreplace_errors(exc)
+
+
+codecs.register_error("tvdenoise.stdout", _escape_for_stdout)
+
+
+def _tolerate_any_file_name() -> None:
+    """Let stdout and stderr print names that are not valid in their encoding."""
+    for stream, errors in ((sys.stdout, "tvdenoise.stdout"), (sys.stderr, "backslashreplace")):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            stream.reconfigure(errors=errors)
 
 
 class _Command(typer.core.TyperCommand):
@@ -99,6 +142,7 @@ class _Command(typer.core.TyperCommand):
         windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
+        _tolerate_any_file_name()
         try:
             code = super().main(
                 args,
@@ -112,15 +156,46 @@ class _Command(typer.core.TyperCommand):
             message = exc.format_message().strip().rstrip(".")
             _print_error(f"{message[:1].lower()}{message[1:]} (see --help)")
             code = exc.exit_code
-        except typer.Abort:
-            _print_error("aborted")
-            code = EXIT_FAILED
+        except typer.Abort as exc:
+            stopped = stop.stopped(exc)
+            if stopped is None:
+                _print_error("aborted")
+                code = EXIT_FAILED
+            else:
+                stop.report(stopped)
+                code = stopped.exit_code
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
+        """Parse the command line; Ctrl-C meanwhile (option callbacks load modules) is one
+        line and its code, not Typer's silent exit 130."""
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except KeyboardInterrupt as exc:
+            stopped = stop.stopped(exc)
+            assert stopped is not None
+            stop.report(stopped)
+            raise typer.Exit(stopped.exit_code) from None
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+    def invoke(self, ctx: Any) -> Any:
+        """Run the command; a Ctrl-C or SIGTERM outside the batch is one line and its code."""
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.TyperException):
+            raise  # the command's own exit, after its summary; a usage error
+        except BaseException as exc:
+            stopped = stop.stopped(exc)
+            if stopped is None:
+                raise
+            stop.report(stopped)
+            raise typer.Exit(stopped.exit_code) from None
+
+
+app = typer.Typer(pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
 # --------------------------------------------------------------------------------------
@@ -154,6 +229,30 @@ def _non_negative(value: float | None) -> float | None:
 def _positive(value: float | None) -> float | None:
     if value is not None and not (value > 0 and math.isfinite(value)):
         raise typer.BadParameter(f"{value} is not a number > 0")
+    return value
+
+
+def _choice(kind: Any) -> Callable[[str], str]:
+    """A check of a value against the choices of a ``Literal`` type, for a callback."""
+    allowed: tuple[str, ...] = get_args(kind)
+
+    def check(value: str) -> str:
+        text = value.strip().lower()
+        if text not in allowed:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}")
+        return text
+
+    return check
+
+
+def _completion(kind: Any) -> Callable[[], list[str]]:
+    """The choices of a ``Literal`` type, for shell completion."""
+    return lambda: list(get_args(kind))
+
+
+def _tile(value: int | None) -> int | None:
+    if value is not None and 0 < value < MIN_TILE:
+        raise typer.BadParameter(f"{value} is below {MIN_TILE} pixels (0: never tile)")
     return value
 
 
@@ -207,7 +306,12 @@ def _show_version(value: bool) -> None:
 # --------------------------------------------------------------------------------------
 
 
-@app.command(name="tvdenoise", cls=_Command, help=_HELP)
+@app.command(
+    name="tvdenoise",
+    cls=_Command,
+    help=_HELP,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 def tvdenoise(
     inputs: Annotated[
         list[str],
@@ -247,12 +351,15 @@ def tvdenoise(
         ),
     ] = None,
     noise: Annotated[
-        NoiseModel,
+        str,
         typer.Option(
+            metavar="gaussian|impulse|poisson",
+            callback=_choice(NoiseModel),
+            autocompletion=_completion(NoiseModel),
             help=(
                 "Noise model: gaussian (squared error), impulse (salt-and-pepper, dead "
                 "pixels), poisson (photon counts)."
-            )
+            ),
         ),
     ] = "gaussian",
     peak: Annotated[
@@ -263,24 +370,38 @@ def tvdenoise(
             show_default="estimated",
         ),
     ] = None,
-    tv: Annotated[TVKind, typer.Option(help="Total variation variant.")] = "isotropic",
-    reg: Annotated[
-        RegulariserName,
+    tv: Annotated[
+        str,
         typer.Option(
+            metavar="isotropic|anisotropic",
+            callback=_choice(TVKind),
+            autocompletion=_completion(TVKind),
+            help="Total variation variant.",
+        ),
+    ] = "isotropic",
+    reg: Annotated[
+        str,
+        typer.Option(
+            metavar="tv|tgv",
+            callback=_choice(RegulariserName),
+            autocompletion=_completion(RegulariserName),
             help=(
                 "Regulariser: tv, or tgv (second-order total generalised variation: smooth "
                 "shading without staircases, for micrographs; Gaussian noise only)."
-            )
+            ),
         ),
     ] = "tv",
     color: Annotated[
-        ColorChoice,
+        str,
         typer.Option(
+            metavar="auto|opponent|joint|separate",
+            callback=_choice(ColorChoice),
+            autocompletion=_completion(ColorChoice),
             help=(
                 "Colour coupling: opponent (brightness and colour apart, each its own "
                 "weight), joint (one edge map for all channels), separate (each alone); "
                 "auto: opponent for RGB with --noise gaussian, else joint."
-            )
+            ),
         ),
     ] = "auto",
     chroma_weight: Annotated[
@@ -288,7 +409,7 @@ def tvdenoise(
         typer.Option(
             callback=_non_negative,
             help="Colour weight for --color opponent (--weight is then the brightness one).",
-            show_default="automatic, or 2.5 x --weight",
+            show_default="automatic, or 1.9 x --weight",
         ),
     ] = None,
     max_iter: Annotated[
@@ -317,7 +438,8 @@ def tvdenoise(
         int | None,
         typer.Option(
             min=0,
-            help="Solve in overlapping tiles of this many pixels; 0 = never.",
+            callback=_tile,
+            help=f"Solve in overlapping tiles of this many pixels (>= {MIN_TILE}); 0 = never.",
             show_default="automatic for very large images",
         ),
     ] = None,
@@ -403,6 +525,7 @@ def tvdenoise(
     ] = False,
 ) -> None:
     started = time.perf_counter()
+    stop.check()
     if quiet and verbose:
         _fail("--quiet and --verbose exclude each other", EXIT_USAGE)
     if sigma is not None and weight != "auto":
@@ -430,21 +553,25 @@ def tvdenoise(
             check_report_path(report, plan)
     except (PlanError, ImageFileError) as exc:
         _fail(str(exc), EXIT_USAGE)
+    folders = output_folders(plan) | ({report.absolute().parent} if report is not None else set())
+    for leftover in remove_stale_temporaries(folders):
+        if not quiet:
+            _message(f"removed a temporary file left by an interrupted run: {leftover}")
 
     settings = Settings(
         solver=SolverSettings(
             weight=_weight_value(weight),
             sigma=None if sigma is None else sigma / 255,
-            noise=noise,
+            noise=cast(NoiseModel, noise),
             peak=peak,
             tile=tile,
-            tv=tv,
-            color=color,
+            tv=cast(TVKind, tv),
+            color=cast(ColorChoice, color),
             chroma_weight=chroma_weight,
             max_iter=max_iter,
             tol=tol,
             lr=lr,
-            reg=reg,
+            reg=cast(RegulariserName, reg),
         ),
         device=str(torch_device),
         quality=quality,
@@ -459,23 +586,26 @@ def tvdenoise(
         _message(f"settings: {shown}")
         _message(f"files: {len(plan.jobs)}")
 
-    records, interrupted = _run(plan, settings, quiet=quiet, verbose=verbose)
+    records, stopped = _run(plan, settings, quiet=quiet, verbose=verbose)
 
     counts = {status: 0 for status in ("restored", "skipped", "failed")}
     for record in records:
         counts[record.status] += 1
-    if interrupted or (not quiet and not plan.single):
+    if stopped is not None or (not quiet and not plan.single):
         summary = ", ".join(f"{n} {status}" for status, n in counts.items())
-        if interrupted:
-            summary = f"interrupted: {summary}, {len(plan.jobs) - len(records)} not processed"
+        if stopped is not None:
+            not_processed = len(plan.jobs) - len(records)
+            summary = f"{stopped.verb}: {summary}, {not_processed} not processed"
         _message(summary)
     if verbose:
         _message(f"time: {time.perf_counter() - started:.2f} s")
 
-    code = EXIT_INTERRUPTED if interrupted else EXIT_FAILED if counts["failed"] else EXIT_OK
+    code = (
+        stopped.exit_code if stopped is not None else EXIT_FAILED if counts["failed"] else EXIT_OK
+    )
     if report is not None:
         try:
-            write_report(report, settings, plan.jobs, records, interrupted=interrupted)
+            write_report(report, settings, plan.jobs, records, interrupted=stopped is not None)
         except ImageFileError as exc:
             _print_error(f"cannot write the report: {exc}")
             code = code or EXIT_FAILED
@@ -484,8 +614,8 @@ def tvdenoise(
 
 def _run(
     plan: Plan, settings: Settings, *, quiet: bool, verbose: bool
-) -> tuple[list[Record], bool]:
-    """Run the plan under progress bars; return the records and whether Ctrl-C stopped it."""
+) -> tuple[list[Record], stop.Interrupted | None]:
+    """Run the plan under progress bars; return the records and what stopped it, if any."""
     records: list[Record] = []
     # disable=None: tqdm shows a bar only when stderr is a terminal.
     auto: bool | None = True if quiet else None
@@ -519,14 +649,15 @@ def _run(
         elif verbose:
             _message(f"skipped {record.input}: output exists (use --overwrite): {record.output}")
 
-    interrupted = False
+    stopped: stop.Interrupted | None = None
     try:
+        stop.check()
         run_jobs(plan.jobs, settings, on_record=on_record, iteration_progress=bars)
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:
+        stopped = stop.stopped(exc)
     finally:
         files.close()
-    return records, interrupted
+    return records, stopped
 
 
 def _iteration_bars(max_iter: int) -> IterationProgress:
@@ -562,5 +693,19 @@ def _fail(text: str, code: int) -> NoReturn:
 
 
 def main() -> None:
-    """Entry point of the ``tvdenoise`` console script."""
-    app(prog_name="tvdenoise")
+    """Run the command (the ``tvdenoise`` console script calls this through
+    :func:`tvdenoise.__main__.main`, which sets up the signals before loading this module).
+
+    Ctrl-C and SIGTERM raise :class:`tvdenoise.stop.Interrupted` from here on, whatever is
+    running: the batch stops cleanly, and anywhere else the command prints one line and
+    exits with 130 or 143.
+    """
+    stop.install()
+    try:
+        app(prog_name="tvdenoise")
+    except (KeyboardInterrupt, Exception) as exc:
+        stopped = stop.stopped(exc)
+        if stopped is None:
+            raise
+        stop.report(stopped)
+        sys.exit(stopped.exit_code)

@@ -17,25 +17,20 @@ the weight is a length scale, independent of the contrast. Isolated outliers go 
 their size grows with the corrupted fraction ``rho``, hence the rule
 :func:`impulse_weight` ``= a * (1 + b * rho)``. With the joint colour TV (isotropic,
 ``color="joint"``) a spike in one channel costs less total variation where the other
-channels already vary, so colour images need a larger weight: measured, a factor of 1.5
-for three channels; with separate channels or the anisotropic TV each channel is an image
-of its own and the factor is 1.
+channels already vary, so colour images need a larger weight (a fitted factor for three
+channels); with separate channels or the anisotropic TV each channel is an image of its
+own and the factor is 1.
 
-That rule is only a starting point: smooth scenes (micrographs, skies) want up to 2.5 times
+That rule is only a starting point: smooth scenes (micrographs, skies) want several times
 its weight, fine texture less. :func:`auto_weight_for_noise` refines it per image on
 held-out values (``_ImpulseHoldOut``): salt and pepper leaves the values it misses exact,
-so 3 % of the values that are not at 0 or 1 are turned into salt and pepper as well, and
-the weight is the one whose result is closest to the known values there (and to the data
-elsewhere), searched on the same grid as the Gaussian SURE search
+so a few of the values that are not at 0 or 1 (``_HOLD_OUT``) are turned into salt and
+pepper as well, and the weight is the one whose result is closest to the known values
+there (and to the data elsewhere), searched on the same grid as the Gaussian SURE search
 (:func:`tvdenoise.auto.refine_weight`, on the same sample of up to 16 tiles for large
 images), then polished on a grid three times finer: restored almost perfectly, these
-images reach 40-55 dB, where a weight 10 % off the best costs 0.3-0.5 dB, and the score's
-minimum is a cusp that the coarse parabola missed by that much. Measured by
-``scripts/eval_noise.py`` (eight 256x256 photographs, 10 % and 30 %): the gap to the best
-weight went from at most 7.9 / 9.9 dB (the micrograph ``cell``; 0.95 on ``brick``) with
-the rule to 0.37 / 0.23 dB (8 tiles, no polish) and 0.08 / 0.12 dB, mean 0.01 / 0.01 dB;
-on eight more images (a night sky, micrographs, a retina, text, the moon, grass, gravel, a
-clock) at most 0.41 dB (``moon`` at 10 %), mean 0.06 dB.
+images reach a high PSNR where a small error in the weight is costly, and the score's
+minimum is a cusp that the coarse parabola misses.
 
 Poisson (photon) noise
 ----------------------
@@ -44,16 +39,15 @@ for ``f = counts / peak`` the variance at intensity ``x`` is ``x / peak``. It ta
 unit-norm Immerkaer residual (as :func:`tvdenoise.estimate_sigma` does), whose variance on
 smooth content is the local variance, and per 8x8 block the ratio of the mean squared
 residual to the mean intensity. Texture only adds to a ratio, so ``1 / peak`` is the 10th
-percentile of the block ratios divided by the same percentile for pure noise (0.629).
-Blocks close to 1 (where a file clips the counts) or holding fewer than about 2 photons
-per pixel are skipped. Where fewer than 16 blocks remain (few photons: at 10 photons
-almost every block of a photograph holds a clipped value or too few photons), the ratio
-pooled over all windows without a clipped value is used, calibrated by simulation: those
-windows are the ones whose counts happened to stay below full scale, which read the peak
-10-20 % high on photographs (40-80 % on bright images). Counts are simulated from the
-smoothed image at the current peak, clipped and measured the same way, and the peak is
-scaled by the simulated over the observed ratio (three rounds): 9.8-10.5 for 10 photons
-on the eight photographs of ``scripts/eval_noise.py`` (10.0-12.0 before).
+percentile of the block ratios divided by the same percentile for pure noise
+(``_NOISE_QUANTILE``). Blocks close to 1 (where a file clips the counts) or holding fewer
+than about 2 photons per pixel are skipped. Where fewer than 16 blocks remain (few
+photons: then almost every block of a photograph holds a clipped value or too few
+photons), the ratio pooled over all windows without a clipped value is used, calibrated
+by simulation: those windows are the ones whose counts happened to stay below full scale,
+which read the peak too high. Counts are simulated from the smoothed image at the current
+peak, clipped and measured the same way, and the peak is scaled by the simulated over the
+observed ratio (three rounds).
 
 The solver restores ``v = sqrt(u)`` for this model (:func:`tvdenoise.solve`), where
 shot noise has the same standard deviation ``1 / (2 sqrt(peak))`` at every intensity, and
@@ -64,20 +58,16 @@ TV only) is the growth of the noise's joint gradient magnitude with the channel 
 
 As for impulse noise the rule is a starting point, refined per image by
 ``_PoissonHoldOut``: the counts ``peak * f`` are split by binomial thinning into two
-independent Poisson images, 80 % of the photons are restored and scored against the other
-20 % (the mean squared distance is the error plus a constant), on the same weight grid,
-and the best weight for 80 % of the photons is scaled by ``sqrt(0.8)``. A value clipped at
-full scale only says that its count reached it; its count is drawn from the Poisson law
-given that, at the rate read from the result at the rule's weight, so that every value is
-split and scored (scoring only values away from full scale, as before, fitted the weight
-to the dark areas: ``chelsea`` at 10 photons lost 0.78 dB). Thinning is exact only at the
-right peak: with the peak 10-20 % high the two halves are correlated and the score
-favoured too little smoothing (up to 1.7 dB lost), hence the calibrated estimate above.
-Measured by ``scripts/eval_noise.py`` at 10 / 30 photons: the gap to the best weight went
-from at most 4.4 / 3.1 dB (``cell``) with the rule to at most 0.06 / 0.16 dB (mean
-0.02 / 0.03 dB); on five more images (a night sky, a micrograph, a retina, text, the moon)
-at most 0.27 dB. Polishing as for impulse noise did not help here (0.25 / 0.06 dB: the
-thinned score is too noisy at 10 photons for a finer grid).
+independent Poisson images, most of the photons (``1 - _THINNING``) are restored and
+scored against the rest (the mean squared distance is the error plus a constant), on the
+same weight grid, and the best weight for that share of the photons is scaled by the
+square root of the share. A value clipped at full scale only says that its count reached
+it; its count is drawn from the Poisson law given that, at the rate read from the result
+at the rule's weight, so that every value is split and scored (scoring only values away
+from full scale fits the weight to the dark areas). Thinning is exact only at the right
+peak: with the peak overestimated the two halves are correlated and the score favours too
+little smoothing, hence the calibrated estimate above. Polishing as for impulse noise does
+not help here: the thinned score is too noisy at low photon counts for a finer grid.
 
 Neither model is always the better estimator of photon-noise data: the Gaussian model
 (squared error, blind to the variance following the intensity) wins on some mid-grey
@@ -86,8 +76,10 @@ each model its weight by the thinning hold-out and keeps the one that restores t
 held-out photons better; the score is unbiased for any estimator of the thinned image, so
 the comparison is fair (``scripts/eval_noise.py --photons`` measures it).
 
-Both rules were fitted on 256x256 crops of astronaut, camera, coffee and chelsea, and are
-checked on other photographs by ``scripts/eval_noise.py``.
+Both rules were fitted on 256x256 crops of astronaut, camera, coffee and chelsea;
+``scripts/eval_noise.py`` measures them and the refined weights against the best weight
+on those and on held-out photographs (its figures are in ``benchmarks/RESULTS.md`` and
+quoted in the README).
 """
 
 from __future__ import annotations

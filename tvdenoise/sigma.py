@@ -15,25 +15,24 @@ eigenvalues (the patch-PCA idea of Liu, Tanaka and Okutomi, 2013, and Chen, Zhu 
    smallest, for the largest ``m`` with ``l_m <= tau * (1 + sqrt(m / N))**2``: the ``m``
    smallest eigenvalues still fit inside one Marchenko-Pastur bulk of ``N`` patches,
    which is what a noise-only subspace looks like. (Chen's rule, mean <= median, cuts
-   the right-skewed bulk and read 5-15 % low at 50/255.)
+   the right-skewed bulk and reads low at high noise.)
 3. **Pilot**: that rule on every patch without a saturated (0 or 1) pixel (or, when
    fewer than 256 patches are free of them, the median residual of the fallback below).
 4. **Refinements that model clipping.** A file clips the noise at 0 and 1, so a patch
    whose clean value ``x`` lies near black or white keeps only the share
-   ``s(x) = Var[clip(x + n, 0, 1)] / sigma**2`` of the noise variance (0.34 at
-   ``x = 0``; :func:`tvdenoise.clipping.variance_share`). A patch's share is the mean of
-   the shares of its four 4x4 quarters, each read from the quarter's mean (the share of
-   the whole patch's mean read 3-4 % low on patches that straddle a dark edge; 3x3
-   parts, whose means are noisier, read 1 % high). Kept are the patches whose own
-   texture, ``mean dx**2 + mean dy**2`` over the patch, is below ``6.16 s sigma**2``,
+   ``s(x) = Var[clip(x + n, 0, 1)] / sigma**2`` of the noise variance (``1/2 - 1/(2 pi)``
+   at ``x = 0``; :func:`tvdenoise.clipping.variance_share`). A patch's share is the mean
+   of the shares of its four 4x4 quarters, each read from the quarter's mean: the share
+   of the whole patch's mean is biased on patches that straddle a dark edge, and smaller
+   parts have noisier means. Kept are the patches whose own texture,
+   ``mean dx**2 + mean dy**2`` over the patch, is below ``_TEXTURE_QUANTILE * s * sigma**2``,
    the 99th percentile of that statistic for white noise (a property of the patch size
    alone, measured by Monte Carlo; the test suite re-checks it): fine texture such as
    grass lives in all 64 directions and is kept out. The spectrum rule on them gives
-   their mean noise variance, ``mean(s) * sigma**2``, hence the next ``sigma``. Repeated
-   until ``sigma**2`` changes by less than 0.5 % (2-7 rounds). The previous version
-   used only patches two sigmas inside (0, 1); on a dark image at high noise no patch
-   is, and it read ``cell`` 43 for 50 and ``hubble_deep_field`` 39.8 for 50 (now 50.3
-   and 50.2), which made the automatic weight 2-9 dB worse there.
+   their mean noise variance, ``mean(s) * sigma**2``, hence the next ``sigma``, repeated
+   until ``sigma**2`` changes by less than 0.5 %. Modelling the clipped share, rather
+   than using only patches far from 0 and 1, is what lets dark images at high noise
+   (micrographs, night skies, where no patch is far from black) be read right.
 
 Images smaller than about 24 x 24 pixels (fewer than 256 patches) fall back to the median
 absolute Immerkaer residual (``median |r| / 0.6745`` over values not next to a 0 or 1).
@@ -41,24 +40,11 @@ absolute Immerkaer residual (``median |r| / 0.6745`` over values not next to a 0
 Large images (above ``_MAX_SAMPLED_VALUES``, about 2.8 megapixels in RGB) are estimated
 from evenly spread bands of rows, so that the temporaries stay small whatever the size.
 
-Measured on 15 scikit-image photographs (``scripts/eval_sigma.py``, seed 0; seed 1 in
-brackets), 8-bit noise ``clip(round(clean + N(0, sigma)))``, relative error:
-
-==============================  ===============  ======  ==========  ======  ===========
-estimator                       10..50 worst     mean    worst*      5/255   5/255 worst*
-==============================  ===============  ======  ==========  ======  ===========
-residual percentile (first)     42 % (42 %)      2.9 %   13 %        103 %   39 %
-patch PCA, clipped areas out    12 % (11 %)      1.5 %   5.9 %       36 %    6.7 %
-patch PCA, clipping modelled    9.0 % (10.3 %)   1.1 %   4.8 % (6.3) 36 %    6.7 %
-==============================  ===============  ======  ==========  ======  ===========
-
-``*``: without ``grass``, the hardest texture (its clean image reads 4.0/255, and +9 %
-at 10/255, +36 % at 5/255). Clean photographs read at most 4.0/255. The settings (patch
-size, the 99 % texture cut, the quarters, 25,000 patches) were chosen on these
-photographs; ``cell``, ``hubble_deep_field``, ``retina`` and ``microaneurysms`` (not
-among them) read within -4.2..+1.2 % at 10-50/255 (two seeds). ``scripts/eval_auto_weight.py``
-checks the weights that follow from the estimate. Time: about 25-80 ms for 512x512 RGB
-on one CPU thread (more rounds where much of the image is clipped).
+The settings (patch size, the 99 % texture cut, the quarters, 25,000 patches) were chosen
+on 15 scikit-image photographs with 8-bit noise ``clip(round(clean + N(0, sigma)))``;
+``scripts/eval_sigma.py`` measures the error of this and earlier estimators on them (its
+figures are in ``benchmarks/RESULTS.md`` and quoted in the README), and
+``scripts/eval_auto_weight.py`` the weights that follow from the estimate.
 """
 
 from __future__ import annotations
