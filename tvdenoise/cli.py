@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 import typer.core
@@ -48,6 +48,9 @@ from .fidelity import NoiseModel
 from .io import DEFAULT_MAX_PIXELS, SUPPORTED_SUFFIXES, ImageFileError
 from .solver import DEFAULT_MAX_ITER, DEFAULT_TOL, Callback
 from .tv import ColorMode, TVKind
+
+if TYPE_CHECKING:
+    from .dask import Cluster
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "app", "main"]
 
@@ -79,6 +82,9 @@ in --report. Z spacing relative to the pixel size comes from the file (ImageJ, O
 
 The input is never overwritten. The path of each file written is printed on stdout;
 progress, messages and errors go to stderr.
+
+With --scheduler tcp://HOST:8786 each file is a task of a running Dask cluster;
+--workers N starts N local worker processes instead (both need tvdenoise[dask]).
 
 Exit codes: 0 done, 1 some file failed, 2 usage error (nothing processed), 130
 interrupted (files finished so far are kept; the summary and report are written).
@@ -354,6 +360,22 @@ def tvdenoise(
             "bombs); 0 = no limit.",
         ),
     ] = DEFAULT_MAX_PIXELS,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            metavar="tcp://HOST:PORT",
+            help="Run each file as a task of this Dask scheduler's cluster.",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Run the files on a local Dask cluster of N single-threaded processes.",
+            show_default=False,
+        ),
+    ] = None,
     report: Annotated[
         Path | None,
         typer.Option(
@@ -386,6 +408,8 @@ def tvdenoise(
         _fail("--sigma applies to --noise gaussian only", EXIT_USAGE)
     if peak is not None and noise != "poisson":
         _fail("--peak applies to --noise poisson only", EXIT_USAGE)
+    if scheduler is not None and workers is not None:
+        _fail("--scheduler and --workers exclude each other", EXIT_USAGE)
     try:
         torch_device = resolve_device(device)
     except ValueError as exc:
@@ -424,7 +448,15 @@ def tvdenoise(
         _message(f"settings: {shown}")
         _message(f"files: {len(plan.jobs)}")
 
-    records, interrupted = _run(plan, settings, quiet=quiet, verbose=verbose)
+    if scheduler is None and workers is None:
+        records, interrupted = _run(plan, settings, quiet=quiet, verbose=verbose)
+    else:
+        with _cluster(scheduler, workers) as cluster:
+            if verbose:
+                _message(f"cluster: {cluster.address}")
+            records, interrupted = _run(
+                plan, settings, quiet=quiet, verbose=verbose, cluster=cluster
+            )
 
     counts = {status: 0 for status in ("restored", "skipped", "failed")}
     for record in records:
@@ -447,10 +479,34 @@ def tvdenoise(
     raise typer.Exit(code)
 
 
+@contextlib.contextmanager
+def _cluster(scheduler: str | None, workers: int | None) -> Iterator[Cluster]:
+    """The Dask cluster of ``--scheduler``/``--workers`` while the block runs; exit 2 saying
+    why when Dask is not installed or the cluster cannot be reached or started."""
+    try:
+        from .dask import Cluster, ClusterError
+    except ImportError as exc:
+        _fail(
+            f'--scheduler and --workers need Dask ({exc}); pip install "tvdenoise[dask]"',
+            EXIT_USAGE,
+        )
+    try:
+        with Cluster(scheduler=scheduler, workers=workers) as cluster:
+            yield cluster
+    except ClusterError as exc:
+        _fail(str(exc), EXIT_USAGE)
+
+
 def _run(
-    plan: Plan, settings: Settings, *, quiet: bool, verbose: bool
+    plan: Plan,
+    settings: Settings,
+    *,
+    quiet: bool,
+    verbose: bool,
+    cluster: Cluster | None = None,
 ) -> tuple[list[Record], bool]:
-    """Run the plan under progress bars; return the records and whether Ctrl-C stopped it."""
+    """Run the plan (on ``cluster`` if given) under progress bars; return the records and
+    whether Ctrl-C stopped it."""
     records: list[Record] = []
     # disable=None: tqdm shows a bar only when stderr is a terminal.
     auto: bool | None = True if quiet else None
@@ -463,7 +519,9 @@ def _run(
         dynamic_ncols=True,
     )
     bars = (
-        None if quiet or not (plan.single or verbose) else _iteration_bars(settings.solver.max_iter)
+        None
+        if quiet or cluster is not None or not (plan.single or verbose)
+        else _iteration_bars(settings.solver.max_iter)
     )
 
     def on_record(record: Record) -> None:
@@ -476,8 +534,9 @@ def _run(
             if verbose:
                 _message(
                     f"restored {record.input} ({record.images} x {record.dims}-D): "
-                    f"{record.iterations} iterations, "
-                    f"loss {record.energy:.5g}, weight {record.weight:g}, "
+                    + ("" if record.iterations is None else f"{record.iterations} iterations, ")
+                    + ("" if record.energy is None else f"loss {record.energy:.5g}, ")
+                    + f"weight {record.weight:g}, "
                     + ("" if record.sigma is None else f"sigma {record.sigma:.3g}/255, ")
                     + f"{record.seconds:.2f} s"
                 )
@@ -486,7 +545,10 @@ def _run(
 
     interrupted = False
     try:
-        run_jobs(plan.jobs, settings, on_record=on_record, iteration_progress=bars)
+        if cluster is None:
+            run_jobs(plan.jobs, settings, on_record=on_record, iteration_progress=bars)
+        else:
+            cluster.run_jobs(plan.jobs, settings, on_record=on_record)
     except KeyboardInterrupt:
         interrupted = True
     finally:
