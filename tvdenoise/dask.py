@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import itertools
 import logging
@@ -491,11 +492,21 @@ def _single(value: float) -> float:
 # --------------------------------------------------------------------------------------
 
 
-def _process_file(job: Job, settings: Settings) -> Record:
+def _process_file(job: Job, settings: Settings, since: float) -> Record:
     """A file's task: :func:`tvdenoise.batch.process_file` on one torch thread, since a
     worker runs one task per thread of its own (two single-threaded workers on two cores
-    would otherwise run four solver threads)."""
+    would otherwise run four solver threads).
+
+    An output last written after ``since`` (the start of the run) is this run's own: an
+    earlier attempt of this task wrote it, and its worker died before the record came
+    back. It is written again (the same pixels) rather than skipped, so that the record
+    is the one a local run gives.
+    """
     torch.set_num_threads(1)
+    if not settings.overwrite:
+        with contextlib.suppress(OSError):
+            if job.output.stat().st_mtime >= since:
+                settings = dataclasses.replace(settings, overwrite=True)
     return process_file(job, settings)
 
 
@@ -599,7 +610,7 @@ class Cluster:
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
-                dashboard_address=None,
+                dashboard_address=":0",  # any free port: no clash with a running cluster
                 memory_limit=self.memory_limit,
                 silence_logs=logging.ERROR,
             )
@@ -675,6 +686,7 @@ class Cluster:
             chunk: Chunk side in pixels for those.
         """
         threshold = CHUNKED_MIN_VALUES if chunked_min_values is None else chunked_min_values
+        since = time.time()
         client = self.client
         self._outputs.extend(job.output for job in jobs)
         workers_before = self._worker_names()
@@ -693,7 +705,9 @@ class Cluster:
 
         def send(count: int) -> None:
             for job in itertools.islice(waiting, count):
-                future = client.submit(_process_file, job, settings, pure=False, retries=RETRIES)
+                future = client.submit(
+                    _process_file, job, settings, since, pure=False, retries=RETRIES
+                )
                 running[future] = job
                 finished.add(future)
 
