@@ -410,10 +410,12 @@ def tvdenoise(
         _fail("--peak applies to --noise poisson only", EXIT_USAGE)
     if scheduler is not None and workers is not None:
         _fail("--scheduler and --workers exclude each other", EXIT_USAGE)
-    try:
-        torch_device = resolve_device(device)
-    except ValueError as exc:
-        _fail(str(exc), EXIT_USAGE)
+    if scheduler is None:
+        try:
+            device = str(resolve_device(device))
+        except ValueError as exc:
+            _fail(str(exc), EXIT_USAGE)
+    # else each worker of the cluster resolves it on its own machine (auto: its own GPU).
     try:
         plan = plan_jobs(inputs, output, suffix=suffix, fmt=fmt)
         check_outputs(plan, overwrite=overwrite)
@@ -435,7 +437,7 @@ def tvdenoise(
             tol=tol,
             lr=lr,
         ),
-        device=str(torch_device),
+        device=device,
         quality=quality,
         overwrite=overwrite,
         max_pixels=max_pixels or None,

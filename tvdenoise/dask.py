@@ -307,23 +307,31 @@ def denoise(
 @dataclass(frozen=True)
 class _TiffImage:
     """The one image of a TIFF file as a lazily indexed array (for ``da.from_array``):
-    each region is decoded on the worker that asks for it, through tifffile's Zarr store.
-    Pickles as its path and shape."""
+    each region is read on the worker that asks for it. Uncompressed contiguous samples
+    are memory-mapped, so only the region's rows are read (such a file is often a single
+    strip, which a Zarr store would decode whole for every region); others are decoded
+    strip by strip or tile by tile through tifffile's Zarr store. Pickles as its path."""
 
     path: str
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
+    mappable: bool
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
     def __getitem__(self, region: tuple[slice, ...]) -> npt.NDArray[Any]:
+        if self.mappable:
+            pixels = tifffile.memmap(self.path, mode="r")
+            values = np.array(pixels[region])
+            del pixels
+            return values
         with tifffile.TiffFile(self.path) as tif:
             store = tif.aszarr()
-            values = zarr.open_array(store, mode="r")[region]
+            values = np.asarray(zarr.open_array(store, mode="r")[region])
             store.close()
-        return np.asarray(values)
+        return values
 
     def __dask_tokenize__(self) -> tuple[str, float, tuple[int, ...]]:
         return (self.path, os.stat(self.path).st_mtime, self.shape)
@@ -345,10 +353,12 @@ class _TiffRegions:
 
 @dataclass(frozen=True)
 class _Layout:
-    """What a large TIFF holds: ``(H, W)`` or ``(H, W, C)`` samples of one dtype."""
+    """What a large TIFF holds: ``(H, W)`` or ``(H, W, C)`` samples of one dtype, and
+    whether they lie uncompressed in one block of the file."""
 
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
+    mappable: bool
 
 
 def _large_tiff(job: Job, settings: Settings, min_values: int) -> _Layout | None:
@@ -370,6 +380,7 @@ def _large_tiff(job: Job, settings: Settings, min_values: int) -> _Layout | None
         with tifffile.TiffFile(job.input) as tif:
             series = tif.series[0]
             shape, axes, dtype = tuple(series.shape), series.axes, np.dtype(series.dtype)
+            mappable = series.dataoffset is not None
     except Exception:  # not for this path; the file's own task reports it
         return None
     if axes not in ("YX", "YXS") or (axes == "YXS" and shape[-1] not in (1, 3)):
@@ -378,7 +389,7 @@ def _large_tiff(job: Job, settings: Settings, min_values: int) -> _Layout | None
         return None
     if math.prod(shape) <= min_values:
         return None
-    return _Layout(shape, dtype)
+    return _Layout(shape, dtype, mappable)
 
 
 def _chunked_record(
@@ -396,7 +407,7 @@ def _chunked_record(
     try:
         chunks = (chunk, chunk, *layout.shape[2:])
         source = da.from_array(
-            _TiffImage(os.fspath(job.input), layout.shape, layout.dtype),
+            _TiffImage(os.fspath(job.input), layout.shape, layout.dtype, layout.mappable),
             chunks=chunks,
             asarray=True,
             fancy=False,
