@@ -262,7 +262,7 @@ def test_weight_from_windows_spread_over_the_array(monkeypatch: pytest.MonkeyPat
         return picked
 
     monkeypatch.setattr(tvd, "_windows", windows)
-    monkeypatch.setattr(tvd, "SAMPLE_SIZE", 64)
+    monkeypatch.setitem(tvd.SAMPLE_SIDE, 2, 64)
     with dask.config.set(scheduler="synchronous"):
         weight, sigma = tvd.choose_weight(array, samples=4)
         given, kept = tvd.choose_weight(array, sigma=0.05, samples=4)
@@ -273,12 +273,34 @@ def test_weight_from_windows_spread_over_the_array(monkeypatch: pytest.MonkeyPat
     assert none is None and impulse >= 0
 
 
+def test_chunked_volume_matches_the_whole_solve() -> None:
+    gen = torch.Generator().manual_seed(7)
+    depth = torch.arange(72).reshape(-1, 1, 1)
+    slab = piecewise_image(1, 41, 43, seed=7) * torch.where(depth < 30, 1.0, 0.7)
+    noisy = (slab + 0.1 * torch.randn(slab.shape, generator=gen)).clamp(0, 1)[None]
+    axes: dict[str, Any] = {"spatial_dims": 3, "spacing": (2.0, 1.0, 1.0)}
+    whole = tvdenoise.denoise(noisy, 0.2, max_iter=30, tile=0, **axes)
+    volume = da.from_array(noisy[0].numpy(), chunks=(36, 41, 43))  # a seam across depth
+    with dask.config.set(scheduler="synchronous"):
+        values = tvd.denoise(volume, 0.2, max_iter=30, **axes).compute()
+    assert np.abs(values - whole[0].numpy()).max() < 1e-3
+
+
+def test_volume_windows_are_cubes_spread_over_it() -> None:
+    volume = da.zeros((2, 1, 40, 50, 60), dtype=np.float32, chunks=20)
+    assert tvd._windows(volume, 8, 16).shape == (8, 1, 16, 16, 16)
+    assert tvd._windows(volume, 3, 16).shape == (2, 1, 16, 16, 16)  # up to 3: 2 x 1 x 1
+    assert tvd._windows(volume, 8, 64).shape == (1, 1, 40, 50, 60)
+
+
 @pytest.mark.parametrize(
     ("array", "kwargs", "error", "message"),
     [
         (np.zeros((8, 8), np.float32), {}, TypeError, "must be a dask.array.Array"),
         (da.zeros((8, 8), dtype=np.uint8), {}, TypeError, "floating-point values"),
         (da.zeros((8,), dtype=np.float32), {}, ValueError, "must have shape (H, W)"),
+        (da.zeros((8, 8), dtype=np.float32), {"spatial_dims": 3}, ValueError, "(D, H, W)"),
+        (da.zeros((8, 8), dtype=np.float32), {"spatial_dims": 1}, ValueError, "2 or 3"),
         (da.zeros((8, 8), dtype=np.float32), {"weight": -1.0}, ValueError, "finite number"),
         (da.zeros((8, 8), dtype=np.float32), {"weight": "big"}, ValueError, "'auto'"),
         (da.zeros((8, 8), dtype=np.float32), {"overlap": -1}, ValueError, "overlap"),

@@ -61,8 +61,7 @@ from .auto import auto_weight
 from .batch import Job, Record, Settings, process_file
 from .fidelity import NOISE_MODELS, NoiseModel
 from .io import ImageFileError
-from .noise_weight import auto_weight_for_noise, estimate_peak
-from .sigma import estimate_sigma
+from .noise_weight import auto_weight_for_noise
 from .solver import DEFAULT_EPS, DEFAULT_MAX_ITER, DEFAULT_TOL
 from .tiling import DEFAULT_OVERLAP
 from .tv import ColorMode, TVKind
@@ -87,9 +86,10 @@ CHUNKED_MIN_VALUES = 1 << 26
 #: Side of the chunks of such a file: each widened chunk's solver buffers stay near
 #: 170 MB for RGB, well inside a worker's memory.
 CHUNK = 1024
-#: Windows of the array from which :func:`choose_weight` chooses the weight, and their side.
+#: Windows of the array from which :func:`choose_weight` chooses the weight, and their
+#: side for images and for volumes.
 SAMPLES = 8
-SAMPLE_SIZE = 512
+SAMPLE_SIDE = {2: 512, 3: 128}
 #: Files waiting at the scheduler per worker thread; more are sent as files finish, so a
 #: million files do not become a million tasks at once.
 _QUEUED_PER_THREAD = 4
@@ -114,37 +114,54 @@ class ClusterError(RuntimeError):
 # --------------------------------------------------------------------------------------
 
 
-def _as_batch(array: da.Array, name: str = "array") -> da.Array:
-    """``(H, W)``, ``(C, H, W)`` or ``(B, C, H, W)`` as a ``(B, C, H, W)`` view, checked."""
+_LAYOUTS = {2: "(H, W), (C, H, W) or (B, C, H, W)", 3: "(D, H, W), (C, D, H, W) or (B, C, D, H, W)"}
+
+
+def _as_batch(array: da.Array, spatial_dims: int) -> da.Array:
+    """An image or volume array as a ``(B, C, *spatial)`` view, checked."""
     if not isinstance(array, da.Array):
-        raise TypeError(f"{name} must be a dask.array.Array, got {type(array).__name__}")
+        raise TypeError(f"array must be a dask.array.Array, got {type(array).__name__}")
     if not np.issubdtype(array.dtype, np.floating):
         raise TypeError(
-            f"{name} must hold floating-point values in [0, 1], got dtype {array.dtype} "
+            f"array must hold floating-point values in [0, 1], got dtype {array.dtype} "
             "(divide integers by their full scale first)"
         )
-    if array.ndim not in (2, 3, 4):
+    if spatial_dims not in _LAYOUTS:
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    if not spatial_dims <= array.ndim <= spatial_dims + 2:
         raise ValueError(
-            f"{name} must have shape (H, W), (C, H, W) or (B, C, H, W), got {array.shape}"
+            f"array must have shape {_LAYOUTS[spatial_dims]} for spatial_dims={spatial_dims}, "
+            f"got {array.shape}"
         )
-    batch: da.Array = array.reshape((1,) * (4 - array.ndim) + array.shape)
+    lead = (1,) * (spatial_dims + 2 - array.ndim)
+    batch: da.Array = array.reshape(lead + array.shape)
     return batch
 
 
-def _windows(array: da.Array, count: int, size: int) -> da.Array:
-    """Up to ``count`` windows of ``size`` pixels (less for a smaller array), evenly spread
-    over the images of a ``(B, C, H, W)`` array: ``(S, C, h, w)``."""
-    b, _, h, w = array.shape
-    wh, ww = min(size, h), min(size, w)
-    rows = max(1, min(math.isqrt(count), h // wh))
-    cols = max(1, min(count // rows, w // ww))
-    tops = [round(i * (h - wh) / max(rows - 1, 1)) for i in range(rows)]
-    lefts = [round(j * (w - ww) / max(cols - 1, 1)) for j in range(cols)]
-    places = list(itertools.product(tops, lefts))
-    picked = [
-        array[k * b // len(places), :, top : top + wh, left : left + ww]
-        for k, (top, left) in enumerate(places)
+def _windows(batch: da.Array, count: int, side: int) -> da.Array:
+    """Up to ``count`` windows of ``side`` samples a side (less along a shorter axis),
+    evenly spread over the images of a ``(B, C, *spatial)`` array: ``(S, C, *window)``."""
+    b, sizes = batch.shape[0], batch.shape[2:]
+    widths = [min(side, n) for n in sizes]
+    rooms = [n // w for n, w in zip(sizes, widths, strict=True)]
+    per_axis = [1] * len(sizes)
+    grown = True
+    while grown:  # one more position along each axis in turn, while there is room
+        grown = False
+        for axis, room in enumerate(rooms):
+            more = math.prod(per_axis) // per_axis[axis] * (per_axis[axis] + 1)
+            if per_axis[axis] < room and more <= count:
+                per_axis[axis] += 1
+                grown = True
+    starts = [
+        [round(k * (n - w) / max(m - 1, 1)) for k in range(m)]
+        for n, w, m in zip(sizes, widths, per_axis, strict=True)
     ]
+    places = list(itertools.product(*starts))
+    picked = []
+    for k, place in enumerate(places):
+        window = (slice(s, s + w) for s, w in zip(place, widths, strict=True))
+        picked.append(batch[(k * b // len(places), slice(None), *window)])
     windows: da.Array = da.stack(picked)
     return windows
 
@@ -152,6 +169,8 @@ def _windows(array: da.Array, count: int, size: int) -> da.Array:
 def choose_weight(
     array: da.Array,
     *,
+    spatial_dims: int = 2,
+    spacing: Sequence[float] | None = None,
     sigma: float | None = None,
     noise: NoiseModel = "gaussian",
     peak: float | None = None,
@@ -162,17 +181,18 @@ def choose_weight(
 ) -> tuple[float, float | None]:
     """One automatic weight for a whole dask array, from a few windows spread over it.
 
-    ``samples`` windows of up to ``SAMPLE_SIZE`` pixels are read (only they are computed).
-    For Gaussian noise the noise level is the median of the windows' estimates
-    (:func:`tvdenoise.estimate_sigma`) unless given; each window then gets the library's
-    automatic weight for that level (:func:`tvdenoise.auto.auto_weight`, the rule refined
-    by SURE), and the median of those is the weight. Impulse and Poisson noise take the
-    median of :func:`tvdenoise.noise_weight.auto_weight_for_noise` over the windows, the
-    photon count fixed first to the median of the windows' estimates. The median keeps a
-    window of flat background or of pure texture from deciding the whole array.
+    ``samples`` windows are read (only they are computed): squares of up to
+    ``SAMPLE_SIDE[2]`` pixels, or cubes of up to ``SAMPLE_SIDE[3]`` voxels. For Gaussian
+    noise the noise level is the median of the windows' estimates unless given; each
+    window then gets the library's automatic weight for that level
+    (:func:`tvdenoise.auto.auto_weight`: the rule refined by SURE), and the median of
+    those is the weight. Impulse and Poisson noise take the median of
+    :func:`tvdenoise.noise_weight.auto_weight_for_noise` over the windows. The medians keep
+    a window of flat background or of pure texture from deciding for the whole array.
 
     Args:
-        array: ``(H, W)``, ``(C, H, W)`` or ``(B, C, H, W)`` floats in [0, 1].
+        array: floats in [0, 1], laid out as for :func:`denoise`.
+        spatial_dims, spacing: the spatial axes, as in :func:`tvdenoise.denoise`.
         sigma: Gaussian noise level on the [0, 1] scale, or ``None`` to estimate it.
         noise, peak, tv, color, eps: as in :func:`tvdenoise.denoise`.
         samples: How many windows to read, >= 1.
@@ -184,29 +204,35 @@ def choose_weight(
     Raises:
         TypeError: ``array`` is not a floating-point dask array.
         ValueError: A wrong shape, ``samples < 1``, ``sigma`` with a noise model other than
-            Gaussian, or what :func:`tvdenoise.auto.auto_weight` refuses (an array under
-            8x8 pixels, a negative ``sigma``, an unknown ``tv`` or ``color``).
+            Gaussian, or what the library's automatic weight refuses (an array under 8x8
+            pixels, a negative ``sigma``, an unknown ``tv`` or ``color``, a bad
+            ``spacing``).
     """
-    batch = _as_batch(array)
+    batch = _as_batch(array, spatial_dims)
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     if noise not in NOISE_MODELS:
         raise ValueError(f"noise must be one of {', '.join(NOISE_MODELS)}, got {noise!r}")
     if sigma is not None and noise != "gaussian":
         raise ValueError(f"sigma applies to noise='gaussian' only, got noise={noise!r}")
-    windows = torch.from_numpy(np.ascontiguousarray(_windows(batch, samples, SAMPLE_SIZE)))
+    picked = _windows(batch, samples, SAMPLE_SIDE[spatial_dims])
+    windows = torch.from_numpy(np.ascontiguousarray(picked))
+    axes: dict[str, Any] = {
+        "spatial_dims": spatial_dims,
+        "spacing": None if spacing is None else tuple(spacing),
+    }
     if noise == "gaussian":
-        level = float(estimate_sigma(windows).median()) if sigma is None else float(sigma)
-        weights, _ = auto_weight(windows, sigma=level, tv=tv, color=color, eps=eps)
-        return float(weights.median()), level
-    if noise == "poisson" and peak is None:
-        peak = float(estimate_peak(windows).median())
-    weights = auto_weight_for_noise(windows, noise, peak=peak, tv=tv, color=color)
+        if sigma is None:
+            _, levels = auto_weight(windows, tv=tv, color=color, eps=eps, method="rule", **axes)
+            sigma = float(levels.median())
+        weights, _ = auto_weight(windows, sigma=sigma, tv=tv, color=color, eps=eps, **axes)
+        return float(weights.median()), float(sigma)
+    weights = auto_weight_for_noise(windows, noise, peak=peak, tv=tv, color=color, **axes)
     return float(weights.median()), None
 
 
 def _restore_block(block: npt.NDArray[Any], weight: float, options: dict[str, Any]) -> Any:
-    """One widened ``(B, C, h, w)`` chunk through :func:`tvdenoise.restore`, untiled."""
+    """One widened ``(B, C, *spatial)`` chunk through :func:`tvdenoise.restore`, untiled."""
     noisy = torch.from_numpy(np.ascontiguousarray(block))
     return restore(noisy, weight, tile=0, **options).restored.numpy()
 
@@ -215,6 +241,8 @@ def denoise(
     array: da.Array,
     weight: float | Literal["auto"] = "auto",
     *,
+    spatial_dims: int = 2,
+    spacing: Sequence[float] | None = None,
     sigma: float | None = None,
     noise: NoiseModel = "gaussian",
     peak: float | None = None,
@@ -226,23 +254,29 @@ def denoise(
     eps: float = DEFAULT_EPS,
     overlap: int = DEFAULT_OVERLAP,
 ) -> da.Array:
-    """Total-variation denoising of a dask array, chunk by chunk; lazy.
+    """Total-variation denoising of a dask array of images or volumes, chunk by chunk; lazy.
 
     The energy and options are those of :func:`tvdenoise.denoise`. Each chunk is widened
-    by ``overlap`` values on every side along the two spatial axes (not past the array's
+    by ``overlap`` samples on every side along each spatial axis (not past the array's
     edge), solved with one weight for the whole array, and trimmed back; only a chunk and
     its margins are ever in memory. The channel axis is gathered into one chunk (joint
-    colour TV couples the channels). Chunks of 1024 to 4096 pixels a side keep the
-    overlap's extra work small; chunks under ``overlap`` pixels are merged by Dask.
+    colour TV couples the channels). Chunks of 1024 to 4096 pixels a side (128 to 512
+    voxels for volumes) keep the overlap's extra work small; chunks under ``overlap`` are
+    merged by Dask.
 
     Args:
-        array: ``(H, W)``, ``(C, H, W)`` or ``(B, C, H, W)`` floats in [0, 1], as a
-            ``dask.array`` (e.g. ``da.from_zarr(...)``).
+        array: floats in [0, 1] as a ``dask.array`` (e.g. ``da.from_zarr(...)``):
+            ``(H, W)``, ``(C, H, W)`` or ``(B, C, H, W)`` images, or with
+            ``spatial_dims=3`` ``(D, H, W)``, ``(C, D, H, W)`` or ``(B, C, D, H, W)``
+            volumes.
         weight: Regularisation weight ``>= 0``, or ``"auto"``: chosen once for the whole
             array by :func:`choose_weight`, which reads a few windows at call time.
+        spatial_dims: 2 (images) or 3 (volumes or time series), as in
+            :func:`tvdenoise.denoise`.
+        spacing: Sample distance per spatial axis, as in :func:`tvdenoise.denoise`.
         sigma: Gaussian noise level on the [0, 1] scale for the automatic weight.
         noise, peak, tv, color, max_iter, tol, lr, eps: as in :func:`tvdenoise.denoise`.
-        overlap: Margin in pixels solved around each chunk and then dropped.
+        overlap: Margin in samples solved around each chunk and then dropped.
 
     Returns:
         The restored array, lazy, with the shape, chunks and dtype of ``array``, clipped
@@ -250,23 +284,27 @@ def denoise(
 
     Raises:
         TypeError: ``array`` is not a floating-point dask array.
-        ValueError: A wrong shape, a weight that is neither ``"auto"`` nor a finite
-            number ``>= 0``, ``overlap < 0``, or an automatic weight that cannot be
-            chosen (see :func:`choose_weight`).
+        ValueError: A wrong shape or ``spatial_dims``, a weight that is neither
+            ``"auto"`` nor a finite number ``>= 0``, ``overlap < 0``, or an automatic
+            weight that cannot be chosen (see :func:`choose_weight`).
 
     Example:
         >>> noisy = da.random.random((600, 500), chunks=256).astype("float32")
         >>> denoise(noisy, 0.1).compute().shape
         (600, 500)
     """
-    batch = _as_batch(array)
+    batch = _as_batch(array, spatial_dims)
     if overlap < 0:
         raise ValueError(f"overlap must be >= 0, got {overlap}")
+    axes: dict[str, Any] = {
+        "spatial_dims": spatial_dims,
+        "spacing": None if spacing is None else tuple(spacing),
+    }
     if isinstance(weight, str):
         if weight != "auto":
             raise ValueError(f"weight must be a number >= 0 or 'auto', got {weight!r}")
         chosen, _ = choose_weight(
-            batch, sigma=sigma, noise=noise, peak=peak, tv=tv, color=color, eps=eps
+            batch, sigma=sigma, noise=noise, peak=peak, tv=tv, color=color, eps=eps, **axes
         )
     else:
         if sigma is not None:
@@ -283,15 +321,16 @@ def denoise(
         "tol": tol,
         "lr": lr,
         "eps": eps,
+        **axes,
     }
     whole_channels = batch.rechunk({1: -1})
     restored = whole_channels.map_overlap(
         _restore_block,
-        depth={0: 0, 1: 0, 2: overlap, 3: overlap},
+        depth={0: 0, 1: 0, **{axis: overlap for axis in range(2, batch.ndim)}},
         boundary="none",
         trim=True,
         dtype=array.dtype,
-        meta=np.empty((0, 0, 0, 0), dtype=array.dtype),
+        meta=np.empty((0,) * batch.ndim, dtype=array.dtype),
         weight=chosen,
         options=options,
     )
