@@ -5,8 +5,8 @@ never imports it, and the command line only when given ``--scheduler`` or ``--wo
 
 Two jobs:
 
-* :func:`denoise` restores a ``dask.array`` chunk by chunk. Each chunk is widened by
-  :data:`tvdenoise.tiling.DEFAULT_OVERLAP` values on every spatial side
+* :func:`denoise` restores a ``dask.array`` of images or volumes chunk by chunk. Each
+  chunk is widened by :data:`tvdenoise.tiling.DEFAULT_OVERLAP` samples on every spatial side
   (``map_overlap``), solved alone and trimmed back, exactly as
   :func:`tvdenoise.tiling.run_tiled` treats tiles, so that no seam shows. The weight is
   one number for the whole array: given, or chosen once by :func:`choose_weight` from a
@@ -98,8 +98,6 @@ _CONNECT_TIMEOUT_S = 10
 _TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
 _FULL_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 _FLOATS = frozenset({np.dtype(np.float32), np.dtype(np.float64)})
-
-StrPath = str | os.PathLike[str]
 
 
 class ClusterError(RuntimeError):
