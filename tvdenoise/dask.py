@@ -39,7 +39,7 @@ import itertools
 import logging
 import math
 import os
-import tempfile
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,7 +60,7 @@ from .api import restore
 from .auto import auto_weight
 from .batch import Job, Record, Settings, process_file
 from .fidelity import NOISE_MODELS, NoiseModel
-from .io import ImageFileError
+from .io import TEMPORARY_SUFFIX, ImageFileError, Scaling
 from .noise_weight import auto_weight_for_noise
 from .solver import DEFAULT_EPS, DEFAULT_MAX_ITER, DEFAULT_TOL
 from .tiling import DEFAULT_OVERLAP
@@ -96,7 +96,7 @@ _QUEUED_PER_THREAD = 4
 _CONNECT_TIMEOUT_S = 10
 
 _TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
-_FULL_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+_FULL_SCALE = frozenset({np.dtype(np.uint8), np.dtype(np.uint16)})
 _FLOATS = frozenset({np.dtype(np.float32), np.dtype(np.float64)})
 
 
@@ -400,9 +400,11 @@ class _Layout:
 
 def _large_tiff(job: Job, settings: Settings, min_values: int) -> _Layout | None:
     """The layout of a job's input if it is to be restored chunk by chunk: a TIFF, written
-    to a TIFF, holding one gray or RGB image of integers or floats with more than
-    ``min_values`` values. ``None`` otherwise, also for a file that cannot be parsed (its
-    task then says what is wrong with it)."""
+    to a TIFF, holding one gray or RGB 2-D image of 8- or 16-bit integers or floats with
+    more than ``min_values`` values, with no ``dims=3`` or ``spacing`` asked for. ``None``
+    otherwise, also for a file that cannot be parsed (its task then says what is wrong)."""
+    if settings.dims == 3 or settings.spacing is not None:
+        return None
     if job.input.suffix.lower() not in _TIFF_SUFFIXES:
         return None
     if job.output.suffix.lower() not in _TIFF_SUFFIXES:
@@ -429,14 +431,44 @@ def _large_tiff(job: Job, settings: Settings, min_values: int) -> _Layout | None
     return _Layout(shape, dtype, mappable)
 
 
+def _scaling(source: da.Array, dtype: np.dtype[Any]) -> Scaling:
+    """The file's map to [0, 1] by :class:`tvdenoise.io.Scaling`'s rule: the full range of
+    8- and 16-bit integers, the finite values' own range for floats (one pass over the
+    file, chunk by chunk)."""
+    if dtype in _FULL_SCALE:
+        return Scaling(0.0, float(np.iinfo(dtype).max), dtype)
+    finite = da.where(da.isfinite(source), source, np.nan)
+    low, high = (float(v) for v in da.compute(da.nanmin(finite), da.nanmax(finite)))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return Scaling(0.0, 1.0, dtype)
+    return Scaling(low, high - low if high > low else 1.0, dtype)
+
+
+def _name_into_place(temporary: Path, output: Path, *, overwrite: bool) -> bool:
+    """Give a finished temporary file its name; ``False`` if another run made the output
+    meanwhile (it is never replaced without ``overwrite``)."""
+    if overwrite:
+        os.replace(temporary, output)
+        return True
+    try:
+        os.link(temporary, output)  # fails, atomically, where the output exists
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(temporary)
+    return True
+
+
 def _chunked_record(
     job: Job, layout: _Layout, settings: Settings, client: Client, chunk: int
 ) -> Record:
     """Restore one large TIFF chunk by chunk across the cluster and write it atomically.
 
-    The output is an uncompressed TIFF of the input's dtype (BigTIFF when large) made under
-    a temporary name in the output folder, filled by the workers region by region, and
-    renamed into place once complete. ICC profile and EXIF are not carried over.
+    Samples map to [0, 1] and back as in a local run (:class:`tvdenoise.io.Scaling`); NaN
+    samples of a float file are missing data, filled by the solver and written back as
+    NaN. The output is an uncompressed TIFF of the input's dtype (BigTIFF when large) made
+    under a temporary name in the output folder, filled by the workers region by region,
+    and named once complete. ICC profile and EXIF are not carried over.
     """
     started = time.perf_counter()
     solver = settings.solver
@@ -450,8 +482,13 @@ def _chunked_record(
             fancy=False,
             meta=np.empty((0,) * len(layout.shape), dtype=layout.dtype),
         )
-        scale = _FULL_SCALE.get(layout.dtype, 1.0)
-        values = source.astype(np.float32) / np.float32(scale)
+        scaling = _scaling(source, layout.dtype)
+        if layout.dtype.itemsize <= 2:  # exact in float32, as Scaling.to_unit does it
+            values = source.astype(np.float32) / np.float32(scaling.scale)
+        else:
+            values = ((source.astype(np.float64) - scaling.offset) / scaling.scale).astype(
+                np.float32
+            )
         planes = values[None] if values.ndim == 2 else da.moveaxis(values, -1, 0)
         sigma: float | None = None
         if solver.weight == "auto":
@@ -476,17 +513,19 @@ def _chunked_record(
             tol=solver.tol,
             lr=solver.lr,
         )
-        result = restored[0] if values.ndim == 2 else da.moveaxis(restored, 0, -1)
+        unit = restored[0] if values.ndim == 2 else da.moveaxis(restored, 0, -1)
+        wide = unit.astype(np.float64) * scaling.scale + scaling.offset
         if layout.dtype in _FULL_SCALE:
-            result = da.round(result * np.float32(scale))
-        result = result.astype(layout.dtype).rechunk(chunks)
+            top = np.iinfo(layout.dtype).max
+            result = da.clip(da.rint(wide), 0, top).astype(layout.dtype)
+        else:
+            result = da.where(da.isnan(source), source, wide.astype(layout.dtype))
+        result = result.rechunk(chunks)
 
         job.output.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(
-            dir=job.output.parent, prefix=f".{job.output.name}.", suffix=".tmp"
+        temporary = job.output.parent / (
+            f".{job.output.name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
         )
-        os.close(handle)
-        temporary = Path(name)
         tifffile.memmap(
             temporary,
             shape=layout.shape,
@@ -494,7 +533,7 @@ def _chunked_record(
             photometric="rgb" if layout.shape[2:] == (3,) else "minisblack",
             bigtiff=math.prod(layout.shape) * layout.dtype.itemsize > 2**31,
         ).flush()
-        target: Any = _TiffRegions(name)  # any object with __setitem__ will do
+        target: Any = _TiffRegions(os.fspath(temporary))  # any object with __setitem__
         stored = da.store(result, target, lock=False, compute=False)
         future = client.compute(stored)
         try:
@@ -502,11 +541,10 @@ def _chunked_record(
         except BaseException:
             client.cancel([future])
             raise
-        if not settings.overwrite and os.path.lexists(job.output):
-            os.unlink(temporary)
-            return Record(job.input, job.output, "skipped")  # written meanwhile
-        os.replace(temporary, job.output)
+        named = _name_into_place(temporary, job.output, overwrite=settings.overwrite)
         temporary = None
+        if not named:
+            return Record(job.input, job.output, "skipped")  # written meanwhile
     except (ImageFileError, OSError, ValueError, RuntimeError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         return Record(
@@ -527,6 +565,9 @@ def _chunked_record(
         weight=_single(weight),
         sigma=None if sigma is None else _single(sigma * 255),
         seconds=time.perf_counter() - started,
+        dims=2,
+        spacing=(1.0, 1.0),
+        images=1,
     )
 
 
@@ -691,11 +732,13 @@ class Cluster:
             self._local = None
 
     def _remove_temporaries(self) -> None:
-        """Delete ``.<output name>.*.tmp`` files made during this run in the outputs'
-        folders: the leftovers of writes whose worker was killed."""
+        """Delete the temporary files of outputs (``.<output name>.*.tvdenoise-tmp``)
+        made during this run: the leftovers of writes whose worker was killed."""
         for output in self._outputs:
             with contextlib.suppress(OSError):
-                for leftover in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
+                for leftover in output.parent.glob(
+                    f".{glob.escape(output.name)}.*{TEMPORARY_SUFFIX}"
+                ):
                     with contextlib.suppress(OSError):
                         if leftover.stat().st_mtime >= self._started - 1:
                             leftover.unlink()
