@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn, cast, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, cast, get_args
 
 import typer
 import typer.core
@@ -60,6 +60,9 @@ from .fidelity import NoiseModel
 from .io import DEFAULT_MAX_PIXELS, SUPPORTED_SUFFIXES, ImageFileError
 from .solver import DEFAULT_MAX_ITER, DEFAULT_TOL, Callback
 from .tv import TVKind
+
+if TYPE_CHECKING:
+    from .dask import Cluster
 
 __all__ = [
     "EXIT_FAILED",
@@ -105,6 +108,9 @@ in --report. Z spacing relative to the pixel size comes from the file (ImageJ, O
 
 The input is never overwritten. The path of each file written is printed on stdout;
 progress, messages and errors go to stderr.
+
+With --scheduler tcp://HOST:8786 each file is a task of a running Dask cluster;
+--workers N starts N local worker processes instead (both need tvdenoise[dask]).
 
 Exit codes: 0 done, 1 some file failed, 2 usage error (nothing processed), 130
 interrupted by Ctrl-C, 143 terminated by SIGTERM (files finished so far are kept; the
@@ -501,6 +507,22 @@ def tvdenoise(
             "bombs); 0 = no limit.",
         ),
     ] = DEFAULT_MAX_PIXELS,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            metavar="tcp://HOST:PORT",
+            help="Run each file as a task of this Dask scheduler's cluster.",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Run the files on a local Dask cluster of N single-threaded processes.",
+            show_default=False,
+        ),
+    ] = None,
     report: Annotated[
         Path | None,
         typer.Option(
@@ -542,10 +564,14 @@ def tvdenoise(
         _fail("--color opponent needs --noise gaussian; use joint or separate", EXIT_USAGE)
     if chroma_weight is not None and color in ("joint", "separate"):
         _fail("--chroma-weight applies to --color opponent (or auto) only", EXIT_USAGE)
-    try:
-        torch_device = resolve_device(device)
-    except ValueError as exc:
-        _fail(str(exc), EXIT_USAGE)
+    if scheduler is not None and workers is not None:
+        _fail("--scheduler and --workers exclude each other", EXIT_USAGE)
+    if scheduler is None:
+        try:
+            device = str(resolve_device(device))
+        except ValueError as exc:
+            _fail(str(exc), EXIT_USAGE)
+    # else each worker of the cluster resolves it on its own machine (auto: its own GPU).
     try:
         plan = plan_jobs(inputs, output, suffix=suffix, fmt=fmt)
         check_outputs(plan, overwrite=overwrite)
@@ -573,7 +599,7 @@ def tvdenoise(
             lr=lr,
             reg=cast(RegulariserName, reg),
         ),
-        device=str(torch_device),
+        device=device,
         quality=quality,
         overwrite=overwrite,
         max_pixels=max_pixels or None,
@@ -586,7 +612,13 @@ def tvdenoise(
         _message(f"settings: {shown}")
         _message(f"files: {len(plan.jobs)}")
 
-    records, stopped = _run(plan, settings, quiet=quiet, verbose=verbose)
+    if scheduler is None and workers is None:
+        records, stopped = _run(plan, settings, quiet=quiet, verbose=verbose)
+    else:
+        with _cluster(scheduler, workers) as cluster:
+            if verbose:
+                _message(f"cluster: {cluster.address}")
+            records, stopped = _run(plan, settings, quiet=quiet, verbose=verbose, cluster=cluster)
 
     counts = {status: 0 for status in ("restored", "skipped", "failed")}
     for record in records:
@@ -612,10 +644,34 @@ def tvdenoise(
     raise typer.Exit(code)
 
 
+@contextlib.contextmanager
+def _cluster(scheduler: str | None, workers: int | None) -> Iterator[Cluster]:
+    """The Dask cluster of ``--scheduler``/``--workers`` while the block runs; exit 2 saying
+    why when Dask is not installed or the cluster cannot be reached or started."""
+    try:
+        from .dask import Cluster, ClusterError
+    except ImportError as exc:
+        _fail(
+            f'--scheduler and --workers need Dask ({exc}); pip install "tvdenoise[dask]"',
+            EXIT_USAGE,
+        )
+    try:
+        with Cluster(scheduler=scheduler, workers=workers) as cluster:
+            yield cluster
+    except ClusterError as exc:
+        _fail(str(exc), EXIT_USAGE)
+
+
 def _run(
-    plan: Plan, settings: Settings, *, quiet: bool, verbose: bool
+    plan: Plan,
+    settings: Settings,
+    *,
+    quiet: bool,
+    verbose: bool,
+    cluster: Cluster | None = None,
 ) -> tuple[list[Record], stop.Interrupted | None]:
-    """Run the plan under progress bars; return the records and what stopped it, if any."""
+    """Run the plan (on ``cluster`` if given) under progress bars; return the records and
+    what stopped it, if any."""
     records: list[Record] = []
     # disable=None: tqdm shows a bar only when stderr is a terminal.
     auto: bool | None = True if quiet else None
@@ -628,7 +684,9 @@ def _run(
         dynamic_ncols=True,
     )
     bars = (
-        None if quiet or not (plan.single or verbose) else _iteration_bars(settings.solver.max_iter)
+        None
+        if quiet or cluster is not None or not (plan.single or verbose)
+        else _iteration_bars(settings.solver.max_iter)
     )
 
     def on_record(record: Record) -> None:
@@ -641,8 +699,9 @@ def _run(
             if verbose:
                 _message(
                     f"restored {record.input} ({record.images} x {record.dims}-D): "
-                    f"{record.iterations} iterations, "
-                    f"loss {record.energy:.5g}, weight {record.weight:g}, "
+                    + ("" if record.iterations is None else f"{record.iterations} iterations, ")
+                    + ("" if record.energy is None else f"loss {record.energy:.5g}, ")
+                    + f"weight {record.weight:g}, "
                     + ("" if record.sigma is None else f"sigma {record.sigma:.3g}/255, ")
                     + f"{record.seconds:.2f} s"
                 )
@@ -652,7 +711,10 @@ def _run(
     stopped: stop.Interrupted | None = None
     try:
         stop.check()
-        run_jobs(plan.jobs, settings, on_record=on_record, iteration_progress=bars)
+        if cluster is None:
+            run_jobs(plan.jobs, settings, on_record=on_record, iteration_progress=bars)
+        else:
+            cluster.run_jobs(plan.jobs, settings, on_record=on_record)
     except KeyboardInterrupt as exc:
         stopped = stop.stopped(exc)
     finally:
