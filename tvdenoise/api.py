@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .auto import choose_weight
 from .checks import check_choice, floating
+from .defaults import RegulariserName
 from .fidelity import DataTerm, NoiseModel
 from .missing import check_finite
 from .solver import (
@@ -38,8 +39,6 @@ __all__ = ["REGULARISERS", "RegulariserName", "Restoration", "Weight", "denoise"
 
 #: A weight: one number, one per image, or ``"auto"``.
 Weight = float | Sequence[float] | Tensor | Literal["auto"]
-#: The regularisers by name: total variation, or second-order total generalised variation.
-RegulariserName = Literal["tv", "tgv"]
 REGULARISERS: tuple[str, ...] = get_args(RegulariserName)
 
 

@@ -44,7 +44,8 @@ from typing import Any, Literal
 
 import torch
 
-from .api import RegulariserName, restore
+from .api import restore
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_QUALITY, DEFAULT_SUFFIX, RegulariserName
 from .fidelity import NoiseModel
 from .io import (
     DEFAULT_MAX_PIXELS,
@@ -81,14 +82,6 @@ __all__ = [
     "run_jobs",
     "write_report",
 ]
-
-#: Images stacked into one solver batch, at most.
-DEFAULT_BATCH_SIZE = 8
-#: JPEG and WebP quality of the written files.
-DEFAULT_QUALITY = 95
-#: Added to the name of an output written beside its input (``photo.png`` ->
-#: ``photo_denoised.png``).
-DEFAULT_SUFFIX = "_denoised"
 
 Status = Literal["restored", "skipped", "failed"]
 

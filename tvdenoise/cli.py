@@ -18,37 +18,32 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 import typer.core
-from torch import Tensor
-from tqdm import tqdm
 
+# Only light modules at import time: --help, --version and usage errors answer without
+# loading PyTorch (or tqdm). The modules that do the work are imported where they are used.
 from . import __version__
-from .api import RegulariserName
-from .batch import (
+from .defaults import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_ITER,
+    DEFAULT_MAX_PIXELS,
     DEFAULT_QUALITY,
     DEFAULT_SUFFIX,
-    IterationProgress,
-    Job,
-    Plan,
-    PlanError,
-    Record,
-    Settings,
-    SolverSettings,
-    check_outputs,
-    check_report_path,
-    plan_jobs,
-    resolve_device,
-    run_jobs,
-    write_report,
+    DEFAULT_TOL,
+    ColorMode,
+    NoiseModel,
+    RegulariserName,
+    TVKind,
 )
-from .fidelity import NoiseModel
-from .io import DEFAULT_MAX_PIXELS, SUPPORTED_SUFFIXES, ImageFileError
-from .solver import DEFAULT_MAX_ITER, DEFAULT_TOL, Callback
-from .tv import ColorMode, TVKind
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from .batch import IterationProgress, Job, Plan, Record, Settings
+    from .solver import Callback
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "app", "main"]
 
@@ -159,6 +154,8 @@ def _positive(value: float | None) -> float | None:
 def _output_format(value: str | None) -> str | None:
     if value is None:
         return None
+    from .io import SUPPORTED_SUFFIXES
+
     suffix = "." + value.strip().lower().lstrip(".")
     if suffix not in SUPPORTED_SUFFIXES:
         allowed = ", ".join(sorted(s.lstrip(".") for s in SUPPORTED_SUFFIXES))
@@ -398,6 +395,18 @@ def tvdenoise(
         _fail("--peak applies to --noise poisson only", EXIT_USAGE)
     if reg == "tgv" and (noise != "gaussian" or tv != "isotropic"):
         _fail("--reg tgv supports --noise gaussian and --tv isotropic only", EXIT_USAGE)
+    from .batch import (
+        PlanError,
+        Settings,
+        SolverSettings,
+        check_outputs,
+        check_report_path,
+        plan_jobs,
+        resolve_device,
+        write_report,
+    )
+    from .io import ImageFileError
+
     try:
         torch_device = resolve_device(device)
     except ValueError as exc:
@@ -464,6 +473,8 @@ def _run(
     plan: Plan, settings: Settings, *, quiet: bool, verbose: bool
 ) -> tuple[list[Record], bool]:
     """Run the plan under progress bars; return the records and whether Ctrl-C stopped it."""
+    from tqdm import tqdm
+
     records: list[Record] = []
     # disable=None: tqdm shows a bar only when stderr is a terminal.
     auto: bool | None = True if quiet else None
@@ -497,6 +508,8 @@ def _run(
         elif verbose:
             _message(f"skipped {record.input}: output exists (use --overwrite): {record.output}")
 
+    from .batch import run_jobs
+
     interrupted = False
     try:
         run_jobs(plan.jobs, settings, on_record=on_record, iteration_progress=bars)
@@ -509,6 +522,7 @@ def _run(
 
 def _iteration_bars(max_iter: int) -> IterationProgress:
     """Progress over the solver's iterations for each batch, showing the loss."""
+    from tqdm import tqdm
 
     @contextlib.contextmanager
     def bar(jobs: Sequence[Job]) -> Iterator[Callback]:
@@ -527,10 +541,14 @@ def _iteration_bars(max_iter: int) -> IterationProgress:
 
 
 def _message(text: str) -> None:
+    from tqdm import tqdm
+
     tqdm.write(text, file=sys.stderr)
 
 
 def _print_error(text: str) -> None:
+    from tqdm import tqdm
+
     tqdm.write(f"error: {' '.join(text.split())}", file=sys.stderr)
 
 
