@@ -25,7 +25,7 @@ import typer.core
 
 # Only light modules at import time: --help, --version and usage errors answer without
 # loading PyTorch (or tqdm). The modules that do the work are imported where they are used.
-from . import __version__
+from . import __version__, threads
 from .defaults import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_ITER,
@@ -395,6 +395,11 @@ def tvdenoise(
         _fail("--peak applies to --noise poisson only", EXIT_USAGE)
     if reg == "tgv" and (noise != "gaussian" or tv != "isotropic"):
         _fail("--reg tgv supports --noise gaussian and --tv isotropic only", EXIT_USAGE)
+    # The command sets up threads only where it is the one that loads torch, never inside
+    # a program that already uses torch (see tvdenoise.threads).
+    owns_torch = "torch" not in sys.modules
+    if owns_torch:
+        threads.limit_spinning()
     from .batch import (
         PlanError,
         Settings,
@@ -441,9 +446,12 @@ def tvdenoise(
         dims=None if dims == "auto" else int(dims),
         spacing=_spacing_value(spacing),
     )
+    cpu_threads = _use_idle_cpus() if owns_torch and torch_device.type == "cpu" else None
     if verbose:
         shown = " ".join(f"{k}={v}" for k, v in settings.to_dict().items())
         _message(f"settings: {shown}")
+        if cpu_threads is not None:
+            _message(f"threads: {cpu_threads}")
         _message(f"files: {len(plan.jobs)}")
 
     records, interrupted = _run(plan, settings, quiet=quiet, verbose=verbose)
@@ -467,6 +475,13 @@ def tvdenoise(
             _print_error(f"cannot write the report: {exc}")
             code = code or EXIT_FAILED
     raise typer.Exit(code)
+
+
+def _use_idle_cpus() -> int:
+    """Run torch on no more CPU threads than there are idle CPUs; return the count."""
+    import torch
+
+    return threads.use_idle_cpus(torch.set_num_threads, torch.get_num_threads())
 
 
 def _run(
