@@ -9,15 +9,22 @@ Library entry points (tensors in, tensors out):
 * :func:`total_variation` / :class:`TVLoss` — differentiable TV for training loops;
 * :func:`estimate_sigma` — the noise level of an image;
 * :func:`reference_denoise` — an exact (duality-gap certified) solver for checking.
+
+The entry points are loaded on first use (PEP 562), so that ``import tvdenoise`` and the
+command's ``--help`` do not import PyTorch.
 """
 
 from __future__ import annotations
 
-from .api import Restoration, denoise, restore
-from .reference import reference_denoise
-from .sigma import estimate_sigma
-from .solver import DenoiseResult, solve
-from .tv import TVLoss, divergence, forward_differences, total_variation, tv_gradient
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import Restoration, denoise, restore
+    from .reference import reference_denoise
+    from .sigma import estimate_sigma
+    from .solver import DenoiseResult, solve
+    from .tv import TVLoss, divergence, forward_differences, total_variation, tv_gradient
 
 __all__ = [
     "DenoiseResult",
@@ -34,3 +41,33 @@ __all__ = [
     "tv_gradient",
 ]
 __version__ = "0.1.0"
+
+#: The module of each public name.
+_MODULES = {
+    "DenoiseResult": "solver",
+    "Restoration": "api",
+    "TVLoss": "tv",
+    "denoise": "api",
+    "divergence": "tv",
+    "estimate_sigma": "sigma",
+    "forward_differences": "tv",
+    "reference_denoise": "reference",
+    "restore": "api",
+    "solve": "solver",
+    "total_variation": "tv",
+    "tv_gradient": "tv",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module of a public name on first use and keep the name here."""
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -28,6 +28,7 @@ from .colour import (
     to_opponent,
 )
 from .convert import ChannelAxis, Image, Mask, to_working
+from .defaults import RegulariserName
 from .fidelity import DataTerm, NoiseModel, data_term
 from .missing import check_finite
 from .noise_weight import poisson_estimators
@@ -51,8 +52,6 @@ __all__ = ["REGULARISERS", "RegulariserName", "Restoration", "Weight", "denoise"
 
 #: A weight: one number, one per image, or ``"auto"``.
 Weight = float | Sequence[float] | Tensor | Literal["auto"]
-#: The regularisers by name: total variation, or second-order total generalised variation.
-RegulariserName = Literal["tv", "tgv"]
 REGULARISERS: tuple[str, ...] = get_args(RegulariserName)
 
 

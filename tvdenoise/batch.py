@@ -44,8 +44,14 @@ from typing import Any, Literal
 
 import torch
 
-from .api import RegulariserName, restore
-from .colour import ColorChoice
+from .api import restore
+from .defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_QUALITY,
+    DEFAULT_SUFFIX,
+    ColorChoice,
+    RegulariserName,
+)
 from .fidelity import NoiseModel
 from .io import (
     DEFAULT_MAX_PIXELS,
@@ -85,14 +91,6 @@ __all__ = [
     "run_jobs",
     "write_report",
 ]
-
-#: Images stacked into one solver batch, at most.
-DEFAULT_BATCH_SIZE = 8
-#: JPEG and WebP quality of the written files.
-DEFAULT_QUALITY = 95
-#: Added to the name of an output written beside its input (``photo.png`` ->
-#: ``photo_denoised.png``).
-DEFAULT_SUFFIX = "_denoised"
 
 Status = Literal["restored", "skipped", "failed"]
 

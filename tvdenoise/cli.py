@@ -30,50 +30,29 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, cast, get_a
 
 import typer
 import typer.core
-from torch import Tensor
-from tqdm import tqdm
 
-from . import __version__, stop
-from .api import RegulariserName
-from .batch import (
+# Only light modules at import time: --help, --version and usage errors answer without
+# loading PyTorch (or tqdm). The modules that do the work are imported where they are used.
+from . import __version__, stop, threads
+from .defaults import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_ITER,
+    DEFAULT_MAX_PIXELS,
     DEFAULT_QUALITY,
     DEFAULT_SUFFIX,
-    IterationProgress,
-    Job,
-    Plan,
-    PlanError,
-    Record,
-    Settings,
-    SolverSettings,
-    check_outputs,
-    check_report_path,
-    output_folders,
-    plan_jobs,
-    remove_stale_temporaries,
-    resolve_device,
-    run_jobs,
-    write_report,
+    DEFAULT_TOL,
+    ColorChoice,
+    NoiseModel,
+    RegulariserName,
+    TVKind,
 )
-from .colour import ColorChoice
-from .fidelity import NoiseModel
-from .io import DEFAULT_MAX_PIXELS, SUPPORTED_SUFFIXES, ImageFileError
-from .solver import DEFAULT_MAX_ITER, DEFAULT_TOL, Callback
-from .tv import TVKind
 
 if TYPE_CHECKING:
-    from .dask import Cluster
+    from torch import Tensor
 
-__all__ = [
-    "EXIT_FAILED",
-    "EXIT_INTERRUPTED",
-    "EXIT_OK",
-    "EXIT_TERMINATED",
-    "EXIT_USAGE",
-    "MIN_TILE",
-    "app",
-    "main",
-]
+    from .batch import IterationProgress, Job, Plan, Record, Settings
+    from .dask import Cluster
+    from .solver import Callback
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # at least one file could not be read, denoised or written
@@ -265,6 +244,8 @@ def _tile(value: int | None) -> int | None:
 def _output_format(value: str | None) -> str | None:
     if value is None:
         return None
+    from .io import SUPPORTED_SUFFIXES
+
     suffix = "." + value.strip().lower().lstrip(".")
     if suffix not in SUPPORTED_SUFFIXES:
         allowed = ", ".join(sorted(s.lstrip(".") for s in SUPPORTED_SUFFIXES))
@@ -566,11 +547,33 @@ def tvdenoise(
         _fail("--chroma-weight applies to --color opponent (or auto) only", EXIT_USAGE)
     if scheduler is not None and workers is not None:
         _fail("--scheduler and --workers exclude each other", EXIT_USAGE)
+    # The command sets up threads only where it is the one that loads torch, never inside
+    # a program that already uses torch (see tvdenoise.threads).
+    owns_torch = "torch" not in sys.modules
+    if owns_torch:
+        threads.limit_spinning()
+    from .batch import (
+        PlanError,
+        Settings,
+        SolverSettings,
+        check_outputs,
+        check_report_path,
+        output_folders,
+        plan_jobs,
+        remove_stale_temporaries,
+        resolve_device,
+        write_report,
+    )
+    from .io import ImageFileError
+
+    on_cpu = False
     if scheduler is None:
         try:
-            device = str(resolve_device(device))
+            torch_device = resolve_device(device)
         except ValueError as exc:
             _fail(str(exc), EXIT_USAGE)
+        device = str(torch_device)
+        on_cpu = torch_device.type == "cpu"
     # else each worker of the cluster resolves it on its own machine (auto: its own GPU).
     try:
         plan = plan_jobs(inputs, output, suffix=suffix, fmt=fmt)
@@ -607,9 +610,12 @@ def tvdenoise(
         dims=None if dims == "auto" else int(dims),
         spacing=_spacing_value(spacing),
     )
+    cpu_threads = _use_idle_cpus() if owns_torch and on_cpu else None
     if verbose:
         shown = " ".join(f"{k}={v}" for k, v in settings.to_dict().items())
         _message(f"settings: {shown}")
+        if cpu_threads is not None:
+            _message(f"threads: {cpu_threads}")
         _message(f"files: {len(plan.jobs)}")
 
     if scheduler is None and workers is None:
@@ -662,6 +668,13 @@ def _cluster(scheduler: str | None, workers: int | None) -> Iterator[Cluster]:
         _fail(str(exc), EXIT_USAGE)
 
 
+def _use_idle_cpus() -> int:
+    """Run torch on no more CPU threads than there are idle CPUs; return the count."""
+    import torch
+
+    return threads.use_idle_cpus(torch.set_num_threads, torch.get_num_threads())
+
+
 def _run(
     plan: Plan,
     settings: Settings,
@@ -672,6 +685,8 @@ def _run(
 ) -> tuple[list[Record], stop.Interrupted | None]:
     """Run the plan (on ``cluster`` if given) under progress bars; return the records and
     what stopped it, if any."""
+    from tqdm import tqdm
+
     records: list[Record] = []
     # disable=None: tqdm shows a bar only when stderr is a terminal.
     auto: bool | None = True if quiet else None
@@ -708,6 +723,8 @@ def _run(
         elif verbose:
             _message(f"skipped {record.input}: output exists (use --overwrite): {record.output}")
 
+    from .batch import run_jobs
+
     stopped: stop.Interrupted | None = None
     try:
         stop.check()
@@ -724,6 +741,7 @@ def _run(
 
 def _iteration_bars(max_iter: int) -> IterationProgress:
     """Progress over the solver's iterations for each batch, showing the loss."""
+    from tqdm import tqdm
 
     @contextlib.contextmanager
     def bar(jobs: Sequence[Job]) -> Iterator[Callback]:
@@ -742,10 +760,14 @@ def _iteration_bars(max_iter: int) -> IterationProgress:
 
 
 def _message(text: str) -> None:
+    from tqdm import tqdm
+
     tqdm.write(text, file=sys.stderr)
 
 
 def _print_error(text: str) -> None:
+    from tqdm import tqdm
+
     tqdm.write(f"error: {' '.join(text.split())}", file=sys.stderr)
 
 

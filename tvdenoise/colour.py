@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 from torch import Tensor
@@ -58,6 +58,7 @@ from .auto import (
     weight_for_sigma,
 )
 from .checks import check_choice
+from .defaults import ColorChoice
 from .solver import Iteration, weights_per_image
 from .tv import TotalVariation
 
@@ -75,7 +76,6 @@ __all__ = [
 
 #: The ``color`` option of :func:`tvdenoise.denoise`: ``"auto"`` is ``"opponent"`` for
 #: three-channel images with Gaussian noise, ``"joint"`` otherwise.
-ColorChoice = Literal["auto", "joint", "separate", "opponent"]
 COLOR_CHOICES: tuple[str, ...] = get_args(ColorChoice)
 
 #: Colour weight per brightness weight when the weight is given (``weight=W`` means

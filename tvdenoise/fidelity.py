@@ -33,18 +33,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal, get_args
+from typing import TYPE_CHECKING, ClassVar, get_args
 
 import torch
 from torch import Tensor
 
 from .checks import as_batch, check_choice
+from .defaults import NoiseModel
 from .tv import REDUCTIONS, Reduction
 
 if TYPE_CHECKING:
     from .tv import TotalVariation
 
-NoiseModel = Literal["gaussian", "impulse", "poisson"]
 NOISE_MODELS: tuple[str, ...] = get_args(NoiseModel)
 
 #: Huber radius of the impulse fidelity on the [0, 1] scale (about 1/5 of an 8-bit level):

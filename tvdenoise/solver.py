@@ -39,6 +39,10 @@ import torch
 from torch import Tensor
 
 from .checks import check_choice, floating
+
+# Defined in a module free of torch (the command shows them); re-exported here.
+from .defaults import DEFAULT_MAX_ITER as DEFAULT_MAX_ITER
+from .defaults import DEFAULT_TOL as DEFAULT_TOL
 from .fidelity import NOISE_MODELS, DataTerm, NoiseModel, data_term
 from .missing import check_finite, split_missing
 from .tv import TV_KINDS, ColorMode, TotalVariation, TVKind
@@ -52,8 +56,6 @@ __all__ = ["DEFAULT_EPS", "DenoiseResult", "energy", "solve"]
 #: 0.8 of an 8-bit grey level): the exact minimiser's PSNR barely moves against a smaller
 #: radius, and Adam gets much closer to it in 60 steps (benchmarks/RESULTS.md).
 DEFAULT_EPS = 3e-3
-DEFAULT_MAX_ITER = 60
-DEFAULT_TOL = 1e-4
 DEFAULT_WEIGHT = 0.1
 #: Largest weight accepted. With intensities on [0, 1] the minimiser is the image's mean
 #: long before this; larger numbers overflow the solver's steps.

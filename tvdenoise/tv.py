@@ -51,9 +51,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .checks import as_batch, check_choice, check_spacing, check_spatial_dims
+from .defaults import ColorMode, TVKind
 
-TVKind = Literal["isotropic", "anisotropic"]
-ColorMode = Literal["joint", "separate"]
 Reduction = Literal["mean", "sum", "per_image"]
 
 TV_KINDS: tuple[str, ...] = get_args(TVKind)

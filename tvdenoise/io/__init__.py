@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from ..defaults import DEFAULT_MAX_PIXELS
 from .atomic import TEMPORARY_SUFFIX, is_temporary, write_atomically
 from .checks import check_output_path
 from .errors import ImageFileError, OutputExistsError, first_line, os_reason, quiet
@@ -55,10 +56,6 @@ __all__ = [
 ]
 
 StrPath = str | os.PathLike[str]
-
-#: Most positions (pixels, or voxels of a stack) :func:`load_image` reads by default;
-#: Pillow's own default for one image.
-DEFAULT_MAX_PIXELS: int = 1024 * 1024 * 1024 // 4 // 3
 
 
 def load_image(path: StrPath, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> LoadedImage:
