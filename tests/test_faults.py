@@ -217,7 +217,7 @@ def test_file_names_print_on_a_strict_utf8_stdout(tmp_path: Path) -> None:
     [
         ("--noise", "gausian", "'gausian' is not one of gaussian, impulse, poisson"),
         ("--tv", "cubic", "'cubic' is not one of isotropic, anisotropic"),
-        ("--color", "mixed", "'mixed' is not one of joint, separate"),
+        ("--color", "mixed", "'mixed' is not one of auto, joint, separate, opponent"),
         ("--tile", "1", "1 is below 16 pixels (0: never tile)"),
         ("--tile", "15", "15 is below 16 pixels (0: never tile)"),
     ],
