@@ -188,9 +188,21 @@ def accuracy(noisy: np.ndarray, rows: list[str]) -> None:
 
 
 _MEMORY_CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 import torch
+
+
+def high_water_kib():
+    # VmHWM of this process's own memory map (ru_maxrss would carry over the parent's peak
+    # across fork and exec on Linux).
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 method, weight, path = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 noisy = np.load(path)
 if method == "tvdenoise":
@@ -199,14 +211,14 @@ if method == "tvdenoise":
     tvdenoise.denoise(torch.rand(1, 4, 8, 8), 0.1, spatial_dims=3)  # warm-up
 else:
     from skimage.restoration import denoise_tv_chambolle
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = high_water_kib()
 started = time.perf_counter()
 if method == "tvdenoise":
     tvdenoise.denoise(x, weight, spatial_dims=3)
 else:
     denoise_tv_chambolle(noisy, weight=weight / 2)
 seconds = time.perf_counter() - started
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = high_water_kib()
 print(json.dumps({"seconds": seconds, "extra_kib": peak - base}))
 """
 
