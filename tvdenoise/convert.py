@@ -34,6 +34,7 @@ values are left to the solver's own checks.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar, cast
 
@@ -351,10 +352,13 @@ def _finite_range(image: Tensor) -> tuple[float | None, float | None]:
     high: float | None = None
     for start in range(0, flat.numel(), _SCAN_CHUNK):
         chunk = flat[start : start + _SCAN_CHUNK]
-        finite = chunk[torch.isfinite(chunk)]
-        if finite.numel() == 0:
-            continue
-        lo, hi = torch.aminmax(finite)
+        lo, hi = torch.aminmax(chunk)
+        if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+            # NaN (missing) or infinite values: scan the finite ones (a copy of the chunk).
+            finite = chunk[torch.isfinite(chunk)]
+            if finite.numel() == 0:
+                continue
+            lo, hi = torch.aminmax(finite)
         low = float(lo) if low is None else min(low, float(lo))
         high = float(hi) if high is None else max(high, float(hi))
     return low, high
