@@ -136,6 +136,18 @@ class LoadedImage:
         return dataclasses.replace(self, **changes)
 
 
+#: Every integer and floating sample type that NumPy, TIFF and .npy files share.
+NUMERIC_DTYPES = frozenset(
+    f"{kind}{bits}"
+    for kind, sizes in (
+        ("uint", (8, 16, 32, 64)),
+        ("int", (8, 16, 32, 64)),
+        ("float", (16, 32, 64)),
+    )
+    for bits in sizes
+)
+
+
 @dataclass(frozen=True)
 class FileFormat:
     """One file format: its names, what it holds, and its reader and writer.

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import ImageFileError, first_line
-from .image import CHANNEL_AXES, FileFormat, LoadedImage
+from .image import CHANNEL_AXES, NUMERIC_DTYPES, FileFormat, LoadedImage
 from .pillow import check_pixels
 
 __all__ = ["FORMATS", "MAGIC", "axes_for_shape", "read_npy", "write_npy"]
@@ -123,21 +123,7 @@ FORMATS = (
         suffixes=(".npy",),
         read=read_npy,
         write=write_npy,
-        dtypes=frozenset(
-            {
-                "uint8",
-                "uint16",
-                "uint32",
-                "uint64",
-                "int8",
-                "int16",
-                "int32",
-                "int64",
-                "float16",
-                "float32",
-                "float64",
-            }
-        ),
+        dtypes=NUMERIC_DTYPES,
         can_hold=_can_hold,
     ),
 )

@@ -37,7 +37,7 @@ import tifffile
 from PIL import Image
 
 from .errors import ImageFileError, first_line, quiet
-from .image import CHANNEL_AXES, FileFormat, LoadedImage
+from .image import CHANNEL_AXES, NUMERIC_DTYPES, FileFormat, LoadedImage
 from .pillow import apply_orientation, check_pixels
 
 __all__ = ["FORMATS", "read_tiff", "write_tiff"]
@@ -560,21 +560,7 @@ FORMATS = (
         suffixes=(".tif", ".tiff", ".btf", ".tf8"),
         read=read_tiff,
         write=write_tiff,
-        dtypes=frozenset(
-            {
-                "uint8",
-                "uint16",
-                "uint32",
-                "uint64",
-                "int8",
-                "int16",
-                "int32",
-                "int64",
-                "float16",
-                "float32",
-                "float64",
-            }
-        ),
+        dtypes=NUMERIC_DTYPES,
         can_hold=_can_hold,
     ),
 )
