@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from skimage import data
 
 from tvdenoise import restore
 from tvdenoise.auto import _vertex, solve_at_weights
@@ -41,6 +40,7 @@ from tvdenoise.colour import from_opponent, to_opponent
 from tvdenoise.tv import TotalVariation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from eval_noise import load  # the same central crops of bundled images
 from results import record
 
 IMAGES = (
@@ -57,15 +57,6 @@ RATIO = 2.0 ** (1.0 / 4.0)
 BRIGHTNESS_RANGE = (0.6, 3.4)
 COLOUR_RANGE = (1.2, 13.6)
 SEED = 0
-
-
-def load(name: str, size: int) -> torch.Tensor:
-    """Central ``size`` x ``size`` crop of a bundled image, ``(3, H, W)`` float32."""
-    array = np.asarray(getattr(data, name)())[..., :3].transpose(2, 0, 1)
-    _, h, w = array.shape
-    top, left = (h - size) // 2, (w - size) // 2
-    crop = np.ascontiguousarray(array[:, top : top + size, left : left + size])
-    return torch.from_numpy(crop).to(torch.float32) / 255
 
 
 def add_noise(clean: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:

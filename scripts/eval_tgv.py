@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from skimage import data
 from skimage.restoration import denoise_tv_chambolle
 
 from tvdenoise import restore
@@ -48,6 +47,7 @@ from tvdenoise.solver import DEFAULT_EPS, Iteration, run_solver
 from tvdenoise.tgv import DEFAULT_RATIO, TotalGeneralisedVariation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from eval_noise import load  # the same central crops of bundled images
 from results import record
 
 SCIENTIFIC = ("cell", "immunohistochemistry", "hubble_deep_field", "moon")
@@ -55,16 +55,6 @@ PHOTOGRAPHS = ("astronaut", "camera", "coffee")
 SIGMAS = (15, 25, 50)
 PHOTO_SIGMAS = (25,)
 RATIOS = (1.0, 2.0, 3.0, 5.0, 8.0, 12.0)
-
-
-def load(name: str, size: int) -> torch.Tensor:
-    """Central ``size`` x ``size`` crop of a bundled image, ``(C, H, W)`` float32 in [0, 1]."""
-    array = np.asarray(getattr(data, name)())
-    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)[:3]
-    _, h, w = array.shape
-    top, left = (h - size) // 2, (w - size) // 2
-    crop = np.ascontiguousarray(array[:, top : top + size, left : left + size])
-    return torch.from_numpy(crop).to(torch.float32) / 255
 
 
 def noisy_image(clean: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
