@@ -59,6 +59,7 @@ from .auto import (
 )
 from .checks import check_choice
 from .defaults import ColorChoice
+from .fidelity import data_term
 from .solver import Iteration, weights_per_image
 from .tv import TotalVariation
 
@@ -142,7 +143,8 @@ def resolve_color(color: str, channels: int, noise: str, *, partly: bool = False
     """
     check_choice("color", color, COLOR_CHOICES)
     if color == "auto":
-        opponent = channels == 3 and noise == "gaussian" and not partly
+        white = data_term(noise).white_under_rotation
+        opponent = channels == 3 and white and not partly
         return "opponent" if opponent else "joint"
     if color == "opponent":
         if channels != 3:
@@ -150,7 +152,7 @@ def resolve_color(color: str, channels: int, noise: str, *, partly: bool = False
                 f"color='opponent' needs 3 channels (RGB), got {channels}; "
                 "use 'joint' or 'separate'"
             )
-        if noise != "gaussian":
+        if not data_term(noise).white_under_rotation:
             raise ValueError(
                 f"color='opponent' needs noise='gaussian' (the opponent transform makes "
                 f"{noise} noise correlated between channels), got noise={noise!r}; "

@@ -258,6 +258,9 @@ class DataTerm:
     schedule: ClassVar[Schedule]
     #: Smallest value of the solver variable (``None``: unbounded).
     floor: ClassVar[float | None] = None
+    #: Whether the noise stays white and independent under an orthonormal mix of the
+    #: channels, so that the opponent colour split is exact (:mod:`tvdenoise.colour`).
+    white_under_rotation: ClassVar[bool] = False
 
     def value(self, u: Tensor, f: Tensor) -> Tensor:
         """The fidelity per value at intensities ``u`` (not reduced)."""
@@ -320,6 +323,7 @@ class Gaussian(DataTerm):
     """Squared error ``(u - f)**2``: additive white Gaussian noise."""
 
     name = "gaussian"
+    white_under_rotation = True
     # Measured against the certified minimiser on 45 cases (scripts/eval_noise.py
     # --convergence): a short second-moment memory with lr = 0.2 x weight.
     schedule = Schedule(0.2, 0.03, 0.9)
