@@ -53,8 +53,9 @@ sys.path.insert(0, str(ROOT))
 import bench_speed as common  # noqa: E402  (shared helpers beside this file)
 from results import record  # noqa: E402
 
-from tvdenoise.batch import Job, Record, Settings, SolverSettings  # noqa: E402
+from tvdenoise.batch import Record, Settings, SolverSettings  # noqa: E402
 from tvdenoise.dask import Cluster  # noqa: E402
+from tvdenoise.plan import Job  # noqa: E402
 
 SIGMA = 25.0
 

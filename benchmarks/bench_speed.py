@@ -349,7 +349,7 @@ def bench_photo(
         t = torch.from_numpy(noisy).permute(2, 0, 1)
         return tensor_to_hwc(tvdenoise.denoise(t, weight=weight_arg))  # type: ignore[arg-type]
 
-    restored, _, iterations = restore_info(x, weight)
+    _, _, iterations = restore_info(x, weight)
     p_ours = psnr(ours(), clean)
 
     t_ours = median_time(ours, args.repeat)
@@ -386,6 +386,12 @@ def bench_photo(
     bars = [
         bar(f"time_ratio_tvdenoise/skimage[{name}]", ratio, "<= 0.5", ratio <= 0.5),
         bar(f"psnr_tvdenoise-skimage[{name}]", p_ours - p_cham, ">= 0", p_ours >= p_cham, " dB"),
+        bar(
+            f"time_ratio_fixed_weight/skimage[{name}]",
+            t_solve / t_cham,
+            "<= 0.3",
+            t_solve / t_cham <= 0.3,
+        ),
     ]
     print(table(rows, ["image", "method", "weight", "time s", "PSNR dB", "peak MiB"]))
     per_iter = t_solve / iterations
@@ -397,23 +403,25 @@ def bench_photo(
     )
 
     if with_recipe:
-        bars += bench_recipe(x, weight, restored[0], per_iter, args)
+        bars += bench_recipe(x, weight, args)
         if args.profile:
             profile_iterations(x, weight, args.profile)
     return rows, bars, weight
 
 
-def bench_recipe(
-    x: torch.Tensor,
-    weight: float,
-    ours: torch.Tensor,
-    ours_per_iter: float,
-    args: argparse.Namespace,
-) -> list[str]:
-    """Section b: per-iteration time and distance to the exact minimiser."""
+def bench_recipe(x: torch.Tensor, weight: float, args: argparse.Namespace) -> list[str]:
+    """Section b: per-iteration time and distance to the exact minimiser, all three on the
+    recipe's problem (joint colour TV; the default opponent colour is another problem)."""
     print(
         f"\n-- b. against the straightforward recipe ({args.recipe_iters} iterations, lr 0.01) --"
     )
+
+    def ours_joint() -> tvdenoise.Restoration:
+        return tvdenoise.restore(x, weight, color="joint")
+
+    joint = ours_joint()
+    ours = joint.restored[0]
+    ours_per_iter = median_time(ours_joint, args.repeat) / int(joint.iterations.max())
     recipe, block_times = straightforward_recipe(x, weight, args.recipe_iters)
     recipe_per_iter = statistics.median(block_times)
     m_recipe = peak_above_baseline_mb(lambda: straightforward_recipe(x, weight, 5))
@@ -425,7 +433,7 @@ def bench_recipe(
     exact = exact.clamp(0.0, 1.0)  # the minimiser lies in [0, 1]; clipping only tidies rounding
     d_ours, d_recipe = rms(ours, exact), rms(recipe, exact)
     rows = [
-        ["tvdenoise (defaults)", f"{1e3 * ours_per_iter:.2f}", f"{d_ours:.2e}", ""],
+        ["tvdenoise (color='joint')", f"{1e3 * ours_per_iter:.2f}", f"{d_ours:.2e}", ""],
         ["recipe (autograd + Adam)", f"{1e3 * recipe_per_iter:.2f}", f"{d_recipe:.2e}",
          "n/a" if m_recipe is None else f"{m_recipe:.0f}"],
     ]  # fmt: skip

@@ -16,17 +16,9 @@ import torch
 from PIL import Image
 
 from tvdenoise import batch
-from tvdenoise.batch import (
-    Job,
-    PlanError,
-    Record,
-    Settings,
-    SolverSettings,
-    plan_jobs,
-    process_file,
-    run_jobs,
-)
+from tvdenoise.batch import Record, Settings, SolverSettings, process_file, run_jobs
 from tvdenoise.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from tvdenoise.plan import Job, Plan, PlanError, plan_jobs
 
 from helpers import files_under, opened, run_cli, write_image
 
@@ -34,7 +26,7 @@ FAST = ["--max-iter", "6", "--device", "cpu", "--weight", "0.1"]
 FAST_SETTINGS = Settings(solver=SolverSettings(weight=0.1, max_iter=6), device="cpu")
 
 
-def _outputs(plan: batch.Plan, base: Path) -> list[str]:
+def _outputs(plan: Plan, base: Path) -> list[str]:
     return [job.output.relative_to(base).as_posix() for job in plan.jobs]
 
 

@@ -26,9 +26,10 @@ dask = pytest.importorskip("dask")
 tifffile = pytest.importorskip("tifffile")
 tvd = pytest.importorskip("tvdenoise.dask")
 
-from tvdenoise.batch import Job, Record, Settings, SolverSettings, process_file  # noqa: E402
+from tvdenoise.batch import Record, Settings, SolverSettings, process_file  # noqa: E402
 from tvdenoise.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE  # noqa: E402
 from tvdenoise.io import write_atomically  # noqa: E402
+from tvdenoise.plan import Job  # noqa: E402
 
 from helpers import add_noise, files_under, piecewise_image, run_cli, write_image  # noqa: E402
 

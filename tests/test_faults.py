@@ -19,7 +19,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tvdenoise import batch, cli, stop
+from tvdenoise import batch, cli, plan, stop
 from tvdenoise.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, EXIT_USAGE, app
 
 from helpers import files_under, run_cli, write_image
@@ -123,8 +123,7 @@ def test_ctrl_c_while_planning_is_one_line_and_130(
     def interrupt(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(batch, "plan_jobs", interrupt)
-    monkeypatch.setattr(cli, "plan_jobs", interrupt, raising=False)
+    monkeypatch.setattr(plan, "plan_jobs", interrupt)
     result = run_cli(write_image(tmp_path / "a.png"), "-o", tmp_path / "b.png", *FAST)
     assert result.exit_code == EXIT_INTERRUPTED
     assert result.stderr == "error: interrupted\n" and result.stdout == ""

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from tvdenoise import batch
-from tvdenoise.batch import Plan, plan_jobs, remove_stale_temporaries
 from tvdenoise.cli import EXIT_OK
 from tvdenoise.io import OutputExistsError
+from tvdenoise.plan import Plan, plan_jobs, remove_stale_temporaries
 
 from helpers import files_under, run_cli, write_image
 

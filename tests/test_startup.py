@@ -118,6 +118,31 @@ def test_usage_errors_answer_without_torch(tmp_path: Path, args: list[str], frag
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["missing.png"], "no such file: missing.png"),
+        (["noisy.png", "--format", "xyz"], "'xyz' is not one of"),
+        (["noisy.png", "--device", "tpu"], "unknown device 'tpu'"),
+        (["noisy.png", "-o", "noisy.png"], "would replace the input file"),
+        (["noisy.png", "-o", "taken.png"], "taken.png"),
+        (["noisy.png", "-o", "out.md"], "cannot tell the output format"),
+    ],
+)
+def test_mistakes_in_file_names_answer_without_torch(
+    tmp_path: Path, args: list[str], fragment: str
+) -> None:
+    """Planning reads names only: these are told before PyTorch is loaded."""
+    noisy = write_image(tmp_path / "noisy.png")
+    taken = write_image(tmp_path / "taken.png")
+    code, heavy, stdout, stderr = _probe("script", *args, cwd=tmp_path)
+    assert code == 2, stderr
+    assert stdout == ""
+    assert stderr.startswith("error: ") and fragment in stderr, stderr
+    assert "torch" not in heavy
+    assert set(tmp_path.iterdir()) == {noisy, taken}
+
+
 def test_public_names_resolve_to_their_modules() -> None:
     from tvdenoise import api, reference, sigma, solver, tv
 

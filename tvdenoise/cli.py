@@ -45,13 +45,15 @@ from .defaults import (
     NoiseModel,
     RegulariserName,
     TVKind,
+    check_device_name,
 )
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from .batch import IterationProgress, Job, Plan, Record, Settings
+    from .batch import IterationProgress, Record, Settings
     from .dask import Cluster
+    from .plan import Job, Plan
     from .solver import Callback
 
 EXIT_OK = 0
@@ -233,6 +235,13 @@ def _choice(kind: Any) -> Callable[[str], str]:
 def _completion(kind: Any) -> Callable[[], list[str]]:
     """The choices of a ``Literal`` type, for shell completion."""
     return lambda: list(get_args(kind))
+
+
+def _device(value: str) -> str:
+    try:
+        return check_device_name(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _tile(value: int | None) -> int | None:
@@ -418,6 +427,7 @@ def tvdenoise(
         str,
         typer.Option(
             metavar="auto|cpu|cuda|cuda:N|mps",
+            callback=_device,
             help="Where to compute; auto picks CUDA, then MPS, then the CPU.",
         ),
     ] = "auto",
@@ -552,19 +562,25 @@ def tvdenoise(
     owns_torch = "torch" not in sys.modules
     if owns_torch:
         threads.limit_spinning()
-    from .batch import (
+    # Planning reads names only and needs no PyTorch: mistakes in them are told at once.
+    from .io import ImageFileError
+    from .plan import (
         PlanError,
-        Settings,
-        SolverSettings,
         check_outputs,
         check_report_path,
         output_folders,
         plan_jobs,
         remove_stale_temporaries,
-        resolve_device,
-        write_report,
     )
-    from .io import ImageFileError
+
+    try:
+        plan = plan_jobs(inputs, output, suffix=suffix, fmt=fmt)
+        check_outputs(plan, overwrite=overwrite)
+        if report is not None:
+            check_report_path(report, plan)
+    except (PlanError, ImageFileError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    from .batch import Settings, SolverSettings, resolve_device, write_report
 
     on_cpu = False
     if scheduler is None:
@@ -575,13 +591,6 @@ def tvdenoise(
         device = str(torch_device)
         on_cpu = torch_device.type == "cpu"
     # else each worker of the cluster resolves it on its own machine (auto: its own GPU).
-    try:
-        plan = plan_jobs(inputs, output, suffix=suffix, fmt=fmt)
-        check_outputs(plan, overwrite=overwrite)
-        if report is not None:
-            check_report_path(report, plan)
-    except (PlanError, ImageFileError) as exc:
-        _fail(str(exc), EXIT_USAGE)
     folders = output_folders(plan) | ({report.absolute().parent} if report is not None else set())
     for leftover in remove_stale_temporaries(folders):
         if not quiet:

@@ -58,10 +58,11 @@ from distributed import Client, Future, LocalCluster, as_completed
 
 from .api import restore
 from .auto import auto_weight
-from .batch import Job, Record, Settings, process_file
+from .batch import Record, Settings, process_file
 from .fidelity import NOISE_MODELS, NoiseModel
 from .io import TEMPORARY_SUFFIX, ImageFileError, Scaling
 from .noise_weight import auto_weight_for_noise
+from .plan import Job
 from .solver import DEFAULT_EPS, DEFAULT_MAX_ITER, DEFAULT_TOL
 from .tiling import DEFAULT_OVERLAP
 from .tv import ColorMode, TVKind

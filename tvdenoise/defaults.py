@@ -9,6 +9,7 @@ on a small image).
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "NoiseModel",
     "RegulariserName",
     "TVKind",
+    "check_device_name",
 ]
 
 #: Total variation: ``isotropic`` (length of the gradient) or ``anisotropic`` (sum of the
@@ -53,3 +55,16 @@ DEFAULT_QUALITY = 95
 #: Added to the name of an output written beside its input (``photo.png`` ->
 #: ``photo_denoised.png``).
 DEFAULT_SUFFIX = "_denoised"
+
+#: The ``--device`` values. Whether the device is present is a question for PyTorch
+#: (:func:`tvdenoise.batch.resolve_device`).
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+_DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+
+
+def check_device_name(name: str) -> str:
+    """``name`` in lower case if it is one of :data:`DEVICE_CHOICES`, else ValueError."""
+    text = name.strip().lower()
+    if _DEVICE_NAME.fullmatch(text) is None:
+        raise ValueError(f"unknown device {name!r} (use {DEVICE_CHOICES})")
+    return text

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from ..defaults import DEFAULT_MAX_PIXELS
 from .atomic import TEMPORARY_SUFFIX, is_temporary, write_atomically
@@ -39,6 +39,9 @@ from .image import CHANNEL_AXES, FileFormat, LoadedImage
 from .npy import axes_for_shape
 from .pillow import read_pillow
 from .scaling import Scaling
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -197,7 +200,10 @@ def _as_image(
     """``data`` as a :class:`LoadedImage`, with ``like``'s alpha and metadata."""
     if isinstance(data, LoadedImage):
         return data
-    if isinstance(data, torch.Tensor):
+    # The package does not import PyTorch (planning a run needs none); a tensor can only
+    # come from a program that has.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(data, torch.Tensor):
         if data.ndim != 3 or data.shape[0] not in (1, 3):
             raise ValueError(
                 f"data must have shape (C, H, W) with C in {{1, 3}}, got {tuple(data.shape)}"

@@ -21,13 +21,15 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from .scaling import Scaling
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["CHANNEL_AXES", "FileFormat", "LoadedImage"]
 
@@ -125,6 +127,8 @@ class LoadedImage:
         order += [self.axes.index("Y"), self.axes.index("X")]
         planes = self.samples.transpose(order).reshape(-1, *self._yx())
         values = Scaling.for_samples(planes).to_unit(planes)
+        import torch  # not at module level: planning a run reads no pixels
+
         return torch.from_numpy(np.ascontiguousarray(values))
 
     def _yx(self) -> tuple[int, int]:
