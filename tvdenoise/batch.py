@@ -1,20 +1,16 @@
-"""Many files through the solver: planning, batching, prefetching, records and reports.
+"""Many files through the solver: batching, prefetching, records and reports.
 
-The work is split in two pure steps so that each can be reasoned about (and tested) alone:
+The work on a plan (:mod:`tvdenoise.plan`, which turns what a user typed into
+``(input, output)`` jobs without opening an image):
 
-1. :func:`plan_jobs` turns what a user typed (file names, folders, quoted globs) and the
-   ``-o`` target into a list of :class:`Job` ``(input, output)`` pairs. It only looks at
-   names: no image is opened. Everything that can be wrong before any work starts (a glob
-   matching nothing, two inputs mapping to one output, an output that would land on an
-   input) is raised here as :class:`PlanError`.
-2. :func:`process_file` restores one job and returns a :class:`Record`; it is a plain,
-   picklable function of ``(Job, Settings)`` that a cluster engine can map over jobs.
-   :func:`run_jobs` does the same for a whole plan on one machine, faster: files are read
-   and written by worker threads while the solver runs, and images of the same shape are
-   stacked into one ``(B, C, H, W)`` batch for :func:`tvdenoise.restore`. A stack (pages,
-   frames, slices) is read whole and cut into 2-D images or 3-D volumes
-   (:mod:`tvdenoise.io.layout`), which are batched the same way and put back together
-   before the file is written. Both give the same pixels.
+* :func:`process_file` restores one job and returns a :class:`Record`; it is a plain,
+  picklable function of ``(Job, Settings)`` that a cluster engine can map over jobs.
+* :func:`run_jobs` does the same for a whole plan on one machine, faster: files are read
+  and written by worker threads while the solver runs, and images of the same shape are
+  stacked into one ``(B, C, H, W)`` batch for :func:`tvdenoise.restore`. A stack (pages,
+  frames, slices) is read whole and cut into 2-D images or 3-D volumes
+  (:mod:`tvdenoise.io.layout`), which are batched the same way and put back together
+  before the file is written. Both give the same pixels.
 
 Failures of single files (unreadable, corrupt, unwritable) never raise; they come back as
 records with ``status == "failed"`` and a one-line ``error``.
