@@ -8,15 +8,16 @@ Run from the repository root::
 It writes ``--count`` noisy RGB PNGs (Gaussian noise, sigma = 25 on the 8-bit scale, added to
 crops of several bundled scikit-image photographs) into a temporary folder, then
 
-* runs the ``tvdenoise`` command once on the folder (a subprocess, default solver settings
-  and ``--batch-size`` default), timing it from start to exit, Python and torch start-up
-  included;
+* runs the ``tvdenoise`` command on the folder twice (a subprocess, default settings and
+  ``--batch-size``), timing it from start to exit, Python and torch start-up included: with
+  the automatic weight, and with a fixed ``--weight``, its best on the first image;
 * runs, in this Python process, a per-file loop of scikit-image's ``denoise_tv_chambolle``
   (read the PNG, denoise at its best weight for this noise level, write a PNG), the best
   weight being found beforehand by a grid search on the first image (not timed);
 
-and prints images/s of both, their ratio and the mean PSNR of the written 8-bit outputs
-against the clean crops, with one ``BAR`` line per bar.
+and prints images/s of each, the ratios and the mean PSNR of the written 8-bit outputs
+against the clean crops, with one ``BAR`` line per bar, and records the table in
+``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_speed as common  # shared helpers beside this file
+from results import record
 
 
 def make_images(
@@ -74,23 +76,13 @@ def skimage_loop(src: Path, dst: Path, weight: float) -> float:
     return time.perf_counter() - start
 
 
-def cli_weight_args(probe: Path, tmp: Path, noisy: np.ndarray, clean: np.ndarray) -> list[str]:
-    """``--weight auto`` if the command accepts it, else its best grid weight on one image."""
-    command = common.tvdenoise_command()
-    out = subprocess.run(
-        [*command, str(probe), "-o", str(tmp / "probe_out.png"), "--weight", "auto", "-q"],
-        capture_output=True,
-        text=True,
-    )
-    if out.returncode == 0:
-        print("tvdenoise: --weight auto")
-        return ["--weight", "auto"]
+def best_cli_weight(noisy: np.ndarray, clean: np.ndarray) -> float:
+    """The command's best fixed weight on one image (a grid search on PSNR), as
+    scikit-image gets its own."""
     s_cham = common.best_weight(
         lambda w: common.psnr(common.skimage_chambolle(noisy, w), clean), 0.02, 0.5, coarse=7
     )[0]
-    weight = common.ours_weight_grid(noisy, clean, 2 * s_cham, 7)
-    print(f"tvdenoise: --weight auto not supported yet; using its best grid weight {weight:.4g}")
-    return ["--weight", f"{weight:.6g}"]
+    return common.ours_weight_grid(noisy, clean, 2 * s_cham, 7)
 
 
 def run_cli(src: Path, dst: Path, extra: list[str]) -> float:
@@ -119,11 +111,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(
+    head = (
         f"{args.count} RGB images {args.size}x{args.size}, sigma {args.sigma:g}/255; torch "
         f"{torch.__version__} ({torch.get_num_threads()} threads), {os.cpu_count()} CPUs, "
-        f"load average {load:.2f}"
+        f"load average {load:.2f} at the start"
     )
+    print(head, flush=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         src = tmp / "noisy"
@@ -136,36 +129,57 @@ def main(argv: Sequence[str] | None = None) -> None:
         s_weight, _ = common.best_weight(
             lambda w: common.psnr(common.skimage_chambolle(noisy0, w), clean0), 0.02, 0.5
         )
-        print(f"skimage denoise_tv_chambolle: best weight on {first}: {s_weight:.4g}")
-        extra = cli_weight_args(src / first, tmp, noisy0, clean0)
-        if args.batch_size is not None:
-            extra += ["--batch-size", str(args.batch_size)]
-
-        t_ours, t_sk = [], []
-        for i in range(args.repeat):
-            ours_dst, sk_dst = tmp / f"tvdenoise{i}", tmp / f"skimage{i}"
+        weight = best_cli_weight(noisy0, clean0)
+        print(f"best weights on {first}: skimage {s_weight:.4g}, tvdenoise {weight:.4g}")
+        batch = [] if args.batch_size is None else ["--batch-size", str(args.batch_size)]
+        variants = {
+            "auto": ["--weight", "auto", *batch],
+            "fixed": ["--weight", f"{weight:.6g}", *batch],
+        }
+        times: dict[str, list[float]] = {name: [] for name in [*variants, "skimage"]}
+        psnrs: dict[str, float] = {}
+        for i in range(args.repeat):  # interleaved, so that a change of load hits all
+            for name, extra in variants.items():
+                dst = tmp / f"{name}{i}"
+                times[name].append(run_cli(src, dst, extra))
+                psnrs[name] = mean_psnr(dst, clean)
+            sk_dst = tmp / f"skimage{i}"
             sk_dst.mkdir()
-            t_ours.append(run_cli(src, ours_dst, extra))
-            t_sk.append(skimage_loop(src, sk_dst, s_weight))
-        p_ours, p_sk = mean_psnr(ours_dst, clean), mean_psnr(sk_dst, clean)
+            times["skimage"].append(skimage_loop(src, sk_dst, s_weight))
+            psnrs["skimage"] = mean_psnr(sk_dst, clean)
 
-    rate_ours = args.count / statistics.median(t_ours)
-    rate_sk = args.count / statistics.median(t_sk)
+    rate = {name: args.count / statistics.median(t) for name, t in times.items()}
+    labels = {
+        "auto": "tvdenoise --weight auto (command)",
+        "fixed": f"tvdenoise --weight {weight:.4g} (command)",
+        "skimage": f"skimage chambolle float32, weight {s_weight:.4g} (loop)",
+    }
     rows = [
-        [f"tvdenoise {' '.join(extra)} (command)", f"{statistics.median(t_ours):.2f}",
-         f"{rate_ours:.2f}", f"{p_ours:.2f}"],
-        [f"skimage chambolle, weight {s_weight:.4g} (loop)", f"{statistics.median(t_sk):.2f}",
-         f"{rate_sk:.2f}", f"{p_sk:.2f}"],
+        [labels[name], f"{statistics.median(times[name]):.2f}", f"{rate[name]:.2f}",
+         f"{rate[name] / rate['skimage']:.2f}x", f"{psnrs[name]:.2f}"]
+        for name in labels
     ]  # fmt: skip
-    print(common.table(rows, ["method", "seconds", "images/s", "mean PSNR dB"]))
+    text = common.table(rows, ["method", "seconds", "images/s", "vs skimage", "mean PSNR dB"])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"load average at the end: {load:.2f}")
-    ratio = rate_ours / rate_sk
-    print(common.bar("batch_images_per_s_tvdenoise/skimage", ratio, ">= 2x", ratio >= 2, "x"))
-    print(
+    auto, fixed = rate["auto"] / rate["skimage"], rate["fixed"] / rate["skimage"]
+    bars = [
+        common.bar("batch_fixed_images_per_s/skimage", fixed, ">= 3x", fixed >= 3, "x"),
+        common.bar("batch_auto_images_per_s/skimage", auto, ">= 1x", auto >= 1, "x"),
         common.bar(
-            "batch_mean_psnr_tvdenoise-skimage", p_ours - p_sk, ">= 0", p_ours >= p_sk, " dB"
-        )
+            "batch_mean_psnr_auto-skimage",
+            psnrs["auto"] - psnrs["skimage"],
+            ">= 0",
+            psnrs["auto"] >= psnrs["skimage"],
+            " dB",
+        ),
+    ]
+    report = "\n".join([text, f"load average at the end: {load:.2f}", *bars])
+    print(report)
+    record(
+        "bench_batch",
+        f"{head}; median of {args.repeat} interleaved runs. "
+        f"`python benchmarks/bench_batch.py {' '.join(argv or sys.argv[1:])}`\n\n"
+        f"```\n{report}\n```",
     )
 
 
