@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tvdenoise import denoise, restore
+from tvdenoise.colour import from_opponent, to_opponent
 from tvdenoise.fidelity import data_term
 from tvdenoise.solver import Iteration, run_solver
 from tvdenoise.tgv import TotalGeneralisedVariation, reference_tgv
@@ -138,7 +139,7 @@ def test_zero_weight_returns_the_data() -> None:
 @pytest.mark.parametrize("channels", [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_adam_reaches_the_certified_minimiser_at_the_automatic_weight(channels: int) -> None:
     noisy = add_noise(smooth_image(channels, 37, 31), 0.08)
-    result = restore(noisy, reg="tgv")
+    result = restore(noisy, reg="tgv", color="joint")
     weight = float(result.weights[0])
     assert weight > 0
     exact, bound = reference_tgv(noisy.double(), weight, eps=EPS, rms_tol=2e-4)
@@ -191,6 +192,24 @@ def test_a_smooth_ramp_has_no_staircase_and_tgv_beats_tv() -> None:
         flat[reg] = float((steps.abs() < 1e-3).float().mean())
     assert flat["tgv"] < flat["tv"] / 2
     assert psnr(results["tgv"], clean) > psnr(results["tv"], clean) + 1.0
+
+
+def test_colour_images_are_restored_in_the_opponent_space() -> None:
+    """As for TV: RGB with Gaussian noise by default splits into a brightness and a colour
+    problem, each the TGV solve of its own opponent channels at its own weight."""
+    noisy = add_noise(smooth_image(3, 29, 23), 0.08).double()
+    result = restore(noisy, 0.1, chroma_weight=0.3, reg="tgv")
+    assert result.chroma_weights is not None
+    reg, term = TotalGeneralisedVariation(eps=EPS), data_term("gaussian")
+    opponent = to_opponent(noisy[None])
+    alone = [
+        run_solver(opponent[:, part].contiguous(), w, reg, term, Iteration(), clip=False).restored
+        for part, w in ((slice(0, 1), 0.1), (slice(1, 3), 0.3))
+    ]
+    expected = from_opponent(torch.cat(alone, dim=1)).clamp(0, 1)
+    assert torch.allclose(result.restored, expected, atol=1e-9)
+    joint = restore(noisy, 0.1, reg="tgv", color="joint")
+    assert float((joint.restored - result.restored).abs().max()) > 1e-3
 
 
 def test_tiled_solve_matches_and_reports_the_energy() -> None:

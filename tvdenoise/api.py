@@ -172,10 +172,6 @@ def restore(
     mode = resolve_color(color, f.shape[1], noise, partly=partly)
     if color in ("joint", "separate") and chroma_weight is not None:
         raise ValueError(f"chroma_weight applies to color='opponent' only; got color={color!r}")
-    if reg != "tv" and mode == "opponent":
-        if color == "opponent":
-            raise ValueError(f"color='opponent' applies to reg='tv' only; got reg={reg!r}")
-        mode = "joint"
     if mode == "separate":
         first_order = replace(first_order, color="separate")
     regulariser = _regulariser(reg, first_order, noise)
@@ -187,7 +183,7 @@ def restore(
     term.check_data(f)
     if mode == "opponent":
         return _restore_opponent(
-            f, weight, chroma_weight, sigma, first_order, iteration, tile, callback
+            f, weight, chroma_weight, sigma, regulariser, iteration, tile, callback
         )
     if term.name == "poisson" and isinstance(weight, str) and weight == "auto":
         return _restore_photons(f, sigma, peak, first_order, iteration, tile, callback)
@@ -241,7 +237,7 @@ def _restore_opponent(
     weight: Weight,
     chroma_weight: float | Sequence[float] | Tensor | None,
     sigma: float | Tensor | None,
-    reg: TotalVariation,
+    reg: Regulariser,
     iteration: Iteration,
     tile: int | None,
     callback: Callback | None,

@@ -549,8 +549,6 @@ def tvdenoise(
         _fail("--peak applies to --noise poisson only", EXIT_USAGE)
     if reg == "tgv" and (noise != "gaussian" or tv != "isotropic"):
         _fail("--reg tgv supports --noise gaussian and --tv isotropic only", EXIT_USAGE)
-    if color == "opponent" and reg != "tv":
-        _fail("--color opponent applies to --reg tv only", EXIT_USAGE)
     if color == "opponent" and noise != "gaussian":
         _fail("--color opponent needs --noise gaussian; use joint or separate", EXIT_USAGE)
     if chroma_weight is not None and color in ("joint", "separate"):

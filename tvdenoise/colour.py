@@ -20,7 +20,8 @@ channel, and the squared error ``|u - f|**2`` is the same in both spaces. The en
         + w_C \\mathrm{TV}_{joint}(C u)\\Big)
 
 (``L``: the brightness row of ``O``, ``C``: the two colour rows, coupled by one gradient
-magnitude) therefore splits exactly into two independent problems: brightness, one
+magnitude; with ``reg="tgv"`` the second-order TGV of each part instead of its TV)
+therefore splits exactly into two independent problems: brightness, one
 channel with weight ``w_L``, and colour, two channels with weight ``w_C``. Each is solved
 on its own (:func:`tvdenoise.solver.run_solver`, without clipping: opponent values are
 not intensities) and each weight is chosen on its own, by SURE on the opponent channels
@@ -37,7 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import get_args
+from typing import TYPE_CHECKING, TypeVar, get_args
 
 import torch
 from torch import Tensor
@@ -61,7 +62,9 @@ from .checks import check_choice
 from .defaults import ColorChoice
 from .fidelity import data_term
 from .solver import Iteration, weights_per_image
-from .tv import TotalVariation
+
+if TYPE_CHECKING:
+    from .tgv import Regulariser
 
 __all__ = [
     "CHROMA_RATIO",
@@ -161,7 +164,10 @@ def resolve_color(color: str, channels: int, noise: str, *, partly: bool = False
     return color
 
 
-def opponent_regulariser(reg: TotalVariation) -> TotalVariation:
+_Reg = TypeVar("_Reg", bound="Regulariser")
+
+
+def opponent_regulariser(reg: _Reg) -> _Reg:
     """The regulariser of both opponent problems: ``reg`` with the joint coupling (the
     brightness problem has one channel, the two colour channels share one magnitude)."""
     return replace(reg, color="joint")
@@ -188,7 +194,7 @@ class _ComponentSure:
         scored: Tensor,
         sigma: float,
         part: slice,
-        reg: TotalVariation,
+        reg: Regulariser,
     ) -> None:
         self.reg = reg
         f = to_opponent(rgb)[:, part]
@@ -231,7 +237,7 @@ class _ComponentSure:
 
 def opponent_weights(
     rgb: Tensor,
-    reg: TotalVariation,
+    reg: Regulariser,
     *,
     sigma: float | Tensor | None = None,
     method: AutoMethod = "sure",
@@ -277,7 +283,7 @@ def opponent_weights(
     return light, chroma, sigmas
 
 
-def _solve_opponent(rgb: Tensor, light: float, chroma: float, reg: TotalVariation) -> Tensor:
+def _solve_opponent(rgb: Tensor, light: float, chroma: float, reg: Regulariser) -> Tensor:
     """``(T, 3, *spatial)`` RGB images restored in the opponent space at the two weights,
     clipped to [0, 1], in float64."""
     g = to_opponent(rgb)
