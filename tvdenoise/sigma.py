@@ -121,17 +121,15 @@ class _Patches:
         ).flatten()
         saturated = ((planes <= 0.0) | (planes >= 1.0)).to(planes.dtype)
         self.unsaturated = (F.max_pool2d(saturated, _PATCH, stride=stride) == 0).flatten()
-        # The means of the four 4x4 quarters of every patch.
-        quarter = F.avg_pool2d(planes, _PATCH // 2, stride=1)
+        # The means of the four 4x4 quarters of every patch: each quarter's windows on the
+        # patch grid, shifted by the quarter's offset (only the windows that are used).
         rows = (planes.shape[-2] - _PATCH) // stride + 1
         cols = (planes.shape[-1] - _PATCH) // stride + 1
         half = _PATCH // 2
         self.quarters = torch.stack(
             [
-                quarter[
-                    ...,
-                    dy : dy + (rows - 1) * stride + 1 : stride,
-                    dx : dx + (cols - 1) * stride + 1 : stride,
+                F.avg_pool2d(planes[..., dy:, dx:], half, stride=stride)[
+                    ..., :rows, :cols
                 ].flatten()
                 for dy in (0, half)
                 for dx in (0, half)
