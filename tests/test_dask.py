@@ -216,17 +216,18 @@ def test_cluster_usage_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize("channels", [1, 3])
 def test_chunked_array_matches_the_whole_solve(channels: int) -> None:
     noisy = add_noise(piecewise_image(channels, 101, 87), 0.1, seed=channels)
-    # Chunks are solved with joint colour TV (the opponent split is not chunked yet).
-    whole = tvdenoise.denoise(noisy, 0.2, max_iter=30, tile=0, color="joint")
     array = da.from_array(noisy.numpy(), chunks=(1, 45, 40))
     if channels == 1:
         array = array[0]
-    restored = tvd.denoise(array, 0.2, max_iter=30)
-    assert restored.shape == array.shape and restored.chunks == array.chunks
-    with dask.config.set(scheduler="synchronous"):
-        values = restored.compute()
-    assert values.dtype == np.float32
-    assert np.abs(values - whole.numpy().reshape(values.shape)).max() < 1e-3
+    colours = ["auto", "joint"] if channels == 3 else ["auto"]  # auto: opponent for RGB
+    for color in colours:
+        whole = tvdenoise.denoise(noisy, 0.2, max_iter=30, tile=0, color=color)
+        restored = tvd.denoise(array, 0.2, max_iter=30, color=color)
+        assert restored.shape == array.shape and restored.chunks == array.chunks
+        with dask.config.set(scheduler="synchronous"):
+            values = restored.compute()
+        assert values.dtype == np.float32
+        assert np.abs(values - whole.numpy().reshape(values.shape)).max() < 1e-3, color
 
 
 def test_the_weight_is_chosen_once_for_all_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -241,8 +242,9 @@ def test_the_weight_is_chosen_once_for_all_chunks(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(tvd, "_restore_block", spy)
     with dask.config.set(scheduler="synchronous"):
-        weight, sigma = tvd.choose_weight(array)
+        weight, sigma, color, chroma = tvd.choose_weight(array)
         tvd.denoise(array, max_iter=10).compute()
+    assert (color, chroma) == ("joint", None)
     assert len(used) == 6 and set(used) == {weight}
     # Small enough to be one window: the library's own automatic choice for the image.
     whole = tvdenoise.restore(noisy, max_iter=10)
@@ -266,13 +268,32 @@ def test_weight_from_windows_spread_over_the_array(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(tvd, "_windows", windows)
     monkeypatch.setitem(tvd.SAMPLE_SIDE, 2, 64)
     with dask.config.set(scheduler="synchronous"):
-        weight, sigma = tvd.choose_weight(array, samples=4)
-        given, kept = tvd.choose_weight(array, sigma=0.05, samples=4)
-        impulse, none = tvd.choose_weight(array, noise="impulse", samples=2)
+        weight, sigma, _, _ = tvd.choose_weight(array, samples=4)
+        given, kept, _, _ = tvd.choose_weight(array, sigma=0.05, samples=4)
+        impulse, none, _, _ = tvd.choose_weight(array, noise="impulse", samples=2)
     assert read == [(4, 1, 64, 64), (4, 1, 64, 64), (2, 1, 64, 64)]
     assert sigma == pytest.approx(0.05, rel=0.05) and kept == 0.05
     assert weight > 0 and given > 0
     assert none is None and impulse >= 0
+
+
+def test_colour_arrays_get_the_opponent_weights_of_the_library() -> None:
+    """RGB with Gaussian noise: brightness and colour weights chosen apart, as
+    :func:`tvdenoise.restore` chooses them for an array small enough to be one window."""
+    noisy = add_noise(piecewise_image(3, 90, 110), 0.08, seed=6)
+    array = da.from_array(noisy.numpy(), chunks=(3, 45, 55))
+    with dask.config.set(scheduler="synchronous"):
+        choice = tvd.choose_weight(array)
+        joint = tvd.choose_weight(array, color="joint")
+        impulse = tvd.choose_weight(array, noise="impulse")
+    whole = tvdenoise.restore(noisy, max_iter=10)
+    assert whole.chroma_weights is not None and choice.color == "opponent"
+    assert choice.weight == pytest.approx(float(whole.weights[0]), rel=1e-6)
+    assert choice.chroma_weight == pytest.approx(float(whole.chroma_weights[0]), rel=1e-6)
+    assert (joint.color, joint.chroma_weight) == ("joint", None)
+    assert (impulse.color, impulse.chroma_weight) == ("joint", None)
+    with pytest.raises(ValueError, match="chroma_weight applies to color='opponent' only"):
+        tvd.denoise(array, 0.1, color="joint", chroma_weight=0.2)
 
 
 def test_chunked_volume_matches_the_whole_solve() -> None:
@@ -321,6 +342,22 @@ def test_denoise_checks_its_arguments(
 # --------------------------------------------------------------------------------------
 
 
+def test_what_is_chunked(tmp_path: Path) -> None:
+    """One large 2-D TIFF to a TIFF is chunked; with options that chunks do not solve
+    (a volume, a spacing, TGV) the file is one task, restored whole."""
+    source = tmp_path / "big.tif"
+    tifffile.imwrite(source, np.zeros((120, 100), dtype=np.uint16))
+    job = Job(source, tmp_path / "out.tif")
+    assert tvd._large_tiff(job, Settings(), 10_000) is not None
+    for settings in (
+        Settings(dims=3),
+        Settings(spacing=(1.0, 1.0, 1.0)),
+        Settings(solver=SolverSettings(reg="tgv")),
+    ):
+        assert tvd._large_tiff(job, settings, 10_000) is None
+    assert tvd._large_tiff(Job(source, tmp_path / "out.png"), Settings(), 10_000) is None
+
+
 def test_large_tiffs_are_chunked_across_the_workers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scheduler: str
 ) -> None:
@@ -351,8 +388,7 @@ def test_large_tiffs_are_chunked_across_the_workers(
     names = ["float.tif", "gray16.tif", "rgb8.tif"]
     assert sorted(result.stdout.split()) == [str(out / name) for name in names]
     assert files_under(out) == {out / name for name in names}
-    # Chunked files are solved with joint colour TV (the opponent split is not chunked yet).
-    local = Settings(solver=SolverSettings(weight=0.2, max_iter=30, color="joint"), device="cpu")
+    local = Settings(solver=SolverSettings(weight=0.2, max_iter=30), device="cpu")
     for record in json.loads(report.read_text())["records"]:
         assert record["status"] == "restored" and record["weight"] == 0.2
         assert record["iterations"] is None  # chunks stop on their own

@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, cast
 
 import dask
 import dask.array as da
@@ -59,18 +59,21 @@ from distributed import Client, Future, LocalCluster, as_completed
 from .api import restore
 from .auto import auto_weight
 from .batch import Record, Settings, process_file
+from .colour import opponent_weights, partly_missing, resolve_color
+from .defaults import ColorChoice
 from .fidelity import NOISE_MODELS, NoiseModel
 from .io import TEMPORARY_SUFFIX, ImageFileError, Scaling
 from .noise_weight import auto_weight_for_noise
 from .plan import Job
 from .solver import DEFAULT_EPS, DEFAULT_MAX_ITER, DEFAULT_TOL
 from .tiling import DEFAULT_OVERLAP
-from .tv import ColorMode, TVKind
+from .tv import ColorMode, TotalVariation, TVKind
 
 __all__ = [
     "CHUNK",
     "CHUNKED_MIN_VALUES",
     "RETRIES",
+    "ChosenWeight",
     "Cluster",
     "ClusterError",
     "choose_weight",
@@ -99,6 +102,23 @@ _CONNECT_TIMEOUT_S = 10
 _TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
 _FULL_SCALE = frozenset({np.dtype(np.uint8), np.dtype(np.uint16)})
 _FLOATS = frozenset({np.dtype(np.float32), np.dtype(np.float64)})
+
+
+class ChosenWeight(NamedTuple):
+    """What :func:`choose_weight` chose for a whole array.
+
+    Attributes:
+        weight: The weight; with opponent colour, the brightness weight.
+        sigma: For Gaussian noise, the noise level it was chosen for; else ``None``.
+        color: The colour mode it was chosen for: ``"joint"``, ``"separate"`` or
+            ``"opponent"`` (``"auto"`` resolved).
+        chroma_weight: With opponent colour, the colour weight; else ``None``.
+    """
+
+    weight: float
+    sigma: float | None
+    color: ColorChoice
+    chroma_weight: float | None = None
 
 
 class ClusterError(RuntimeError):
@@ -174,10 +194,10 @@ def choose_weight(
     noise: NoiseModel = "gaussian",
     peak: float | None = None,
     tv: TVKind = "isotropic",
-    color: ColorMode = "joint",
+    color: ColorChoice = "auto",
     eps: float = DEFAULT_EPS,
     samples: int = SAMPLES,
-) -> tuple[float, float | None]:
+) -> ChosenWeight:
     """One automatic weight for a whole dask array, from a few windows spread over it.
 
     ``samples`` windows are read (only they are computed): squares of up to
@@ -188,6 +208,9 @@ def choose_weight(
     those is the weight. Impulse and Poisson noise take the median of
     :func:`tvdenoise.noise_weight.auto_weight_for_noise` over the windows. The medians keep
     a window of flat background or of pure texture from deciding for the whole array.
+    With opponent colour (the default for RGB and Gaussian noise, as in
+    :func:`tvdenoise.denoise`) the brightness and the colour weight are chosen each so
+    (:func:`tvdenoise.colour.opponent_weights`).
 
     Args:
         array: floats in [0, 1], laid out as for :func:`denoise`.
@@ -197,8 +220,7 @@ def choose_weight(
         samples: How many windows to read, >= 1.
 
     Returns:
-        ``(weight, sigma)``: the weight, and for Gaussian noise the level it was chosen for
-        (``None`` for the other noise models).
+        A :class:`ChosenWeight`: ``(weight, sigma, color, chroma_weight)``.
 
     Raises:
         TypeError: ``array`` is not a floating-point dask array.
@@ -220,14 +242,22 @@ def choose_weight(
         "spatial_dims": spatial_dims,
         "spacing": None if spacing is None else tuple(spacing),
     }
+    resolved = resolve_color(color, windows.shape[1], noise, partly=partly_missing(windows))
+    if resolved == "opponent":
+        reg = TotalVariation(tv, "joint", eps, spatial_dims, axes["spacing"])
+        if sigma is None:
+            sigma = float(opponent_weights(windows, reg, method="rule")[2].median())
+        light, chroma, _ = opponent_weights(windows, reg, sigma=sigma)
+        return ChosenWeight(float(light.median()), float(sigma), "opponent", float(chroma.median()))
+    mode: ColorMode = "separate" if resolved == "separate" else "joint"
     if noise == "gaussian":
         if sigma is None:
-            _, levels = auto_weight(windows, tv=tv, color=color, eps=eps, method="rule", **axes)
+            _, levels = auto_weight(windows, tv=tv, color=mode, eps=eps, method="rule", **axes)
             sigma = float(levels.median())
-        weights, _ = auto_weight(windows, sigma=sigma, tv=tv, color=color, eps=eps, **axes)
-        return float(weights.median()), float(sigma)
-    weights = auto_weight_for_noise(windows, noise, peak=peak, tv=tv, color=color, **axes)
-    return float(weights.median()), None
+        weights, _ = auto_weight(windows, sigma=sigma, tv=tv, color=mode, eps=eps, **axes)
+        return ChosenWeight(float(weights.median()), float(sigma), mode)
+    weights = auto_weight_for_noise(windows, noise, peak=peak, tv=tv, color=mode, **axes)
+    return ChosenWeight(float(weights.median()), None, mode)
 
 
 def _restore_block(block: npt.NDArray[Any], weight: float, options: dict[str, Any]) -> Any:
@@ -246,7 +276,8 @@ def denoise(
     noise: NoiseModel = "gaussian",
     peak: float | None = None,
     tv: TVKind = "isotropic",
-    color: ColorMode = "joint",
+    color: ColorChoice = "auto",
+    chroma_weight: float | None = None,
     max_iter: int = DEFAULT_MAX_ITER,
     tol: float = DEFAULT_TOL,
     lr: float | None = None,
@@ -258,8 +289,8 @@ def denoise(
     The energy and options are those of :func:`tvdenoise.denoise`. Each chunk is widened
     by ``overlap`` samples on every side along each spatial axis (not past the array's
     edge), solved with one weight for the whole array, and trimmed back; only a chunk and
-    its margins are ever in memory. The channel axis is gathered into one chunk (joint
-    colour TV couples the channels). Chunks of 1024 to 4096 pixels a side (128 to 512
+    its margins are ever in memory. The channel axis is gathered into one chunk (colour
+    TV couples the channels). Chunks of 1024 to 4096 pixels a side (128 to 512
     voxels for volumes) keep the overlap's extra work small; chunks under ``overlap`` are
     merged by Dask.
 
@@ -274,7 +305,9 @@ def denoise(
             :func:`tvdenoise.denoise`.
         spacing: Sample distance per spatial axis, as in :func:`tvdenoise.denoise`.
         sigma: Gaussian noise level on the [0, 1] scale for the automatic weight.
-        noise, peak, tv, color, max_iter, tol, lr, eps: as in :func:`tvdenoise.denoise`.
+        noise, peak, tv, color, chroma_weight, max_iter, tol, lr, eps: as in
+            :func:`tvdenoise.denoise` (the colour mode is decided once for the array; with
+            ``"auto"`` and the automatic weight, from the windows that choose it).
         overlap: Margin in samples solved around each chunk and then dropped.
 
     Returns:
@@ -302,20 +335,27 @@ def denoise(
     if isinstance(weight, str):
         if weight != "auto":
             raise ValueError(f"weight must be a number >= 0 or 'auto', got {weight!r}")
-        chosen, _ = choose_weight(
+        choice = choose_weight(
             batch, sigma=sigma, noise=noise, peak=peak, tv=tv, color=color, eps=eps, **axes
         )
+        chosen, mode = choice.weight, choice.color
+        if chroma_weight is None:
+            chroma_weight = choice.chroma_weight
     else:
         if sigma is not None:
             raise ValueError("sigma sets the automatic weight; it needs weight='auto'")
         if not (math.isfinite(weight) and weight >= 0):
             raise ValueError(f"weight must be a finite number >= 0 or 'auto', got {weight}")
         chosen = float(weight)
+        mode = cast(ColorChoice, resolve_color(color, batch.shape[1], noise))
+    if chroma_weight is not None and mode != "opponent":
+        raise ValueError(f"chroma_weight applies to color='opponent' only; got color={mode!r}")
     options = {
         "noise": noise,
         "peak": peak,
         "tv": tv,
-        "color": color,
+        "color": mode,
+        "chroma_weight": chroma_weight,
         "max_iter": max_iter,
         "tol": tol,
         "lr": lr,
@@ -402,9 +442,10 @@ class _Layout:
 def _large_tiff(job: Job, settings: Settings, min_values: int) -> _Layout | None:
     """The layout of a job's input if it is to be restored chunk by chunk: a TIFF, written
     to a TIFF, holding one gray or RGB 2-D image of 8- or 16-bit integers or floats with
-    more than ``min_values`` values, with no ``dims=3`` or ``spacing`` asked for. ``None``
+    more than ``min_values`` values, with no ``dims=3``, ``spacing`` or ``reg="tgv"``
+    asked for (chunks are solved with TV). ``None``
     otherwise, also for a file that cannot be parsed (its task then says what is wrong)."""
-    if settings.dims == 3 or settings.spacing is not None:
+    if settings.dims == 3 or settings.spacing is not None or settings.solver.reg != "tv":
         return None
     if job.input.suffix.lower() not in _TIFF_SUFFIXES:
         return None
@@ -491,11 +532,10 @@ def _chunked_record(
                 np.float32
             )
         planes = values[None] if values.ndim == 2 else da.moveaxis(values, -1, 0)
-        # Chunks are solved with joint colour TV: the opponent split is not chunked yet.
-        color: ColorMode = "separate" if solver.color == "separate" else "joint"
         sigma: float | None = None
+        color, chroma_weight = solver.color, solver.chroma_weight
         if solver.weight == "auto":
-            weight, sigma = choose_weight(
+            choice = choose_weight(
                 planes,
                 sigma=solver.sigma,
                 noise=solver.noise,
@@ -503,6 +543,9 @@ def _chunked_record(
                 tv=solver.tv,
                 color=color,
             )
+            weight, sigma, color = choice.weight, choice.sigma, choice.color
+            if chroma_weight is None:
+                chroma_weight = choice.chroma_weight
         else:
             weight = solver.weight
         restored = denoise(
@@ -512,6 +555,7 @@ def _chunked_record(
             peak=solver.peak,
             tv=solver.tv,
             color=color,
+            chroma_weight=chroma_weight,
             max_iter=solver.max_iter,
             tol=solver.tol,
             lr=solver.lr,
