@@ -62,6 +62,7 @@ def test_denoise_keeps_shape_and_dtype() -> None:
         ({"weight": 0.2, "sigma": 0.1}, "needs weight='auto'"),
         ({"sigma": 0.1, "noise": "impulse"}, "applies to noise='gaussian'"),
         ({"weight": 0.2, "tile": -1}, "tile must be"),
+        ({"weight": 0.2, "tile": 1}, "tile must be 0 \\(never tile\\) or >= 16 pixels, got 1"),
     ],
 )
 def test_bad_options(kwargs: dict[str, object], message: str) -> None:

@@ -215,7 +215,7 @@ def test_colour_images_are_restored_in_the_opponent_space() -> None:
 def test_tiled_solve_matches_and_reports_the_energy() -> None:
     noisy = add_noise(smooth_image(2, 31, 27), 0.08)
     whole = restore(noisy, 0.1, reg="tgv", tile=0)
-    tiled = restore(noisy, 0.1, reg="tgv", tile=12)
+    tiled = restore(noisy, 0.1, reg="tgv", tile=16)
     assert float((whole.restored - tiled.restored).abs().max()) < 1e-3
     assert torch.allclose(whole.energy, tiled.energy, rtol=1e-3)
 

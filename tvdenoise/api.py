@@ -28,7 +28,7 @@ from .colour import (
     to_opponent,
 )
 from .convert import ChannelAxis, Image, Mask, to_working
-from .defaults import RegulariserName
+from .defaults import MIN_TILE, RegulariserName
 from .fidelity import DataTerm, NoiseModel, data_term
 from .missing import check_finite
 from .noise_weight import poisson_estimators
@@ -178,8 +178,8 @@ def restore(
     if f.shape[0] == 0:
         nothing = f.new_zeros(0)
         return Restoration(f.clone(), nothing, None, nothing.long(), nothing)
-    if tile is not None and tile < 0:
-        raise ValueError(f"tile must be >= 0 (0: never tile), got {tile}")
+    if tile is not None and (tile < 0 or 0 < tile < MIN_TILE):
+        raise ValueError(f"tile must be 0 (never tile) or >= {MIN_TILE} pixels, got {tile}")
     term.check_data(f)
     if mode == "opponent":
         return _restore_opponent(
@@ -383,8 +383,9 @@ def denoise(
         tol: relative energy change below which an image stops.
         lr: initial learning rate; default proportional to the weight.
         eps: Huber smoothing radius of the total variation (> 0).
-        tile: solve in overlapping tiles (cubes for volumes) of this many pixels a side;
-            ``None`` decides from the size and the device's memory, ``0`` never tiles.
+        tile: solve in overlapping tiles (cubes for volumes) of this many pixels a side,
+            at least ``MIN_TILE`` (16); ``None`` decides from the size and the device's
+            memory, ``0`` never tiles.
         spatial_dims: number of trailing spatial axes: 2 (images, each slice on its own)
             or 3 (volumes ``(D, H, W)``, or time series ``(T, H, W)``: neighbouring slices
             or frames are coupled by the total variation).

@@ -41,6 +41,7 @@ from .defaults import (
     DEFAULT_QUALITY,
     DEFAULT_SUFFIX,
     DEFAULT_TOL,
+    MIN_TILE,
     ColorChoice,
     NoiseModel,
     RegulariserName,
@@ -61,10 +62,6 @@ EXIT_FAILED = 1  # at least one file could not be read, denoised or written
 EXIT_USAGE = 2  # bad options or file names; nothing was processed
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
-
-#: Smallest ``--tile`` (0 aside): smaller tiles are mostly overlap, and so many of them take
-#: minutes on an image that untiled takes a fraction of a second.
-MIN_TILE = 16
 
 _HELP = f"""Restore noisy images by total-variation denoising.
 

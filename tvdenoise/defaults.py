@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_QUALITY",
     "DEFAULT_SUFFIX",
     "DEFAULT_TOL",
+    "MIN_TILE",
     "ColorChoice",
     "ColorMode",
     "NoiseModel",
@@ -48,6 +49,9 @@ DEFAULT_TOL = 1e-4
 #: Most positions (pixels, or voxels of a stack) :func:`tvdenoise.io.load_image` reads by
 #: default; Pillow's own default for one image.
 DEFAULT_MAX_PIXELS: int = 1024 * 1024 * 1024 // 4 // 3
+#: Smallest tile size (0, never tiling, aside): smaller tiles are mostly overlap, and so
+#: many of them take minutes on an image that untiled takes a fraction of a second.
+MIN_TILE = 16
 #: Images stacked into one solver batch, at most.
 DEFAULT_BATCH_SIZE = 8
 #: JPEG and WebP quality of the written files.
