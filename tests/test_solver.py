@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -125,12 +126,20 @@ def test_stops_early_when_converged() -> None:
         ({"lr": -1.0}, "lr must be"),
         ({"tv": "l0"}, "tv must be one of"),
         ({"color": "hsv"}, "color must be one of"),
+        ({"eps": float("inf")}, "eps must be a finite number"),
     ],
 )
 def test_bad_options(kwargs: dict[str, object], message: str) -> None:
     options: dict[str, object] = {"weight": 0.1, **kwargs}
     with pytest.raises(ValueError, match=message):
         denoise(torch.rand(1, 8, 8), **options)  # type: ignore[arg-type]
+
+
+def test_max_iter_is_a_whole_number() -> None:
+    with pytest.raises(TypeError, match=r"max_iter must be an integer >= 1, got 2\.5"):
+        denoise(torch.rand(1, 8, 8), 0.1, max_iter=2.5)  # type: ignore[arg-type]
+    restored = denoise(torch.rand(1, 8, 8), 0.1, max_iter=np.int64(3))  # type: ignore[arg-type]
+    assert restored.shape == (1, 8, 8)
 
 
 @pytest.mark.gpu

@@ -31,6 +31,7 @@ checked on small images and volumes by the tests.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -275,7 +276,9 @@ class Iteration:
     check_every: int = 10
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_iter, bool) or self.max_iter < 1:
+        if not isinstance(self.max_iter, numbers.Integral) or isinstance(self.max_iter, bool):
+            raise TypeError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
+        if self.max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {self.max_iter}")
         if not self.tol > 0:
             raise ValueError(f"tol must be > 0, got {self.tol}")

@@ -42,6 +42,7 @@ over ``B*C*H*W``" loss.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -100,8 +101,8 @@ class TotalVariation:
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, TV_KINDS)
         check_choice("color", self.color, COLOR_MODES)
-        if not self.eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {self.eps}")
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise ValueError(f"eps must be a finite number >= 0, got {self.eps}")
         dims = check_spatial_dims(self.spatial_dims)
         object.__setattr__(self, "spatial_dims", dims)
         object.__setattr__(self, "spacing", check_spacing(self.spacing, dims))
