@@ -70,6 +70,13 @@ def test_bad_options(kwargs: dict[str, object], message: str) -> None:
         restore(torch.rand(1, 16, 16), **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("shape", [(1, 0, 0), (0, 5, 5), (2, 1, 0, 5), (1, 3, 4, 0)])
+def test_images_without_samples_are_refused(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="at least one channel and one sample along each"):
+        restore(torch.rand(*shape), 0.1)
+    assert restore(torch.rand(0, 1, 5, 5), 0.1).restored.shape == (0, 1, 5, 5)  # no images
+
+
 def test_cpu_tiles_only_large_images_one_cache_sized_tile_at_a_time() -> None:
     cpu = torch.device("cpu")
     large = torch.Size([1, 3, 4000, 6000])

@@ -65,14 +65,18 @@ def as_batch(x: Tensor, name: str = "image", spatial_dims: int = 2) -> Tensor:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     spatial_dims = check_spatial_dims(spatial_dims)
     axes = "HW" if spatial_dims == 2 else "DHW"
-    if x.dim() == spatial_dims + 1:
-        return x.unsqueeze(0)
-    if x.dim() == spatial_dims + 2:
-        return x
-    raise ValueError(
-        f"{name} must have shape (C, {', '.join(axes)}) or (B, C, {', '.join(axes)}) "
-        f"with spatial_dims={spatial_dims}, got {tuple(x.shape)}"
-    )
+    if x.dim() not in (spatial_dims + 1, spatial_dims + 2):
+        raise ValueError(
+            f"{name} must have shape (C, {', '.join(axes)}) or (B, C, {', '.join(axes)}) "
+            f"with spatial_dims={spatial_dims}, got {tuple(x.shape)}"
+        )
+    # An empty batch is a batch of no images; an image without channels or samples is none.
+    if 0 in x.shape[-spatial_dims - 1 :]:
+        raise ValueError(
+            f"{name} must have at least one channel and one sample along each of "
+            f"{', '.join(axes)}, got shape {tuple(x.shape)}"
+        )
+    return x.unsqueeze(0) if x.dim() == spatial_dims + 1 else x
 
 
 def floating(x: Tensor) -> Tensor:
