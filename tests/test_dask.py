@@ -198,6 +198,11 @@ def test_cluster_usage_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     both = run_cli(tmp_path / "a.png", "--workers", "1", "--scheduler", "tcp://127.0.0.1:8786")
     assert both.exit_code == EXIT_USAGE
     assert both.stderr == "error: --scheduler and --workers exclude each other\n"
+    for address, reason in (("foo", "missing port number"), ("tcp://h:99999", "port 99999")):
+        malformed = run_cli(tmp_path / "a.png", "--scheduler", address)
+        assert malformed.exit_code == EXIT_USAGE
+        assert malformed.stderr.startswith(f"error: cannot connect to the Dask scheduler ({reason}")
+        assert malformed.stderr.count("\n") == 1
     monkeypatch.setattr(tvd, "_CONNECT_TIMEOUT_S", 1)
     # Port 9 (discard) on the loopback address: nothing listens there in a test machine.
     nobody = run_cli(tmp_path / "a.png", "--scheduler", "tcp://127.0.0.1:9")

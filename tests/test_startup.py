@@ -107,6 +107,9 @@ def test_help_and_version_load_neither_torch_nor_numpy(how: str) -> None:
         (["x.png", "--max-iter", "0"], "--max-iter"),
         (["x.png", "-q", "-v"], "--quiet and --verbose exclude each other"),
         (["x.png", "--sigma", "10", "--weight", "0.1"], "--sigma sets the automatic weight"),
+        (["x.png", "--weight", "1e30"], "1e30 is above the largest weight, 10000"),
+        (["x.png", "--chroma-weight", "2e4"], "above the largest weight"),
+        (["x.png", "--sigma", "300"], "300.0 is not a noise level between 0 and 255"),
     ],
 )
 def test_usage_errors_answer_without_torch(tmp_path: Path, args: list[str], fragment: str) -> None:

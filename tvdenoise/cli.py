@@ -41,6 +41,7 @@ from .defaults import (
     DEFAULT_QUALITY,
     DEFAULT_SUFFIX,
     DEFAULT_TOL,
+    MAX_WEIGHT,
     MIN_TILE,
     ColorChoice,
     NoiseModel,
@@ -195,8 +196,26 @@ def _weight(value: str) -> str:
         number = float(value)
     except ValueError:
         raise typer.BadParameter(f"{value!r} is neither 'auto' nor a number") from None
+    _check_weight(number, value)
+    return value
+
+
+def _check_weight(number: float, text: str) -> None:
     if not (math.isfinite(number) and number >= 0):
-        raise typer.BadParameter(f"{value} is not a number >= 0")
+        raise typer.BadParameter(f"{text} is not a number >= 0")
+    if number > MAX_WEIGHT:
+        raise typer.BadParameter(f"{text} is above the largest weight, {MAX_WEIGHT:g}")
+
+
+def _chroma_weight(value: float | None) -> float | None:
+    if value is not None:
+        _check_weight(value, str(value))
+    return value
+
+
+def _sigma(value: float | None) -> float | None:
+    if value is not None and not (0 <= value <= 255):
+        raise typer.BadParameter(f"{value} is not a noise level between 0 and 255 grey levels")
     return value
 
 
@@ -334,7 +353,7 @@ def tvdenoise(
     sigma: Annotated[
         float | None,
         typer.Option(
-            callback=_non_negative,
+            callback=_sigma,
             help=(
                 "Gaussian noise std in grey levels of 0-255 (16-bit files: relative to full "
                 "range; float and signed files: to their value range); sets the automatic "
@@ -400,7 +419,7 @@ def tvdenoise(
     chroma_weight: Annotated[
         float | None,
         typer.Option(
-            callback=_non_negative,
+            callback=_chroma_weight,
             help="Colour weight for --color opponent (--weight is then the brightness one).",
             show_default="automatic, or 1.9 x --weight",
         ),

@@ -55,6 +55,7 @@ import tifffile
 import torch
 import zarr
 from distributed import Client, Future, LocalCluster, as_completed
+from distributed.comm.addressing import parse_address, parse_host_port
 
 from .api import restore
 from .auto import auto_weight
@@ -731,6 +732,12 @@ class Cluster:
         self._started = time.time()
         if self.scheduler is not None:
             try:
+                # A malformed address is told at once: a Client given one fails only after
+                # its connection timeout, and then again when it is collected.
+                _, location = parse_address(self.scheduler)
+                _host, port = parse_host_port(location)
+                if not 0 < port < 65536:
+                    raise ValueError(f"port {port} is not between 1 and 65535")
                 self._client = Client(
                     self.scheduler, timeout=_CONNECT_TIMEOUT_S, set_as_default=False
                 )

@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_QUALITY",
     "DEFAULT_SUFFIX",
     "DEFAULT_TOL",
+    "MAX_WEIGHT",
     "MIN_TILE",
     "ColorChoice",
     "ColorMode",
@@ -41,6 +42,9 @@ NoiseModel = Literal["gaussian", "impulse", "poisson"]
 #: The regularisers by name: total variation, or second-order total generalised variation.
 RegulariserName = Literal["tv", "tgv"]
 
+#: Largest weight accepted. With intensities on [0, 1] the minimiser is the image's mean
+#: long before this; larger numbers overflow the solver's steps.
+MAX_WEIGHT = 1e4
 #: Most solver iterations per image.
 DEFAULT_MAX_ITER = 60
 #: The solver stops once the relative change of the energy is below this.

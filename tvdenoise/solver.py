@@ -44,6 +44,7 @@ from .checks import check_choice, floating
 # Defined in a module free of torch (the command shows them); re-exported here.
 from .defaults import DEFAULT_MAX_ITER as DEFAULT_MAX_ITER
 from .defaults import DEFAULT_TOL as DEFAULT_TOL
+from .defaults import MAX_WEIGHT
 from .fidelity import NOISE_MODELS, DataTerm, NoiseModel, data_term
 from .missing import check_finite, split_missing
 from .tv import TV_KINDS, ColorMode, TotalVariation, TVKind
@@ -58,9 +59,6 @@ __all__ = ["DEFAULT_EPS", "DenoiseResult", "energy", "solve"]
 #: radius, and Adam gets much closer to it in 60 steps (benchmarks/RESULTS.md).
 DEFAULT_EPS = 3e-3
 DEFAULT_WEIGHT = 0.1
-#: Largest weight accepted. With intensities on [0, 1] the minimiser is the image's mean
-#: long before this; larger numbers overflow the solver's steps.
-MAX_WEIGHT = 1e4
 # A short momentum memory; each data term carries the rest of its step schedule.
 _BETA1, _ADAM_EPS = 0.8, 1e-8
 
