@@ -315,3 +315,62 @@ def test_polish_finds_a_sharp_minimum_between_grid_points(target: float) -> None
     coarse = abs(math.log(auto.refine_weight(risk, 1.0) / target))
     polished = abs(math.log(auto.refine_weight(risk, 1.0, polish=True) / target))
     assert polished < 0.01 and polished < 0.6 * coarse
+
+
+def _record_solves(monkeypatch: pytest.MonkeyPatch, module: object) -> list[tuple[int, float]]:
+    """Patch ``module.solve_at_weights`` to note (images solved, weight) of every solve."""
+    solved: list[tuple[int, float]] = []
+    real = auto.solve_at_weights
+
+    def noted(images: torch.Tensor, weights: list[float], *args: object, **kw: object) -> object:
+        solved.extend((images.shape[0], w) for w in weights)
+        return real(images, weights, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "solve_at_weights", noted)
+    return solved
+
+
+def test_clipped_image_search_solves_every_weight_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The clipped values' targets are read from the rule's candidate, which the search
+    # solves anyway: no solve apart from the candidates (the image and its probed copies),
+    # and no weight twice.
+    clean = _cartoon(40, seed=12, levels=[0.02, 0.97], background=0.5)
+    noisy = _noisy(255 * clean.to(torch.float64), 30, seed=3)
+    assert bool((noisy == 0).any() and (noisy == 1).any())
+    solved = _record_solves(monkeypatch, auto)
+    auto_weight(noisy, sigma=30 / 255)
+    assert len(solved) >= 3
+    assert {count for count, _ in solved} == {1 + auto._PROBES}
+    assert len({w for _, w in solved}) == len(solved)
+
+
+def test_sure_scores_kept_solves_once_the_targets_are_set() -> None:
+    # Solving first and setting the targets later scores exactly as targets given at once.
+    tiles = _noisy(255 * _cartoon(24, seed=4).to(torch.float64)[None], 20, seed=5)
+    sigma, reg = 20 / 255, TotalVariation(eps=DEFAULT_EPS)
+    probe = auto.probes(tiles)
+
+    def sure(targets: torch.Tensor | None) -> auto.ProbedSure:
+        scored = torch.ones_like(tiles, dtype=torch.bool)
+        return auto.ProbedSure(
+            tiles,
+            0.01 * sigma * probe,
+            probe.double() * auto.per_probe(scored),
+            sigma,
+            reg,
+            targets=targets,
+            count=tiles.numel(),
+            missing=None,
+            clip=True,
+            offset=-(sigma**2),
+            delta=0.01 * sigma,
+        )
+
+    weights = [0.05, 0.08]
+    at_once = sure(tiles.double())(weights)
+    later = sure(None)
+    later.solve(weights)
+    later.set_targets(tiles.double())
+    assert later(weights) == at_once
+    # The risk at a weight is the residual and divergence terms of that weight's result.
+    assert at_once[0] != at_once[1]

@@ -214,3 +214,55 @@ def test_cli_bad_colour_options(tmp_path: Path, options: list[str], message: str
     assert result.exit_code != 0
     assert message in result.stderr
     assert not (tmp_path / "out.png").exists()
+
+
+def test_automatic_weights_alone_equal_in_a_batch() -> None:
+    clean = torch.stack([_scene(40, 44), _scene(40, 44).flip(-1)])
+    noisy = torch.stack([add_noise(clean[0], 0.08, seed=6), add_noise(clean[1], 0.15, seed=7)])
+    reg = TotalVariation(eps=DEFAULT_EPS)
+    light, colour, sigmas = opponent_weights(noisy, reg)
+    for i in range(2):
+        alone = opponent_weights(noisy[i : i + 1], reg)
+        assert [float(a[0]) for a in alone] == pytest.approx(
+            [float(light[i]), float(colour[i]), float(sigmas[i])], rel=1e-6
+        )
+
+
+def test_clipped_image_search_solves_every_weight_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The clipping targets come from both components' candidates at their rules: no
+    # other solve, and no weight of a component solved twice.
+    import tvdenoise.auto as auto
+
+    noisy = add_noise(_scene(36, 40) * 1.6 - 0.3, 0.12, seed=8)
+    assert bool((noisy == 0).any() and (noisy == 1).any())
+    solved: list[tuple[int, int, float]] = []
+    real = auto.solve_at_weights
+
+    def noted(images: torch.Tensor, weights: list[float], *args: object, **kw: object) -> object:
+        solved.extend((images.shape[0], images.shape[1], w) for w in weights)
+        return real(images, weights, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(auto, "solve_at_weights", noted)
+    opponent_weights(noisy[None], TotalVariation(eps=DEFAULT_EPS), sigma=0.12)
+    assert {count for count, _, _ in solved} == {1 + auto._PROBES}
+    for channels in (1, 2):
+        weights = [w for _, c, w in solved if c == channels]
+        assert len(weights) >= 3 and len(set(weights)) == len(weights)
+
+
+def test_automatic_weights_close_to_the_best_pair() -> None:
+    # Against the best weights of each component on a grid (ratio 2**(1/4)), judged by
+    # the error of the RGB result.
+    clean = _scene(48, 52)
+    noisy = add_noise(clean, 0.1, seed=9)
+    light, colour, _ = opponent_weights(noisy[None], TotalVariation(eps=DEFAULT_EPS), sigma=0.1)
+
+    def quality(w_light: float, w_colour: float) -> float:
+        restored = restore(noisy, w_light, chroma_weight=w_colour, color="opponent").restored
+        return psnr(restored[0], clean)
+
+    grid = [0.1 * 2.0 ** (k / 4) for k in range(-6, 12)]
+    best_light = max(grid, key=lambda w: quality(w, float(colour[0])))
+    best_colour = max(grid, key=lambda w: quality(best_light, w))
+    best = quality(best_light, best_colour)
+    assert quality(float(light[0]), float(colour[0])) > best - 0.1

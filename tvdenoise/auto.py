@@ -143,8 +143,9 @@ _CUBES_PER_AXIS = 3
 _MAX_SLICES = 16
 # Solver settings for the refinement: exactly the iterations of the final solve
 # (``DEFAULT_MAX_ITER``), so SURE estimates the error of the output actually returned,
-# and no early stopping (a tolerance no change reaches), so that the plain and the probed
-# image run the same iterations and the map stays differentiable.
+# and no early stopping (a tolerance no change reaches, its energy evaluated only at the
+# end), so that the plain and the probed image run the same iterations and the map stays
+# differentiable.
 _SURE_MAX_ITER = DEFAULT_MAX_ITER
 # Values solved together on CPU: one RGB tile of tvdenoise.tiling.CPU_TILE pixels.
 _CPU_CHUNK_VALUES = 3 * CPU_TILE * CPU_TILE
@@ -311,56 +312,137 @@ def _clipped_targets(f: Tensor, smoothed: Tensor, sigma: float) -> Tensor:
     return targets
 
 
-class _Sure:
-    """SURE of one image's tiles at any weight."""
+class ProbedSure:
+    """SURE of one image's tiles at any weight, from Monte-Carlo probes.
+
+    ``data`` ``(T, C, *spatial)`` is what the solver restores; ``moves`` ``(P * T, C,
+    *spatial)`` the probes' displacements of it and ``response`` the fields the probed
+    changes are read against (the probe, with the values that do not count set to 0).
+    The image and its probed copies are solved together, every weight once. Until the
+    clipping targets are set (:meth:`set_targets`, they need the result at a weight),
+    the solves are kept; :meth:`restored` gives the unprobed result at a solved weight.
+    ``offset`` is added to every value (``-sigma**2`` for the plain SURE).
+    """
+
+    def __init__(
+        self,
+        data: Tensor,
+        moves: Tensor,
+        response: Tensor,
+        sigma: float,
+        reg: Regulariser,
+        *,
+        targets: Tensor | None,
+        count: int,
+        missing: Tensor | None,
+        clip: bool,
+        offset: float,
+        delta: float,
+    ) -> None:
+        self.images = torch.cat([data, per_probe(data) + moves])
+        self.response = response
+        self.tiles = data.shape[0]
+        self.sigma, self.reg, self.count, self.missing = sigma, reg, count, missing
+        self.clip, self.offset, self.delta = clip, offset, delta
+        self.targets = targets
+        self._solved: dict[float, Tensor] = {}
+        self._values: dict[float, float] = {}
+
+    def solve(self, weights: list[float]) -> None:
+        """Solve the weights not solved yet, in one batch."""
+        new = [w for w in dict.fromkeys(weights) if w not in self._values and w not in self._solved]
+        if not new:
+            return
+        both = solve_at_weights(
+            self.images,
+            new,
+            self.reg,
+            iteration=Iteration(_SURE_MAX_ITER, _SURE_TOL, check_every=_SURE_MAX_ITER),
+            clip=self.clip,
+        )
+        self._solved.update(zip(new, both, strict=True))
+        if self.targets is not None:
+            self._score()
+
+    def restored(self, weight: float) -> Tensor:
+        """The unprobed result at ``weight`` (solved if it is not yet), float64."""
+        if weight not in self._solved:
+            self.solve([weight])
+        return self._solved[weight][: self.tiles]
+
+    def set_targets(self, targets: Tensor) -> None:
+        """What the results are compared with, and score the solves kept so far."""
+        self.targets = targets
+        self._score()
+
+    def _score(self) -> None:
+        assert self.targets is not None
+        t = self.tiles
+        for weight, both in self._solved.items():
+            u, v = both[:t], both[t:]
+            squared = (u - self.targets).square()
+            if self.missing is not None:
+                squared = squared.masked_fill(self.missing, 0.0)
+            residual = float(squared.sum())
+            change = (v - per_probe(u)).nan_to_num(0.0)
+            divergence = float((change * self.response).sum()) / (self.delta * _PROBES)
+            var = self.sigma**2
+            self._values[weight] = (residual + 2 * var * divergence) / self.count + self.offset
+        self._solved.clear()
+
+    def __call__(self, weights: list[float]) -> list[float]:
+        """SURE of the image's result at each of ``weights`` (the targets must be set)."""
+        self.solve(weights)
+        return [self._values[w] for w in weights]
+
+
+def per_probe(x: Tensor) -> Tensor:
+    """``(T, ...)`` tiles repeated once per probe, ``(P * T, ...)``, as :func:`probes`."""
+    return x.repeat(_PROBES, *[1] * (x.dim() - 1))
+
+
+def probes(like: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The ``_PROBES`` Gaussian fields of every tile of ``like`` ``(T, C, *spatial)``,
+    ``(P * T, C, *spatial)``: the same for every image, so that an image gets the same
+    weight alone or in a batch."""
+    generator = torch.Generator().manual_seed(_PROBE_SEED)
+    shape = (_PROBES * like.shape[0], *like.shape[1:])
+    return torch.randn(shape, generator=generator, dtype=dtype).to(like.device)
+
+
+class _Sure(ProbedSure):
+    """SURE of one image's tiles at any weight; clipped values as in the module doc, their
+    targets read from the result at the rule's weight (a candidate the search solves
+    anyway)."""
 
     def __init__(self, tiles: Tensor, sigma: float, rule: float, reg: Regulariser) -> None:
-        self.tiles = tiles  # (T, C, *spatial)
         f = tiles.to(torch.float64)
         clipped = (f <= 0) | (f >= 1)
         # Missing values (NaN) are neither scored nor probed; the solver fills them.
-        self.missing = torch.isnan(f) if bool(torch.isnan(f).any()) else None
-        self.count = f.numel() if self.missing is None else int((~self.missing).sum())
-        self.reg = reg
-        if bool(clipped.any()):
-            smoothed = solve_at_weights(tiles, [rule], reg)[0]
-            self.targets = _clipped_targets(f, smoothed, sigma)
-        else:
-            self.targets = f
-        self.sigma = sigma
-        self.delta = _PROBE_RATIO * sigma
-        # The same probes for every image, so that an image gets the same weight alone
-        # or in a batch. The image and its probed copies are solved together; only the
-        # unclipped values count in the divergence.
-        generator = torch.Generator().manual_seed(_PROBE_SEED)
-        shape = (_PROBES * tiles.shape[0], *tiles.shape[1:])
-        probe = torch.randn(shape, generator=generator, dtype=torch.float32)
-        probe = probe.to(tiles.device, tiles.dtype)
-        ones = [1] * (tiles.dim() - 1)
-        probed = tiles.repeat(_PROBES, *ones) + self.delta * probe
-        self.images = torch.cat([tiles, probed])
-        scored = ~clipped if self.missing is None else ~clipped & ~self.missing
-        self.probe = probe.to(torch.float64) * scored.repeat(_PROBES, *ones)
+        missing = torch.isnan(f) if bool(torch.isnan(f).any()) else None
+        delta = _PROBE_RATIO * sigma
+        probe = probes(tiles).to(tiles.dtype)
+        scored = ~clipped if missing is None else ~clipped & ~missing
+        super().__init__(
+            tiles,
+            delta * probe,
+            probe.to(torch.float64) * per_probe(scored),
+            sigma,
+            reg,
+            targets=f if not bool(clipped.any()) else None,
+            count=f.numel() if missing is None else int((~missing).sum()),
+            missing=missing,
+            clip=True,
+            offset=-(sigma**2),
+            delta=delta,
+        )
+        self.f, self.rule = f, rule
 
     def __call__(self, weights: list[float]) -> list[float]:
-        """SURE of the image's result at each of ``weights``."""
-        both = solve_at_weights(
-            self.images,
-            weights,
-            self.reg,
-            iteration=Iteration(_SURE_MAX_ITER, _SURE_TOL),
-        )
-        t = self.tiles.shape[0]
-        u, v = both[:, :t], both[:, t:]
-        squared = (u - self.targets).square()
-        if self.missing is not None:
-            squared = squared.masked_fill(self.missing, 0.0)
-        residual = squared.flatten(1).sum(1)
-        change = v - u.repeat(1, _PROBES, *([1] * (u.dim() - 2)))
-        divergence = (change * self.probe).flatten(1).sum(1) / (self.delta * _PROBES)
-        var = self.sigma**2
-        sure = residual / self.count - var + 2 * var * divergence / self.count
-        return [float(value) for value in sure.tolist()]
+        if self.targets is None:
+            self.solve(weights)
+            self.set_targets(_clipped_targets(self.f, self.restored(self.rule), self.sigma))
+        return super().__call__(weights)
 
 
 #: The estimated error of an image's result at each of some weights.
@@ -412,6 +494,16 @@ def _vertex(left: float, mid: float, right: float) -> float:
     return max(-0.5, min(0.5, offset))
 
 
+def _first_steps(highest: int) -> list[int]:
+    return list(range(max(-_HALF_WIDTH, _LOWEST_STEP), min(_HALF_WIDTH, highest) + 1))
+
+
+def first_weights(rule: float, *, highest: int = _HIGHEST_STEP) -> list[float]:
+    """The weights :func:`refine_weight` evaluates first (the rule among them), exactly
+    as it computes them: a risk estimate can solve them ahead, together."""
+    return [rule * _STEP**k for k in _first_steps(highest)]
+
+
 def refine_weight(
     risk: RiskEstimate, rule: float, *, highest: int = _HIGHEST_STEP, polish: bool = False
 ) -> float:
@@ -432,7 +524,7 @@ def refine_weight(
             values.update(zip(new, risk([rule * _STEP**k for k in new]), strict=True))
 
     low, high = _LOWEST_STEP, highest
-    steps = list(range(max(-_HALF_WIDTH, low), min(_HALF_WIDTH, high) + 1))
+    steps = _first_steps(highest)
     while True:
         evaluate(steps)
         best = min(values, key=values.__getitem__)

@@ -45,14 +45,14 @@ from torch import Tensor
 
 from .auto import (
     _PROBE_RATIO,
-    _PROBE_SEED,
-    _PROBES,
-    _SURE_MAX_ITER,
-    _SURE_TOL,
     AUTO_METHODS,
     AutoMethod,
+    ProbedSure,
     _clipped_targets,
+    first_weights,
     noise_levels,
+    per_probe,
+    probes,
     refine_weight,
     sample_tiles,
     solve_at_weights,
@@ -61,7 +61,7 @@ from .auto import (
 from .checks import check_choice
 from .defaults import ColorChoice
 from .fidelity import data_term
-from .solver import Iteration, weights_per_image
+from .solver import weights_per_image
 
 if TYPE_CHECKING:
     from .tgv import Regulariser
@@ -90,6 +90,8 @@ CHROMA_RATIO = 1.9
 #: brightness, and colour (the median best weights over sigma, ``scripts/eval_colour.py``).
 BRIGHTNESS_GAIN = 1.2
 CHROMA_GAIN = 2.2
+# The opponent channels of the two problems.
+_LIGHT, _CHROMA = slice(0, 1), slice(1, 3)
 
 
 def opponent_matrix(
@@ -173,7 +175,15 @@ def opponent_regulariser(reg: _Reg) -> _Reg:
     return replace(reg, color="joint")
 
 
-class _ComponentSure:
+def _component_sure(
+    rgb: Tensor,
+    targets: Tensor | None,
+    scored: Tensor,
+    probe: Tensor,
+    sigma: float,
+    part: slice,
+    reg: Regulariser,
+) -> ProbedSure:
     """SURE of one opponent component's result at any weight, with RGB clipping modelled.
 
     ``O`` is orthonormal, so the RGB squared error is the sum of the components' errors
@@ -181,58 +191,29 @@ class _ComponentSure:
     ``D O^T J_k O`` (``J_k`` the Jacobian of component ``k``'s solve, ``D`` the RGB values
     that are not clipped): SURE splits into one term per component, and each weight
     minimises its own. The clipping model is the RGB one of :mod:`tvdenoise.auto`: a
-    clipped value's target is its expected unclipped value, and it is left out of the
-    divergence. The divergence is probed in RGB (a Gaussian field ``b``): component
-    ``k``'s data moves by ``delta (O b)_k`` and its response is read against
-    ``(O D b)_k``.
+    clipped value's target is its expected unclipped value (set later when ``targets`` is
+    ``None``: it needs both components' results), and it is left out of the divergence.
+    The divergence is probed in RGB (``probe``, the fields ``b`` of
+    :func:`tvdenoise.auto.probes` in float64): component ``k``'s data moves by
+    ``delta (O b)_k`` and its response is read against ``(O D b)_k``.
     """
-
-    def __init__(
-        self,
-        rgb: Tensor,
-        targets: Tensor,
-        scored: Tensor,
-        sigma: float,
-        part: slice,
-        reg: Regulariser,
-    ) -> None:
-        self.reg = reg
-        f = to_opponent(rgb)[:, part]
-        self.target = to_opponent(targets)[:, part]
-        self.missing = torch.isnan(f) if bool(torch.isnan(f).any()) else None
-        self.count = rgb.numel() if self.missing is None else int((~self.missing).sum())
-        self.sigma = sigma
-        self.delta = _PROBE_RATIO * sigma
-        generator = torch.Generator().manual_seed(_PROBE_SEED)
-        shape = (_PROBES * rgb.shape[0], *rgb.shape[1:])
-        probe = torch.randn(shape, generator=generator, dtype=torch.float64).to(rgb.device)
-        ones = [1] * (rgb.dim() - 1)
-        moved = f.repeat(_PROBES, *ones) + self.delta * to_opponent(probe)[:, part]
-        self.images = torch.cat([f, moved]).to(
-            rgb.dtype if rgb.dtype.is_floating_point else torch.float32
-        )
-        self.probe = to_opponent(probe * scored.repeat(_PROBES, *ones))[:, part]
-
-    def __call__(self, weights: list[float]) -> list[float]:
-        """The component's share of SURE at each of ``weights``."""
-        both = solve_at_weights(
-            self.images,
-            weights,
-            self.reg,
-            iteration=Iteration(_SURE_MAX_ITER, _SURE_TOL),
-            clip=False,
-        )
-        t = self.target.shape[0]
-        u, v = both[:, :t], both[:, t:]
-        squared = (u - self.target).square()
-        if self.missing is not None:
-            squared = squared.masked_fill(self.missing, 0.0)
-        residual = squared.flatten(1).sum(1)
-        change = (v - u.repeat(1, _PROBES, *([1] * (u.dim() - 2)))).nan_to_num(0.0)
-        divergence = (change * self.probe).flatten(1).sum(1) / (self.delta * _PROBES)
-        var = self.sigma**2
-        sure = (residual + 2 * var * divergence) / self.count
-        return [float(value) for value in sure.tolist()]
+    f = to_opponent(rgb)[:, part]
+    missing = torch.isnan(f) if bool(torch.isnan(f).any()) else None
+    delta = _PROBE_RATIO * sigma
+    dtype = rgb.dtype if rgb.dtype.is_floating_point else torch.float32
+    return ProbedSure(
+        f.to(dtype),
+        (delta * to_opponent(probe)[:, part]).to(dtype),
+        to_opponent(probe * per_probe(scored))[:, part],
+        sigma,
+        reg,
+        targets=None if targets is None else to_opponent(targets)[:, part],
+        count=rgb.numel() if missing is None else int((~missing).sum()),
+        missing=missing,
+        clip=False,
+        offset=0.0,
+        delta=delta,
+    )
 
 
 def opponent_weights(
@@ -248,9 +229,10 @@ def opponent_weights(
     The noise level is estimated on the RGB image (or given), and is the same in every
     opponent channel; each weight starts at its rule (``BRIGHTNESS_GAIN * sigma``,
     ``CHROMA_GAIN * sigma``, times the anisotropic TV's factor) and is refined by its own
-    share of SURE (``_ComponentSure``, with the clipping of the RGB data modelled as in
-    :mod:`tvdenoise.auto`). ``colour=False`` skips the colour search (its rule is
-    returned), for a colour weight given by the caller.
+    share of SURE (:func:`_component_sure`, with the clipping of the RGB data modelled as
+    in :mod:`tvdenoise.auto`). The clipped values' targets are read from the result at
+    both rules, which the searches solve first anyway. ``colour=False`` skips the colour
+    search (its rule is returned), for a colour weight given by the caller.
 
     Returns:
         ``(brightness weights, colour weights, sigmas)``, each ``(B,)`` float32.
@@ -264,6 +246,7 @@ def opponent_weights(
         return light, chroma, sigmas
     part_reg = opponent_regulariser(reg)
     tiles = sample_tiles(rgb.to(torch.float64 if rgb.dtype == torch.float64 else torch.float32))
+    probe = probes(tiles[0], torch.float64)  # the same for every image
     for i in range(rgb.shape[0]):
         level = float(sigmas[i])
         if level <= 0:
@@ -271,27 +254,27 @@ def opponent_weights(
         image = tiles[i]
         f = image.to(torch.float64)
         clipped = (f <= 0) | (f >= 1)
-        targets = f
-        if bool(clipped.any()):
-            smoothed = _solve_opponent(image, float(light[i]), float(chroma[i]), part_reg)
-            targets = _clipped_targets(f, smoothed, level)
         scored = ~clipped & ~torch.isnan(f)
-        parts = [(slice(0, 1), light)] + ([(slice(1, 3), chroma)] if colour else [])
-        for part, weights in parts:
-            sure = _ComponentSure(image, targets, scored, level, part, part_reg)
-            weights[i] = refine_weight(sure, float(weights[i]))
+        known = None if bool(clipped.any()) else f
+        parts = [(_LIGHT, light), (_CHROMA, chroma)] if colour else [(_LIGHT, light)]
+        sures = [_component_sure(image, known, scored, probe, level, p, part_reg) for p, _ in parts]
+        rules = [float(weights[i]) for _, weights in parts]
+        if known is None:
+            # Clipped values: their targets need the RGB result at both rules, which the
+            # searches solve first (the colour one alone when its weight is given).
+            for sure, rule in zip(sures, rules, strict=True):
+                sure.solve(first_weights(rule))
+            results = [sure.restored(rule) for sure, rule in zip(sures, rules, strict=True)]
+            if not colour:
+                part = to_opponent(image)[:, _CHROMA].contiguous()
+                results.append(solve_at_weights(part, [float(chroma[i])], part_reg, clip=False)[0])
+            rgb_result = from_opponent(torch.cat(results, dim=1)).clamp_(0.0, 1.0)
+            targets = to_opponent(_clipped_targets(f, rgb_result, level))
+            for sure, (p, _) in zip(sures, parts, strict=True):
+                sure.set_targets(targets[:, p])
+        for sure, rule, (_, weights) in zip(sures, rules, parts, strict=True):
+            weights[i] = refine_weight(sure, rule)
     return light, chroma, sigmas
-
-
-def _solve_opponent(rgb: Tensor, light: float, chroma: float, reg: Regulariser) -> Tensor:
-    """``(T, 3, *spatial)`` RGB images restored in the opponent space at the two weights,
-    clipped to [0, 1], in float64."""
-    g = to_opponent(rgb)
-    parts = [
-        solve_at_weights(g[:, part].contiguous(), [w], reg, clip=False)[0]
-        for part, w in ((slice(0, 1), light), (slice(1, 3), chroma))
-    ]
-    return from_opponent(torch.cat(parts, dim=1)).clamp_(0.0, 1.0)
 
 
 def chroma_weights(
