@@ -79,8 +79,10 @@ within ``[rule / 4, rule * 2]``, and refined by a parabola through the three bes
 per-value quantity, so a weight chosen on a sample of the image holds for all of it.
 
 How many tiles and probes: SURE is a random estimate, and near the best weight the error
-curve is flat, so its noise decides the choice; the tile count and two probes were chosen by
-that measurement (``benchmarks/README.md``, "Where the constants come from").
+curve is flat, so its noise decides the choice; the tile count and the one probe were chosen
+by that measurement (``benchmarks/README.md``, "Where the constants come from"): the same
+probe serves every candidate weight, so its noise moves the whole curve alike, and the
+number of values sampled matters more than the number of probes.
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ _HIGHEST_STEP = 3
 # Monte-Carlo divergence: probe size relative to sigma, and the probe's seed.
 _PROBE_RATIO = 0.01
 _PROBE_SEED = 20080915
-_PROBES = 2
+_PROBES = 1
 # Large images: SURE on at most this many tiles of this size; volumes on cubes.
 _TILE = 64
 _MAX_TILES = 16
@@ -562,7 +564,7 @@ def auto_weight(
     With ``method="rule"`` the weight is :func:`weight_for_sigma` of the noise level.
     With ``method="sure"`` (default) that weight is the starting point of a search for
     the weight that minimises Stein's unbiased risk estimate of the image's mean squared
-    error (see the module docstring); this takes usually 9-15 extra solves of the image
+    error (see the module docstring); this takes usually 6-10 extra solves of the image
     (of at most 16 tiles of 64x64 pixels for large images, 27 cubes of 32 voxels for large
     volumes). An image with ``sigma = 0`` gets weight 0.
 
