@@ -374,3 +374,19 @@ def test_sure_scores_kept_solves_once_the_targets_are_set() -> None:
     assert later(weights) == at_once
     # The risk at a weight is the residual and divergence terms of that weight's result.
     assert at_once[0] != at_once[1]
+
+
+@pytest.mark.parametrize("target", [0.5, 1.0, 1.6])
+def test_first_weights_are_the_searchs_first_request(target: float) -> None:
+    # A risk estimate may solve first_weights ahead (the clipping targets need the rule's
+    # result): they must be exactly the weights the search asks for first.
+    asked: list[list[float]] = []
+
+    def risk(weights: list[float]) -> list[float]:
+        asked.append(weights)
+        return [math.log(w / target) ** 2 for w in weights]
+
+    found = auto.refine_weight(risk, 1.0)
+    assert asked[0] == auto.first_weights(1.0)
+    assert 1.0 in asked[0]
+    assert found == pytest.approx(target, rel=0.02)
