@@ -10,6 +10,7 @@ import torch
 
 from tvdenoise import denoise, restore, total_variation
 from tvdenoise.colour import (
+    CHROMA_GAIN,
     CHROMA_RATIO,
     from_opponent,
     opponent_matrix,
@@ -266,3 +267,16 @@ def test_automatic_weights_close_to_the_best_pair() -> None:
     best_colour = max(grid, key=lambda w: quality(best_light, w))
     best = quality(best_light, best_colour)
     assert quality(float(light[0]), float(colour[0])) > best - 0.1
+
+
+def test_brightness_weight_alone_matches_the_full_search_on_a_clipped_image() -> None:
+    # With the colour weight given, the colour result at its rule is still needed for the
+    # clipped values' targets (solved alone then); the brightness weight is the same.
+    noisy = add_noise(_scene(36, 40) * 1.6 - 0.3, 0.12, seed=10)
+    assert bool((noisy == 0).any() and (noisy == 1).any())
+    reg = TotalVariation(eps=DEFAULT_EPS)
+    light, colour, _ = opponent_weights(noisy[None], reg, sigma=0.12)
+    alone, rule_colour, _ = opponent_weights(noisy[None], reg, sigma=0.12, colour=False)
+    assert float(alone[0]) == pytest.approx(float(light[0]), rel=0.01)
+    assert float(rule_colour[0]) == pytest.approx(CHROMA_GAIN * 0.12, rel=1e-6)
+    assert float(colour[0]) != float(rule_colour[0])
