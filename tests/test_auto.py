@@ -348,14 +348,14 @@ def test_sure_scores_kept_solves_once_the_targets_are_set() -> None:
     # Solving first and setting the targets later scores exactly as targets given at once.
     tiles = _noisy(255 * _cartoon(24, seed=4).to(torch.float64)[None], 20, seed=5)
     sigma, reg = 20 / 255, TotalVariation(eps=DEFAULT_EPS)
-    probe = auto.probes(tiles)
+    probe = auto.probes(tiles, 2)
 
     def sure(targets: torch.Tensor | None) -> auto.ProbedSure:
         scored = torch.ones_like(tiles, dtype=torch.bool)
         return auto.ProbedSure(
             tiles,
             0.01 * sigma * probe,
-            probe.double() * auto.per_probe(scored),
+            probe.double() * auto.per_probe(scored, 2),
             sigma,
             reg,
             targets=targets,

@@ -233,6 +233,7 @@ def test_clipped_image_search_solves_every_weight_once(monkeypatch: pytest.Monke
     # The clipping targets come from both components' candidates at their rules: no
     # other solve, and no weight of a component solved twice.
     import tvdenoise.auto as auto
+    import tvdenoise.colour as colour
 
     noisy = add_noise(_scene(36, 40) * 1.6 - 0.3, 0.12, seed=8)
     assert bool((noisy == 0).any() and (noisy == 1).any())
@@ -245,7 +246,7 @@ def test_clipped_image_search_solves_every_weight_once(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(auto, "solve_at_weights", noted)
     opponent_weights(noisy[None], TotalVariation(eps=DEFAULT_EPS), sigma=0.12)
-    assert {count for count, _, _ in solved} == {1 + auto._PROBES}
+    assert {count for count, _, _ in solved} == {1 + colour._PROBES}
     for channels in (1, 2):
         weights = [w for _, c, w in solved if c == channels]
         assert len(weights) >= 3 and len(set(weights)) == len(weights)

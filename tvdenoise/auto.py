@@ -79,10 +79,10 @@ within ``[rule / 4, rule * 2]``, and refined by a parabola through the three bes
 per-value quantity, so a weight chosen on a sample of the image holds for all of it.
 
 How many tiles and probes: SURE is a random estimate, and near the best weight the error
-curve is flat, so its noise decides the choice; the tile count and the one probe were chosen
-by that measurement (``benchmarks/README.md``, "Where the constants come from"): the same
-probe serves every candidate weight, so its noise moves the whole curve alike, and the
-number of values sampled matters more than the number of probes.
+curve is flat, so its noise decides the choice; the tile count and two probes were chosen by
+that measurement (``benchmarks/README.md``, "Where the constants come from"). The opponent
+colour search (:mod:`tvdenoise.colour`) takes one probe per component, measured as good
+there.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ _HIGHEST_STEP = 3
 # Monte-Carlo divergence: probe size relative to sigma, and the probe's seed.
 _PROBE_RATIO = 0.01
 _PROBE_SEED = 20080915
-_PROBES = 1
+_PROBES = 2
 # Large images: SURE on at most this many tiles of this size; volumes on cubes.
 _TILE = 64
 _MAX_TILES = 16
@@ -341,9 +341,10 @@ class ProbedSure:
         offset: float,
         delta: float,
     ) -> None:
-        self.images = torch.cat([data, per_probe(data) + moves])
-        self.response = response
         self.tiles = data.shape[0]
+        self.probes = moves.shape[0] // self.tiles
+        self.images = torch.cat([data, per_probe(data, self.probes) + moves])
+        self.response = response
         self.sigma, self.reg, self.count, self.missing = sigma, reg, count, missing
         self.clip, self.offset, self.delta = clip, offset, delta
         self.targets = targets
@@ -386,8 +387,8 @@ class ProbedSure:
             if self.missing is not None:
                 squared = squared.masked_fill(self.missing, 0.0)
             residual = float(squared.sum())
-            change = (v - per_probe(u)).nan_to_num(0.0)
-            divergence = float((change * self.response).sum()) / (self.delta * _PROBES)
+            change = (v - per_probe(u, self.probes)).nan_to_num(0.0)
+            divergence = float((change * self.response).sum()) / (self.delta * self.probes)
             var = self.sigma**2
             self._values[weight] = (residual + 2 * var * divergence) / self.count + self.offset
         self._solved.clear()
@@ -398,17 +399,17 @@ class ProbedSure:
         return [self._values[w] for w in weights]
 
 
-def per_probe(x: Tensor) -> Tensor:
+def per_probe(x: Tensor, count: int) -> Tensor:
     """``(T, ...)`` tiles repeated once per probe, ``(P * T, ...)``, as :func:`probes`."""
-    return x.repeat(_PROBES, *[1] * (x.dim() - 1))
+    return x.repeat(count, *[1] * (x.dim() - 1))
 
 
-def probes(like: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """The ``_PROBES`` Gaussian fields of every tile of ``like`` ``(T, C, *spatial)``,
+def probes(like: Tensor, count: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``count`` Gaussian fields for every tile of ``like`` ``(T, C, *spatial)``,
     ``(P * T, C, *spatial)``: the same for every image, so that an image gets the same
     weight alone or in a batch."""
     generator = torch.Generator().manual_seed(_PROBE_SEED)
-    shape = (_PROBES * like.shape[0], *like.shape[1:])
+    shape = (count * like.shape[0], *like.shape[1:])
     return torch.randn(shape, generator=generator, dtype=dtype).to(like.device)
 
 
@@ -423,12 +424,12 @@ class _Sure(ProbedSure):
         # Missing values (NaN) are neither scored nor probed; the solver fills them.
         missing = torch.isnan(f) if bool(torch.isnan(f).any()) else None
         delta = _PROBE_RATIO * sigma
-        probe = probes(tiles).to(tiles.dtype)
+        probe = probes(tiles, _PROBES).to(tiles.dtype)
         scored = ~clipped if missing is None else ~clipped & ~missing
         super().__init__(
             tiles,
             delta * probe,
-            probe.to(torch.float64) * per_probe(scored),
+            probe.to(torch.float64) * per_probe(scored, _PROBES),
             sigma,
             reg,
             targets=f if not bool(clipped.any()) else None,
@@ -564,7 +565,7 @@ def auto_weight(
     With ``method="rule"`` the weight is :func:`weight_for_sigma` of the noise level.
     With ``method="sure"`` (default) that weight is the starting point of a search for
     the weight that minimises Stein's unbiased risk estimate of the image's mean squared
-    error (see the module docstring); this takes usually 6-10 extra solves of the image
+    error (see the module docstring); this takes usually 9-15 extra solves of the image
     (of at most 16 tiles of 64x64 pixels for large images, 27 cubes of 32 voxels for large
     volumes). An image with ``sigma = 0`` gets weight 0.
 

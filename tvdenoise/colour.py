@@ -92,6 +92,10 @@ BRIGHTNESS_GAIN = 1.2
 CHROMA_GAIN = 2.2
 # The opponent channels of the two problems.
 _LIGHT, _CHROMA = slice(0, 1), slice(1, 3)
+# Monte-Carlo probes of each component's SURE: one, against two for grey and joint RGB
+# images (tvdenoise.auto): measured to choose the same weights here, at a third less work
+# (benchmarks/README.md, "Where the constants come from").
+_PROBES = 1
 
 
 def opponent_matrix(
@@ -204,7 +208,7 @@ def _component_sure(
     return ProbedSure(
         f.to(dtype),
         (delta * to_opponent(probe)[:, part]).to(dtype),
-        to_opponent(probe * per_probe(scored))[:, part],
+        to_opponent(probe * per_probe(scored, _PROBES))[:, part],
         sigma,
         reg,
         targets=None if targets is None else to_opponent(targets)[:, part],
@@ -246,7 +250,7 @@ def opponent_weights(
         return light, chroma, sigmas
     part_reg = opponent_regulariser(reg)
     tiles = sample_tiles(rgb.to(torch.float64 if rgb.dtype == torch.float64 else torch.float32))
-    probe = probes(tiles[0], torch.float64)  # the same for every image
+    probe = probes(tiles[0], _PROBES, torch.float64)  # the same for every image
     for i in range(rgb.shape[0]):
         level = float(sigmas[i])
         if level <= 0:
