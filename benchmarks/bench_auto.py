@@ -47,6 +47,7 @@ from results import record
 
 import tvdenoise
 from tvdenoise.colour import opponent_weights
+from tvdenoise.solver import DEFAULT_EPS
 from tvdenoise.tv import TotalVariation
 
 SIZE = 512
@@ -85,15 +86,18 @@ def main() -> None:
     def hwc(image: torch.Tensor) -> np.ndarray:
         return image.permute(1, 2, 0).numpy()
 
-    light, colour, _ = opponent_weights(x[None], TotalVariation())
-    w_light, w_colour = float(light[0]), float(colour[0])
+    # The settings of the default path (the Huber radius of the total variation included).
+    reg = TotalVariation(eps=DEFAULT_EPS)
+    chosen = tvdenoise.restore(x)
+    assert chosen.chroma_weights is not None  # the default for RGB: opponent colour
+    w_light, w_colour = float(chosen.weights[0]), float(chosen.chroma_weights[0])
     s_cham, p_cham = best_weight(lambda w: psnr(skimage_chambolle(noisy, w), clean), 0.02, 0.5)
     p_default = psnr(hwc(tvdenoise.denoise(x)), clean)
 
     times = interleaved(
         {
             "default": lambda: tvdenoise.denoise(x),
-            "search": lambda: opponent_weights(x[None], TotalVariation()),
+            "search": lambda: opponent_weights(x[None], reg),
             "solve": lambda: tvdenoise.denoise(x, weight=w_light, chroma_weight=w_colour),
             "skimage": lambda: skimage_chambolle(noisy, s_cham),
         },
