@@ -235,12 +235,25 @@ def test_large_image_weight_matches_its_scaled_copy(monkeypatch: pytest.MonkeyPa
 # --- clipping -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sigma", [0.02, 0.2])
+@pytest.mark.parametrize("sigma", [0.004, 0.02, 0.2, 1.0])
 def test_latent_value_inverts_the_clipped_mean(sigma: float) -> None:
-    clean = torch.linspace(0, 1, 101, dtype=torch.float64)
+    clean = torch.linspace(0, 1, 1001, dtype=torch.float64) ** 3  # dense near 0
     mean = censored_mean(clean, sigma)
     assert bool((mean.diff() > 0).all())
-    assert latent_value(mean, sigma) == pytest.approx(clean, abs=1e-9)
+    assert latent_value(mean, sigma) == pytest.approx(clean, abs=1e-12)
+    # float32 in, float32 out, as precise as float32 allows
+    single = latent_value(mean.to(torch.float32), sigma)
+    assert single.dtype == torch.float32
+    assert single.double() == pytest.approx(clean, abs=1e-6)
+
+
+def test_latent_value_beyond_the_clipped_range_is_0_or_1() -> None:
+    # The mean of a clipped clean 0 is above 0 and that of a clean 1 below 1: means
+    # outside that range have no clean value, and get the nearer end.
+    sigma = 0.1
+    low, high = (float(censored_mean(torch.tensor(v), sigma)) for v in (0.0, 1.0))
+    means = torch.tensor([-0.5, 0.0, low / 2, (high + 1) / 2, 1.0, 1.5])
+    assert latent_value(means, sigma).tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
 
 
 def test_censored_mean_and_clipped_targets_match_sampling() -> None:

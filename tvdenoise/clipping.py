@@ -31,8 +31,9 @@ __all__ = [
     "variance_share",
 ]
 
-# Bisection steps for the clean value behind a clipped mean (2**-40 of the range).
-_BISECTIONS = 40
+# The clean value behind a clipped mean: a table inverted by interpolation, then Newton.
+_LATENT_POINTS = 1025
+_NEWTON_STEPS = 2
 # Clean values tabulated by variance_share (linear interpolation between them).
 _TABLE_POINTS = 1025
 _TABLE_REACH = 4.0
@@ -85,20 +86,24 @@ def censored_variance(clean: Tensor, sigma: float) -> Tensor:
 
 def latent_value(mean: Tensor, sigma: float) -> Tensor:
     """The clean value in [0, 1] whose clipped noisy version has expectation ``mean``
-    (the inverse of :func:`censored_mean`, by bisection).
+    (the inverse of :func:`censored_mean`; ``0`` or ``1`` beyond its range).
+
+    :func:`censored_mean` is increasing with slope ``P(0 < clean + n < 1)``, which is at
+    least ``P(0 < n < 1)`` on [0, 1]: a table of ``_LATENT_POINTS`` values inverted by
+    interpolation lands close enough for ``_NEWTON_STEPS`` Newton steps to reach the
+    precision of float64 (a bisection took 40 evaluations for 2**-40).
 
     Example:
         >>> mean = censored_mean(torch.tensor(0.05), 0.2)
         >>> round(float(latent_value(mean, 0.2)), 6)
         0.05
     """
-    low, high = torch.zeros_like(mean), torch.ones_like(mean)
-    for _ in range(_BISECTIONS):
-        middle = 0.5 * (low + high)
-        up = censored_mean(middle, sigma) < mean
-        low = torch.where(up, middle, low)
-        high = torch.where(up, high, middle)
-    return 0.5 * (low + high)
+    grid = torch.linspace(0.0, 1.0, _LATENT_POINTS, dtype=torch.float64, device=mean.device)
+    x = _interpolate(mean.to(torch.float64), censored_mean(grid, sigma), grid)
+    for _ in range(_NEWTON_STEPS):
+        slope = torch.special.ndtr((1 - x) / sigma) - torch.special.ndtr(-x / sigma)
+        x = (x - (censored_mean(x, sigma) - mean) / slope).clamp_(0.0, 1.0)
+    return x.to(mean.dtype)
 
 
 def inverse_mills(a: Tensor) -> Tensor:
