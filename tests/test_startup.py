@@ -28,7 +28,6 @@ from tvdenoise import threads
 from helpers import run_cli, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_THREADS = torch.get_num_threads()
 
 # Runs the command in-process the way the console script or ``python -m`` does, then
 # prints the exit code, the heavy modules that were imported, torch's thread count and
@@ -54,15 +53,31 @@ print(json.dumps(report), file=sys.stderr)
 """
 
 
+def _environ(**env: str) -> dict[str, str]:
+    """This process's environment with only the OpenMP settings in ``env``."""
+    own = (*threads.WAIT_SETTINGS, *threads.THREAD_SETTINGS)
+    environ = {name: value for name, value in os.environ.items() if name not in own}
+    environ |= env
+    environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return environ
+
+
+def _default_threads() -> int:
+    """torch's thread count in a fresh interpreter with no OpenMP settings (this process's
+    may have been started with some)."""
+    code = "import torch; print(torch.get_num_threads())"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_environ()
+    )
+    return int(done.stdout)
+
+
 def _run_probe(
     how: str, *args: str, cwd: Path = ROOT, **env: str
 ) -> tuple[dict[str, Any], str, str]:
     """Run the command in a fresh interpreter with only the OpenMP settings in ``env``;
     return its report, stdout and the rest of stderr."""
-    own = (*threads.WAIT_SETTINGS, *threads.THREAD_SETTINGS)
-    environ = {name: value for name, value in os.environ.items() if name not in own}
-    environ |= env
-    environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    environ = _environ(**env)
     done = subprocess.run(
         [sys.executable, "-c", _PROBE, how, *args],
         capture_output=True,
@@ -242,7 +257,7 @@ def test_command_limits_spinning_unless_the_user_set_a_policy(tmp_path: Path) ->
     assert report["code"] == 0, stderr
     assert "torch" in report["heavy"]  # the probe sees torch where the command loads it
     assert report["spin"] == str(threads.SPIN_COUNT)
-    assert 1 <= report["threads"] <= DEFAULT_THREADS
+    assert 1 <= report["threads"] <= _default_threads()
     report, _, stderr = _run_probe(
         "script", *args, "-o", str(tmp_path / "b.png"), OMP_WAIT_POLICY="PASSIVE"
     )
