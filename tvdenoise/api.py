@@ -15,6 +15,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from .anscombe import anscombe, inverse_anscombe
 from .auto import choose_weight
 from .checks import check_choice, floating
 from .colour import (
@@ -31,7 +32,7 @@ from .convert import ChannelAxis, Image, Mask, to_working
 from .defaults import MIN_TILE, RegulariserName
 from .fidelity import DataTerm, NoiseModel, data_term
 from .missing import check_finite
-from .noise_weight import poisson_estimators
+from .noise_weight import PHOTON_ESTIMATORS, poisson_estimators
 from .solver import (
     DEFAULT_EPS,
     DEFAULT_MAX_ITER,
@@ -69,10 +70,12 @@ class Restoration:
         energy: the final energy per image, ``(B,)``.
         chroma_weights: for ``color="opponent"``, the colour weight per image, ``(B,)``
             (``weights`` are then the brightness weights); else ``None``.
-        noise_models: for ``noise="poisson"`` with the automatic weight, the model each
-            image was restored with, ``"poisson"`` or ``"gaussian"`` (whichever scored
-            better on held-out photons; ``weights`` are in that model's units); else
-            ``None``.
+        noise_models: for ``noise="poisson"`` with the automatic weight, the estimator
+            each image was restored with: ``"poisson"``, ``"gaussian"`` or
+            ``"anscombe"`` (the Gaussian model on the Anscombe transform of the counts;
+            whichever scored best on held-out photons, see
+            :func:`tvdenoise.noise_weight.poisson_estimators`; ``weights`` are in its
+            units); else ``None``.
     """
 
     restored: Tensor
@@ -286,33 +289,44 @@ def _restore_photons(
     tile: int | None,
     callback: Callback | None,
 ) -> Restoration:
-    """Photon noise at the automatic weight: per image, the Poisson or the Gaussian
-    model, whichever restores held-out photons better
-    (:func:`tvdenoise.noise_weight.poisson_estimators`)."""
+    """Photon noise at the automatic weight: per image, the estimator that restores
+    held-out photons best (:func:`tvdenoise.noise_weight.poisson_estimators`): the
+    Poisson model, the Gaussian one, or the Gaussian one on the Anscombe transform
+    (:mod:`tvdenoise.anscombe`; its energy is then the transformed problem's)."""
     if sigma is not None:
         raise ValueError("sigma applies to noise='gaussian' only, got noise='poisson'")
-    weights, gaussian = poisson_estimators(f, reg, peak=peak)
+    choice = poisson_estimators(f, reg, peak=peak)
     restored = torch.empty_like(f)
     iterations = torch.zeros(f.shape[0], dtype=torch.long)
     final = f.new_zeros(f.shape[0])
-    for use_gaussian, name in ((False, "poisson"), (True, "gaussian")):
-        index = torch.nonzero(gaussian == use_gaussian).flatten()
-        if len(index):
+    for name in PHOTON_ESTIMATORS:
+        index = torch.tensor([i for i, e in enumerate(choice.estimators) if e == name])
+        if not len(index):
+            continue
+        on_device = index.to(f.device)
+        if name == "anscombe":
+            peaks = choice.peaks[index].to(f.device)
+            z = anscombe(f[on_device], peaks)
             done = _solve(
-                f[index.to(f.device)],
-                weights[index],
+                z,
+                choice.weights[index],
                 reg,
-                data_term(name),
+                data_term("gaussian"),
                 iteration,
                 tile,
                 callback,
+                clip=False,
             )
-            restored[index.to(f.device)] = done.restored
-            iterations[index] = done.iterations
-            final[index.to(f.device)] = done.energy
-    models = tuple("gaussian" if bool(g) else "poisson" for g in gaussian)
-    per_image = weights_per_image(weights, f.shape[0], f)
-    return Restoration(restored, per_image, None, iterations, final, noise_models=models)
+            restored[on_device] = inverse_anscombe(done.restored, peaks).clamp_(0.0, 1.0)
+        else:
+            done = _solve(
+                f[on_device], choice.weights[index], reg, data_term(name), iteration, tile, callback
+            )
+            restored[on_device] = done.restored
+        iterations[index] = done.iterations
+        final[on_device] = done.energy
+    per_image = weights_per_image(choice.weights, f.shape[0], f)
+    return Restoration(restored, per_image, None, iterations, final, noise_models=choice.estimators)
 
 
 def denoise(
@@ -364,8 +378,9 @@ def denoise(
         noise: ``"gaussian"`` (squared error), ``"impulse"`` (absolute error: salt and
             pepper, dead pixels) or ``"poisson"`` (photon counts); see
             :mod:`tvdenoise.fidelity`. With ``"poisson"`` and ``weight="auto"`` each image
-            is restored with the Poisson or the Gaussian model, whichever restores
-            held-out photons better (:func:`tvdenoise.noise_weight.poisson_estimators`).
+            is restored with the Poisson model, the Gaussian one, or the Gaussian one on
+            the Anscombe transform of the counts, whichever restores held-out photons
+            best (:func:`tvdenoise.noise_weight.poisson_estimators`).
         peak: photons at intensity 1 for ``noise="poisson"``; estimated when ``None``.
         tv: ``"isotropic"`` or ``"anisotropic"`` total variation.
         color: ``"joint"`` (one gradient magnitude for all channels), ``"separate"``,

@@ -24,6 +24,7 @@ __all__ = [
     "censored_mean",
     "censored_variance",
     "clipped_count_mean",
+    "clipped_count_tail",
     "inverse_mills",
     "latent_rate",
     "latent_value",
@@ -171,6 +172,34 @@ def clipped_count_mean(rate: Tensor, peak: float) -> Tensor:
     below = rate * low if c >= 2 else torch.zeros_like(rate)
     at_top: Tensor = torch.special.gammainc(torch.full_like(rate, c), rate)
     return below / peak + at_top
+
+
+def clipped_count_tail(rate: Tensor, peak: float) -> tuple[Tensor, Tensor]:
+    """For ``k ~ Poisson(rate)`` given that it was clipped (``k >= c``, the smallest count
+    stored as 1): ``E[k | k >= c]`` and ``P(k = c | k >= c)``, elementwise.
+
+    ``E[k 1(k >= c)] = rate P(k >= c - 1)``; where the tail is too thin to evaluate
+    (a rate far below ``c``), the limits ``c`` and 1.
+
+    Example:
+        >>> mean, first = clipped_count_tail(torch.tensor([1e-3, 100.0], dtype=torch.float64), 10.0)
+        >>> [round(v, 2) for v in mean.tolist()], [round(v, 2) for v in first.tolist()]
+        ([10.0, 100.0], [1.0, 0.0])
+    """
+    c = _first_clipped_count(peak)
+    rate = rate.to(torch.float64)
+    tail: Tensor = torch.special.gammainc(torch.full_like(rate, c), rate)
+    wider: Tensor = (
+        torch.special.gammainc(torch.full_like(rate, c - 1), rate)
+        if c >= 2
+        else torch.ones_like(rate)
+    )
+    at_c = torch.exp(c * torch.log(rate.clamp_min(1e-300)) - rate - math.lgamma(c + 1))
+    thin = tail < 1e-12
+    safe = torch.where(thin, torch.ones_like(tail), tail)
+    mean = torch.where(thin, float(c), rate * wider / safe)
+    first = torch.where(thin, 1.0, at_c / safe)
+    return mean, first
 
 
 def latent_rate(mean: Tensor, peak: float) -> Tensor:

@@ -69,12 +69,28 @@ peak: with the peak overestimated the two halves are correlated and the score fa
 little smoothing, hence the calibrated estimate above. Polishing as for impulse noise does
 not help here: the thinned score is too noisy at low photon counts for a finer grid.
 
-Neither model is always the better estimator of photon-noise data: the Gaussian model
-(squared error, blind to the variance following the intensity) wins on some mid-grey
-textures and at low counts. With the automatic weight, :func:`poisson_estimators` gives
-each model its weight by the thinning hold-out and keeps the one that restores the
-held-out photons better; the score is unbiased for any estimator of the thinned image, so
-the comparison is fair (``scripts/eval_noise.py --photons`` measures it).
+No one estimator is the best for all photon-noise data. With the automatic weight,
+:func:`poisson_estimators` gives three their weights and keeps, per image, the one that
+restores held-out photons best:
+
+* the Poisson model, at the weight refined by thinning (above);
+* the Gaussian model (squared error, blind to the variance following the intensity),
+  which wins on some mid-grey textures and at low counts. Its weight minimises the
+  Poisson unbiased risk estimate (PURE, ``_PhotonRisk``) at the full photon level: for
+  ``y = counts / peak``,
+  ``mean((u - y)**2) - mean(y) / peak + 2 / (N peak) * sum_i y_i du_i/dy_i`` estimates
+  ``mean((u - x)**2)`` to first order in ``1 / peak``, with the weighted divergence
+  measured by probes as for SURE. It has the variance of SURE, far below that of the
+  thinned score, whose best weight for fewer photons also has to be transferred;
+* the Gaussian model on the Anscombe transform of the counts
+  (:mod:`tvdenoise.anscombe`), where the noise has one level known from the peak, with
+  the SURE weight of the Gaussian model (:func:`tvdenoise.auto.choose_weight`) and the
+  exact unbiased inverse. It is often the best of the three, but where the transform is
+  poor (very few photons) or the peak estimate is off its weight can be far off.
+
+Each is scored on the same thinned split, at its weight scaled to the thinned image's
+photons; the score is unbiased for any estimator of the thinned image, so the choice is
+a paired comparison of their errors (``scripts/eval_noise.py --photons`` measures it).
 
 Both rules were fitted on 256x256 crops of astronaut, camera, coffee and chelsea;
 ``scripts/eval_noise.py`` measures them and the refined weights against the best weight
@@ -85,12 +101,21 @@ quoted in the README).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .anscombe import anscombe, inverse_anscombe, stabilised_level
 from .auto import (
+    _PROBE_RATIO,
+    _PROBE_SEED,
+    _PROBES,
+    _SURE_MAX_ITER,
+    _SURE_TOL,
+    choose_weight,
     per_volume,
     plane_sample,
     refine_weight,
@@ -99,19 +124,22 @@ from .auto import (
     weight_for_sigma,
 )
 from .checks import as_batch, check_choice
-from .clipping import latent_rate, sample_clipped_counts
-from .fidelity import NOISE_MODELS, DataTerm, NoiseModel, data_term
+from .clipping import clipped_count_tail, latent_rate, sample_clipped_counts
+from .fidelity import NOISE_MODELS, NoiseModel, data_term
 from .filters import any_in_window, box_mean, immerkaer_residual
 from .missing import split_missing
 from .sigma import MIN_SIZE
-from .solver import DEFAULT_EPS
+from .solver import DEFAULT_EPS, Iteration
 from .tv import ColorMode, TotalVariation, TVKind
 
 __all__ = [
+    "PHOTON_ESTIMATORS",
+    "PhotonChoice",
     "auto_weight_for_noise",
     "estimate_impulse_fraction",
     "estimate_peak",
     "impulse_weight",
+    "poisson_estimators",
     "poisson_weight",
 ]
 
@@ -399,14 +427,17 @@ class _PoissonHoldOut:
 
     A clipped value (``f >= 1``) only says that its count reached full scale. Its count
     is drawn from the Poisson law given that (:func:`tvdenoise.clipping.sample_clipped_counts`),
-    at the rate behind the result at the rule's weight, corrected for the clipping's
-    bias (:func:`tvdenoise.clipping.latent_rate`); then it is split like the others.
-    Every value is scored; the plug-in rate enters only through the clipped values.
+    at the rate behind ``pilot`` (a restored copy of the tiles, needed only where a value
+    is clipped), corrected for the clipping's bias (:func:`tvdenoise.clipping.latent_rate`);
+    then it is split like the others. Every value is scored; the plug-in rate enters only
+    through the clipped values.
     """
 
-    def __init__(self, tiles: Tensor, peak: float, rule: float, reg: TotalVariation) -> None:
+    def __init__(
+        self, tiles: Tensor, peak: float, pilot: Tensor | None, reg: TotalVariation
+    ) -> None:
         self.reg = reg
-        self.term: DataTerm = data_term("poisson")
+        self.peak = peak
         generator = torch.Generator().manual_seed(_HOLD_OUT_SEED)
         f = tiles.cpu().to(torch.float64)
         # Missing values (NaN) stay missing in the thinned image and are not scored.
@@ -416,8 +447,9 @@ class _PoissonHoldOut:
         counts = (f * peak).round().clamp_min(0.0)
         clipped = f >= 1
         if bool(clipped.any()):
-            pilot = solve_at_weights(tiles, [rule], reg, self.term)[0]
-            rate = latent_rate(pilot.cpu()[clipped].clamp(0.0, 1.0), peak)
+            if pilot is None:
+                raise ValueError("a pilot restoration is needed where values are clipped")
+            rate = latent_rate(pilot.cpu().to(torch.float64)[clipped].clamp(0.0, 1.0), peak)
             counts[clipped] = sample_clipped_counts(rate, peak, generator)
         kept = torch.binomial(counts, torch.full_like(counts, 1.0 - _THINNING), generator)
         scaled = (kept / ((1.0 - _THINNING) * peak)).clamp(max=1.0).masked_fill(missing, math.nan)
@@ -426,19 +458,95 @@ class _PoissonHoldOut:
         self.target = target.to(tiles.device)
 
     def __call__(self, weights: list[float]) -> list[float]:
-        return self.score(weights, self.term)
+        """The Poisson model's score at each of ``weights`` (for the thinned image)."""
+        return self.score(_estimator("poisson", (1.0 - _THINNING) * self.peak, self.reg), weights)
 
-    def score(self, weights: list[float], term: DataTerm) -> list[float]:
-        """The hold-out score of the estimator ``term`` at each of ``weights``: unbiased
-        (up to a constant shared by all estimators) for any estimator of the thinned
-        image, so estimators of different models can be compared by it."""
-        restored = solve_at_weights(self.data, weights, self.reg, term)
+    def score(self, estimator: SolveAt, weights: list[float]) -> list[float]:
+        """The hold-out score of ``estimator`` (of the thinned image, with its
+        ``(1 - t) * peak`` photons) at each of ``weights``: unbiased, up to a constant
+        shared by all estimators, for any estimator, so that estimators can be compared
+        by it."""
+        restored = estimator(self.data, weights, Iteration())
         squared = (restored - self.target).square()
         if self.scored is None:
             mean = squared.flatten(1).mean(1)
         else:
             mean = (squared * self.scored).flatten(1).sum(1) / self.scored.flatten(1).sum(1)
         return [float(value) for value in mean.tolist()]
+
+
+#: The estimators of photon-noise data :func:`poisson_estimators` chooses from.
+PHOTON_ESTIMATORS: tuple[str, ...] = ("poisson", "gaussian", "anscombe")
+
+#: An estimator of photon-noise data at each of some weights: ``(T, C, *spatial)`` images
+#: and the solver's iteration settings to ``(K, T, C, *spatial)`` float64 results.
+SolveAt = Callable[[Tensor, list[float], Iteration], Tensor]
+
+
+class _PhotonRisk:
+    """Poisson unbiased risk estimate (PURE) of a model's result at any weight.
+
+    For ``y = k / peak`` with ``k ~ Poisson(peak * x)`` and any map ``u(y)``, Hudson's
+    identity ``E[x_i u_i(y)] = E[y_i u_i(y - e_i / peak)]`` and a first-order expansion
+    of ``u_i`` give
+
+    .. math::
+
+        \\mathrm{PURE}(w) = \\frac{1}{N}\\sum_i (u_i - y_i)^2 - \\frac{y_i}{peak}
+            + \\frac{2}{peak}\\, y_i \\frac{\\partial u_i}{\\partial y_i},
+
+    an estimate of ``mean((u - x)**2)`` at the full photon level (Luisier, Vonesch, Blu
+    and Unser 2010), for the result of either model. The weighted divergence is measured
+    as for SURE (:mod:`tvdenoise.auto`), with probes ``sqrt(y) * b``.
+
+    A value clipped at full scale only says ``k >= c``: its ``y`` is replaced by
+    ``E[k | k >= c] / peak`` and its derivative weight by the chance that ``k = c``
+    (times ``c / peak``; above ``c`` a count less changes nothing), both at the rate behind
+    ``pilot``, a restored copy of the tiles (:func:`tvdenoise.clipping.latent_rate`).
+    Missing values (NaN) are neither scored nor probed.
+    """
+
+    def __init__(
+        self, tiles: Tensor, peak: float, pilot: Tensor | None, estimator: SolveAt
+    ) -> None:
+        self.estimator = estimator
+        self.peak = peak
+        f = tiles.to(torch.float64)
+        missing = torch.isnan(f)
+        self.scored = ~missing
+        self.count = int(self.scored.sum())
+        f = f.nan_to_num(0.0).clamp_min(0.0)
+        targets = f.clone()
+        slope = f.clone()  # the weight of each derivative
+        clipped = f >= 1
+        if bool(clipped.any()):
+            if pilot is None:
+                raise ValueError("a pilot restoration is needed where values are clipped")
+            rate = latent_rate(pilot.cpu().to(torch.float64)[clipped.cpu()].clamp(0.0, 1.0), peak)
+            mean, first = clipped_count_tail(rate, peak)
+            targets[clipped] = (mean / peak).to(f.device)
+            slope[clipped] = (first * (max(1, math.ceil(peak)) / peak)).to(f.device)
+        slope = slope.masked_fill(missing, 0.0)
+        self.targets = targets
+        self.noise = float((targets * self.scored).sum()) / peak
+        self.delta = _PROBE_RATIO / math.sqrt(peak)
+        generator = torch.Generator().manual_seed(_PROBE_SEED)
+        ones = [1] * (tiles.dim() - 1)
+        shape = (_PROBES * tiles.shape[0], *tiles.shape[1:])
+        probe = torch.randn(shape, generator=generator, dtype=torch.float64).to(f.device)
+        self.probe = probe * slope.sqrt().repeat(_PROBES, *ones)
+        probed = tiles.repeat(_PROBES, *ones) + (self.delta * self.probe).to(tiles.dtype)
+        self.images = torch.cat([tiles, probed])
+
+    def __call__(self, weights: list[float]) -> list[float]:
+        both = self.estimator(self.images, weights, Iteration(_SURE_MAX_ITER, _SURE_TOL))
+        t = self.targets.shape[0]
+        u, v = both[:, :t], both[:, t:]
+        squared = ((u - self.targets) * self.scored).square().flatten(1).sum(1)
+        change = (v - u.repeat(1, _PROBES, *([1] * (u.dim() - 2)))).nan_to_num(0.0)
+        divergence = (change * self.probe).flatten(1).sum(1) / (self.delta * _PROBES)
+        risk = (squared - self.noise + 2 * divergence / self.peak) / self.count
+        return [float(value) for value in risk.tolist()]
 
 
 def auto_weight_for_noise(
@@ -505,26 +613,64 @@ def impulse_auto_weight(batch: Tensor, reg: TotalVariation) -> Tensor:
 def poisson_auto_weight(batch: Tensor, reg: TotalVariation, *, peak: float | None) -> Tensor:
     """The Poisson model's weight per image of a ``(B, C, *spatial)`` batch: the rule from
     the photon scale (estimated unless ``peak`` is given), refined by thinning."""
-    return _photon_weights(batch, reg, peak, compare=False)[0]
+    return _photon_weights(batch, reg, peak, compare=False).weights
 
 
-def poisson_estimators(
-    batch: Tensor, reg: TotalVariation, *, peak: float | None
-) -> tuple[Tensor, Tensor]:
-    """The best restoration of photon-noise data per image: which model, at which weight.
+@dataclass(frozen=True)
+class PhotonChoice:
+    """The best restoration of photon-noise data per image (:func:`poisson_estimators`).
 
-    Both the Poisson model and the Gaussian one (the squared error, blind to the
-    variance following the intensity) get their weight by the thinning hold-out score
-    (``_PoissonHoldOut``), and the one whose result scores better on the held-out
-    photons is chosen. The score is unbiased for any estimator of the thinned image, and
-    both are scored on the same split, so the choice is a paired comparison of their
-    errors.
+    Attributes:
+        weights: the weight per image, ``(B,)`` float32, in the chosen estimator's units.
+        estimators: per image, one of :data:`PHOTON_ESTIMATORS`.
+        peaks: the photon scale per image, ``(B,)`` (estimated, or as given).
+    """
 
-    Returns:
-        ``(weights, gaussian)``: the weight per image, ``(B,)`` float32, in the chosen
-        model's units, and ``(B,)`` booleans, ``True`` where the Gaussian model won.
+    weights: Tensor
+    estimators: tuple[str, ...]
+    peaks: Tensor
+
+
+def poisson_estimators(batch: Tensor, reg: TotalVariation, *, peak: float | None) -> PhotonChoice:
+    """The best restoration of photon-noise data per image: which estimator, at which
+    weight.
+
+    Three estimators (:data:`PHOTON_ESTIMATORS`), each at its own automatic weight:
+
+    * ``"poisson"``: the Poisson model (TV of ``sqrt(u)``), its weight refined on thinned
+      photons (``_PoissonHoldOut``);
+    * ``"gaussian"``: the squared error, blind to the variance following the intensity,
+      its weight minimising the Poisson unbiased risk estimate at the full photon level
+      (``_PhotonRisk``);
+    * ``"anscombe"``: the Gaussian model on the Anscombe transform of the counts
+      (:mod:`tvdenoise.anscombe`), where the noise has one known level, with its SURE
+      weight (:func:`tvdenoise.auto.choose_weight`), and the exact unbiased inverse.
+
+    The one whose result, at its weight scaled to the thinned image's photons, scores
+    best on the held-out photons is chosen: the score is unbiased for any estimator of
+    the thinned image and all are scored on the same split, so the choice is a paired
+    comparison of their errors.
     """
     return _photon_weights(batch, reg, peak, compare=True)
+
+
+def _estimator(name: str, peak: float, reg: TotalVariation) -> SolveAt:
+    """The photon-data estimator ``name`` of :data:`PHOTON_ESTIMATORS` for ``peak``
+    photons, as a function of the images and weights."""
+    if name == "anscombe":
+
+        def stabilised(images: Tensor, weights: list[float], iteration: Iteration) -> Tensor:
+            z = anscombe(images, peak)
+            solved = solve_at_weights(z, weights, reg, iteration=iteration, clip=False)
+            return inverse_anscombe(solved, peak).clamp_(0.0, 1.0)
+
+        return stabilised
+    term = data_term(name)
+
+    def direct(images: Tensor, weights: list[float], iteration: Iteration) -> Tensor:
+        return solve_at_weights(images, weights, reg, term, iteration=iteration)
+
+    return direct
 
 
 def _gaussian_rule(tiles: Tensor, peak: float, reg: TotalVariation) -> float:
@@ -535,41 +681,53 @@ def _gaussian_rule(tiles: Tensor, peak: float, reg: TotalVariation) -> float:
     return float(rule)
 
 
+def _anscombe_weights(batch: Tensor, reg: TotalVariation, peaks: Tensor) -> Tensor:
+    """The SURE weight of the Gaussian model on the Anscombe transform of every image,
+    whose noise level is known from its photon scale."""
+    usable = torch.isfinite(peaks) & (peaks > 0)
+    safe = torch.where(usable, peaks, torch.ones_like(peaks)).to(torch.float64)
+    z = anscombe(batch.to(torch.float32), safe.to(batch.device))
+    levels = stabilised_level(safe).to(torch.float32)
+    return choose_weight(z, reg, sigma=levels.to(batch.device))[0].cpu()
+
+
 def _photon_weights(
     batch: Tensor, reg: TotalVariation, peak: float | None, *, compare: bool
-) -> tuple[Tensor, Tensor]:
+) -> PhotonChoice:
     if peak is not None and not (math.isfinite(peak) and peak > 0):
         raise ValueError(f"peak must be a finite number of photons > 0, got {peak}")
     channels = batch.shape[1]
     if peak is None:
         planes, k = plane_sample(split_missing(batch)[0])
-        peaks = per_volume(estimate_peak(planes).reshape(-1), k)
+        peaks = per_volume(estimate_peak(planes).reshape(-1), k).cpu()
     else:
         peaks = torch.full((batch.shape[0],), peak)
     weights = poisson_weight(peaks, channels=channels, tv=reg.kind, color=reg.color)
     weights = weights.reshape(-1).clone()
-    gaussian = torch.zeros(batch.shape[0], dtype=torch.bool)
+    names = ["poisson"] * batch.shape[0]
     tiles = sample_tiles(batch.to(torch.float32))
+    # The thinned image has keep * peak photons: its noise, and so its weight, is
+    # 1 / sqrt(keep) times larger.
     keep = 1.0 - _THINNING
-    squared_error = data_term("gaussian")
+    scale = math.sqrt(keep)
+    stabilised = _anscombe_weights(batch, reg, peaks) if compare else None
     for i in range(batch.shape[0]):
-        if math.isfinite(float(peaks[i])) and float(weights[i]) > 0:
-            photons = _PoissonHoldOut(tiles[i], float(peaks[i]), float(weights[i]), reg)
-            # The thinned image has keep * peak photons: its noise, and so its weight,
-            # is 1 / sqrt(keep) times larger.
-            thinned = refine_weight(photons, float(weights[i]) / math.sqrt(keep))
-            weights[i] = thinned * math.sqrt(keep)
-            if not compare:
-                continue
-
-            def gaussian_score(
-                candidates: list[float], held: _PoissonHoldOut = photons
-            ) -> list[float]:
-                return held.score(candidates, squared_error)
-
-            rule = _gaussian_rule(tiles[i], float(peaks[i]) * keep, reg)
-            other = refine_weight(gaussian_score, rule)
-            if gaussian_score([other])[0] < photons([thinned])[0]:
-                weights[i] = other * math.sqrt(keep)
-                gaussian[i] = True
-    return weights, gaussian
+        photons, rule = float(peaks[i]), float(weights[i])
+        if not (math.isfinite(photons) and rule > 0):
+            continue
+        clipped = bool((tiles[i] >= 1).any())
+        poisson = _estimator("poisson", photons, reg)
+        pilot = poisson(tiles[i], [rule], Iteration())[0] if clipped else None
+        held = _PoissonHoldOut(tiles[i], photons, pilot, reg)
+        candidates = {"poisson": refine_weight(held, rule / scale) * scale}
+        if stabilised is not None:
+            gaussian = _PhotonRisk(tiles[i], photons, pilot, _estimator("gaussian", photons, reg))
+            candidates["gaussian"] = refine_weight(gaussian, _gaussian_rule(tiles[i], photons, reg))
+            candidates["anscombe"] = float(stabilised[i])
+            scores = {
+                name: held.score(_estimator(name, keep * photons, reg), [weight / scale])[0]
+                for name, weight in candidates.items()
+            }
+            names[i] = min(scores, key=scores.__getitem__)
+        weights[i] = candidates[names[i]]
+    return PhotonChoice(weights, tuple(names), peaks)
