@@ -47,7 +47,8 @@ photons), the ratio pooled over all windows without a clipped value is used, cal
 by simulation: those windows are the ones whose counts happened to stay below full scale,
 which read the peak too high. Counts are simulated from the smoothed image at the current
 peak, clipped and measured the same way, and the peak is scaled by the simulated over the
-observed ratio (three rounds).
+observed ratio, until it settles (eight rounds; after three the estimate could still be
+10 % high on a bright smooth scene, and the weights of such scenes are sensitive to it).
 
 The solver restores ``v = sqrt(u)`` for this model (:func:`tvdenoise.solve`), where
 shot noise has the same standard deviation ``1 / (2 sqrt(peak))`` at every intensity, and
@@ -168,7 +169,7 @@ _MIN_BLOCKS = 16
 # Where too few blocks remain (low photon counts), the pooled ratio is calibrated by
 # simulating counts from the image smoothed over this window, this many times.
 _SCENE_SIZE = 5
-_CALIBRATION_ROUNDS = 3
+_CALIBRATION_ROUNDS = 8
 # ... on at most about this many values (bands of rows of large images).
 _CALIBRATION_VALUES = 1 << 18
 _BAND_ROWS = 64
