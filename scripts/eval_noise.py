@@ -233,6 +233,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    convergence_only = "--convergence" in sys.argv
-    with recording(Path(__file__).stem + ("_convergence" if convergence_only else "")):
-        main()
+    if "--photons" in sys.argv:
+        main()  # records its own table, as the section "eval_noise --photons"
+    else:
+        convergence_only = "--convergence" in sys.argv
+        with recording(Path(__file__).stem + ("_convergence" if convergence_only else "")):
+            main()
