@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tvdenoise import restore, solve
 from tvdenoise.anscombe import anscombe, inverse_anscombe, stabilised_level
 from tvdenoise.auto import refine_weight, sample_tiles, solve_at_weights
 from tvdenoise.clipping import clipped_count_tail
+from tvdenoise.colour import opponent_weights
 from tvdenoise.fidelity import (
     NOISE_MODELS,
     fidelity,
@@ -369,7 +373,7 @@ def test_photon_choice_is_never_worse_on_held_out_photons(seed: int) -> None:
     candidates = {
         "poisson": refine_weight(held, rule / scale) * scale,
         "gaussian": refine_weight(risk, _gaussian_rule(tiles, 10.0, reg)),
-        "anscombe": float(_anscombe_weights(noisy, reg, torch.tensor([10.0]))[0]),
+        "anscombe": float(_anscombe_weights(noisy, reg, torch.tensor([10.0]), False)[0][0]),
     }
     scores = {
         name: held.score(_estimator(name, 8.0, reg), [weight / scale])[0]
@@ -407,6 +411,35 @@ def test_photon_noise_restores_with_the_chosen_estimator() -> None:
     assert restore(noisy, 0.5, noise="poisson").noise_models is None
     with pytest.raises(ValueError, match="sigma applies to noise='gaussian' only"):
         restore(noisy, noise="poisson", sigma=0.1)
+
+
+def test_colour_photon_images_take_the_anscombe_estimator_in_the_opponent_space() -> None:
+    """RGB photon data: the Anscombe estimator's transformed image has white noise of one
+    level in every colour direction, so it is restored in the opponent space with a
+    brightness and a colour weight, by SURE as for Gaussian noise; joint colour when the
+    caller asks for it."""
+    photo = Image.open(Path(__file__).parents[1] / "sample_images" / "astronaut_clean.png")
+    clean = torch.from_numpy(np.array(photo)[100:148, 150:201]).permute(2, 0, 1) / 255
+    g = torch.Generator().manual_seed(7)
+    noisy = (torch.poisson(clean * 20, generator=g) / 20).clamp(0, 1)[None]
+    peaks = estimate_peak(noisy)
+    reg = TotalVariation(eps=DEFAULT_EPS)
+    light, chroma = _anscombe_weights(noisy, reg, peaks, True)
+    z = anscombe(noisy, peaks)
+    expected = opponent_weights(z, reg, sigma=stabilised_level(peaks).float())
+    assert chroma is not None
+    assert torch.equal(light, expected[0]) and torch.equal(chroma, expected[1])
+
+    result = restore(noisy, noise="poisson")
+    assert result.noise_models == ("anscombe",) and result.chroma_weights is not None
+    w, c = float(result.weights[0]), float(result.chroma_weights[0])
+    assert (w, c) == pytest.approx((float(light[0]), float(chroma[0])), rel=1e-6)
+    alone = restore(z, w, chroma_weight=c, color="opponent").restored
+    expected_image = inverse_anscombe(alone, peaks).clamp(0, 1)
+    assert torch.allclose(result.restored, expected_image, atol=1e-6)
+    joint = restore(noisy, noise="poisson", color="joint")
+    assert joint.chroma_weights is None
+    assert psnr(result.restored[0], clean) > psnr(joint.restored[0], clean)
 
 
 def _poisson_mean(function: Any, rate: float) -> float:

@@ -69,7 +69,10 @@ class Restoration:
         iterations: iterations run per image (the most of any tile), ``(B,)``.
         energy: the final energy per image, ``(B,)``.
         chroma_weights: for ``color="opponent"``, the colour weight per image, ``(B,)``
-            (``weights`` are then the brightness weights); else ``None``.
+            (``weights`` are then the brightness weights); for ``noise="poisson"`` with
+            the automatic weight on RGB images, the colour weight of the images that the
+            Anscombe estimator restored in the opponent space (NaN for the others); else
+            ``None``.
         noise_models: for ``noise="poisson"`` with the automatic weight, the estimator
             each image was restored with: ``"poisson"``, ``"gaussian"`` or
             ``"anscombe"`` (the Gaussian model on the Anscombe transform of the counts;
@@ -189,7 +192,10 @@ def restore(
             f, weight, chroma_weight, sigma, regulariser, iteration, tile, callback
         )
     if term.name == "poisson" and isinstance(weight, str) and weight == "auto":
-        return _restore_photons(f, sigma, peak, first_order, iteration, tile, callback)
+        # The Anscombe estimator's data are white in every colour direction: RGB in
+        # the opponent space where the colour mode is left to the library.
+        opponent = color == "auto" and f.shape[1] == 3 and not partly
+        return _restore_photons(f, sigma, peak, first_order, iteration, tile, callback, opponent)
     weights, sigmas = _resolve_weights(f, weight, sigma, regulariser, term, peak)
     result = _solve(f, weights, regulariser, term, iteration, tile, callback)
     return Restoration(result.restored, result.weights, sigmas, result.iterations, result.energy)
@@ -288,14 +294,16 @@ def _restore_photons(
     iteration: Iteration,
     tile: int | None,
     callback: Callback | None,
+    opponent: bool,
 ) -> Restoration:
     """Photon noise at the automatic weight: per image, the estimator that restores
     held-out photons best (:func:`tvdenoise.noise_weight.poisson_estimators`): the
     Poisson model, the Gaussian one, or the Gaussian one on the Anscombe transform
-    (:mod:`tvdenoise.anscombe`; its energy is then the transformed problem's)."""
+    (:mod:`tvdenoise.anscombe`; its energy is then the transformed problem's; with
+    ``opponent``, in the opponent colour space)."""
     if sigma is not None:
         raise ValueError("sigma applies to noise='gaussian' only, got noise='poisson'")
-    choice = poisson_estimators(f, reg, peak=peak)
+    choice = poisson_estimators(f, reg, peak=peak, opponent=opponent)
     restored = torch.empty_like(f)
     iterations = torch.zeros(f.shape[0], dtype=torch.long)
     final = f.new_zeros(f.shape[0])
@@ -307,16 +315,29 @@ def _restore_photons(
         if name == "anscombe":
             peaks = choice.peaks[index].to(f.device)
             z = anscombe(f[on_device], peaks)
-            done = _solve(
-                z,
-                choice.weights[index],
-                reg,
-                data_term("gaussian"),
-                iteration,
-                tile,
-                callback,
-                clip=False,
-            )
+            done: Restoration | DenoiseResult
+            if choice.chroma_weights is not None:
+                done = _restore_opponent(
+                    z,
+                    choice.weights[index],
+                    choice.chroma_weights[index],
+                    None,
+                    reg,
+                    iteration,
+                    tile,
+                    callback,
+                )
+            else:
+                done = _solve(
+                    z,
+                    choice.weights[index],
+                    reg,
+                    data_term("gaussian"),
+                    iteration,
+                    tile,
+                    callback,
+                    clip=False,
+                )
             restored[on_device] = inverse_anscombe(done.restored, peaks).clamp_(0.0, 1.0)
         else:
             done = _solve(
@@ -326,7 +347,10 @@ def _restore_photons(
         iterations[index] = done.iterations
         final[on_device] = done.energy
     per_image = weights_per_image(choice.weights, f.shape[0], f)
-    return Restoration(restored, per_image, None, iterations, final, noise_models=choice.estimators)
+    chroma = None if choice.chroma_weights is None else choice.chroma_weights.to(per_image)
+    return Restoration(
+        restored, per_image, None, iterations, final, chroma, noise_models=choice.estimators
+    )
 
 
 def denoise(

@@ -61,7 +61,7 @@ from .auto import (
 from .checks import check_choice
 from .defaults import ColorChoice
 from .fidelity import data_term
-from .solver import weights_per_image
+from .solver import Iteration, weights_per_image
 
 if TYPE_CHECKING:
     from .tgv import Regulariser
@@ -279,6 +279,26 @@ def opponent_weights(
         for sure, rule, (_, weights) in zip(sures, rules, parts, strict=True):
             weights[i] = refine_weight(sure, rule)
     return light, chroma, sigmas
+
+
+def solve_opponent_at_weights(
+    rgb: Tensor,
+    light: list[float],
+    chroma: list[float],
+    reg: Regulariser,
+    iteration: Iteration | None = None,
+) -> Tensor:
+    """``(T, 3, *spatial)`` RGB images restored in the opponent space at each pair of
+    brightness and colour weights ``(light[k], chroma[k])``: ``(K, T, 3, *spatial)`` in
+    RGB, float64, not clipped (for data that are not intensities)."""
+    g = to_opponent(rgb)
+    part = opponent_regulariser(reg)
+    parts = [
+        solve_at_weights(g[:, channels].contiguous(), w, part, iteration=iteration, clip=False)
+        for channels, w in ((slice(0, 1), light), (slice(1, 3), chroma))
+    ]
+    both = torch.cat(parts, dim=2)
+    return from_opponent(both.flatten(0, 1)).reshape(both.shape)
 
 
 def chroma_weights(

@@ -126,6 +126,7 @@ from .auto import (
 )
 from .checks import as_batch, check_choice
 from .clipping import clipped_count_tail, latent_rate, sample_clipped_counts
+from .colour import opponent_weights, solve_opponent_at_weights
 from .fidelity import NOISE_MODELS, NoiseModel, data_term
 from .filters import any_in_window, box_mean, immerkaer_residual
 from .missing import split_missing
@@ -622,17 +623,24 @@ class PhotonChoice:
     """The best restoration of photon-noise data per image (:func:`poisson_estimators`).
 
     Attributes:
-        weights: the weight per image, ``(B,)`` float32, in the chosen estimator's units.
+        weights: the weight per image, ``(B,)`` float32, in the chosen estimator's units
+            (for ``"anscombe"`` in the opponent colour space, the brightness weight).
         estimators: per image, one of :data:`PHOTON_ESTIMATORS`.
         peaks: the photon scale per image, ``(B,)`` (estimated, or as given).
+        chroma_weights: with ``opponent``, the colour weight of the images restored by
+            ``"anscombe"`` in the opponent space, NaN for the others, ``(B,)``; else
+            ``None``.
     """
 
     weights: Tensor
     estimators: tuple[str, ...]
     peaks: Tensor
+    chroma_weights: Tensor | None = None
 
 
-def poisson_estimators(batch: Tensor, reg: TotalVariation, *, peak: float | None) -> PhotonChoice:
+def poisson_estimators(
+    batch: Tensor, reg: TotalVariation, *, peak: float | None, opponent: bool = False
+) -> PhotonChoice:
     """The best restoration of photon-noise data per image: which estimator, at which
     weight.
 
@@ -645,24 +653,36 @@ def poisson_estimators(batch: Tensor, reg: TotalVariation, *, peak: float | None
       (``_PhotonRisk``);
     * ``"anscombe"``: the Gaussian model on the Anscombe transform of the counts
       (:mod:`tvdenoise.anscombe`), where the noise has one known level, with its SURE
-      weight (:func:`tvdenoise.auto.choose_weight`), and the exact unbiased inverse.
+      weight (:func:`tvdenoise.auto.choose_weight`), and the exact unbiased inverse. With
+      ``opponent`` (RGB images) the transformed image, whose noise is white and of one
+      level in every colour direction, is restored in the opponent colour space with a
+      brightness and a colour weight (:func:`tvdenoise.colour.opponent_weights`), as
+      Gaussian noise is.
 
     The one whose result, at its weight scaled to the thinned image's photons, scores
     best on the held-out photons is chosen: the score is unbiased for any estimator of
     the thinned image and all are scored on the same split, so the choice is a paired
     comparison of their errors.
     """
-    return _photon_weights(batch, reg, peak, compare=True)
+    return _photon_weights(batch, reg, peak, compare=True, opponent=opponent)
 
 
-def _estimator(name: str, peak: float, reg: TotalVariation) -> SolveAt:
+def _estimator(
+    name: str, peak: float, reg: TotalVariation, chroma_ratio: float | None = None
+) -> SolveAt:
     """The photon-data estimator ``name`` of :data:`PHOTON_ESTIMATORS` for ``peak``
-    photons, as a function of the images and weights."""
+    photons, as a function of the images and weights (with ``chroma_ratio``, the
+    Anscombe estimator in the opponent space, its colour weight that many times the
+    brightness weight)."""
     if name == "anscombe":
 
         def stabilised(images: Tensor, weights: list[float], iteration: Iteration) -> Tensor:
             z = anscombe(images, peak)
-            solved = solve_at_weights(z, weights, reg, iteration=iteration, clip=False)
+            if chroma_ratio is None:
+                solved = solve_at_weights(z, weights, reg, iteration=iteration, clip=False)
+            else:
+                chroma = [w * chroma_ratio for w in weights]
+                solved = solve_opponent_at_weights(z, weights, chroma, reg, iteration)
             return inverse_anscombe(solved, peak).clamp_(0.0, 1.0)
 
         return stabilised
@@ -682,18 +702,24 @@ def _gaussian_rule(tiles: Tensor, peak: float, reg: TotalVariation) -> float:
     return float(rule)
 
 
-def _anscombe_weights(batch: Tensor, reg: TotalVariation, peaks: Tensor) -> Tensor:
+def _anscombe_weights(
+    batch: Tensor, reg: TotalVariation, peaks: Tensor, opponent: bool
+) -> tuple[Tensor, Tensor | None]:
     """The SURE weight of the Gaussian model on the Anscombe transform of every image,
-    whose noise level is known from its photon scale."""
+    whose noise level is known from its photon scale; with ``opponent``, the brightness
+    and the colour weight."""
     usable = torch.isfinite(peaks) & (peaks > 0)
     safe = torch.where(usable, peaks, torch.ones_like(peaks)).to(torch.float64)
     z = anscombe(batch.to(torch.float32), safe.to(batch.device))
-    levels = stabilised_level(safe).to(torch.float32)
-    return choose_weight(z, reg, sigma=levels.to(batch.device))[0].cpu()
+    levels = stabilised_level(safe).to(torch.float32).to(batch.device)
+    if opponent:
+        light, chroma, _ = opponent_weights(z, reg, sigma=levels)
+        return light.cpu(), chroma.cpu()
+    return choose_weight(z, reg, sigma=levels)[0].cpu(), None
 
 
 def _photon_weights(
-    batch: Tensor, reg: TotalVariation, peak: float | None, *, compare: bool
+    batch: Tensor, reg: TotalVariation, peak: float | None, *, compare: bool, opponent: bool = False
 ) -> PhotonChoice:
     if peak is not None and not (math.isfinite(peak) and peak > 0):
         raise ValueError(f"peak must be a finite number of photons > 0, got {peak}")
@@ -711,7 +737,7 @@ def _photon_weights(
     # 1 / sqrt(keep) times larger.
     keep = 1.0 - _THINNING
     scale = math.sqrt(keep)
-    stabilised = _anscombe_weights(batch, reg, peaks) if compare else None
+    stabilised, chroma = _anscombe_weights(batch, reg, peaks, opponent) if compare else (None, None)
     for i in range(batch.shape[0]):
         photons, rule = float(peaks[i]), float(weights[i])
         if not (math.isfinite(photons) and rule > 0):
@@ -725,10 +751,19 @@ def _photon_weights(
             gaussian = _PhotonRisk(tiles[i], photons, pilot, _estimator("gaussian", photons, reg))
             candidates["gaussian"] = refine_weight(gaussian, _gaussian_rule(tiles[i], photons, reg))
             candidates["anscombe"] = float(stabilised[i])
+            light = max(float(stabilised[i]), 1e-12)
+            ratio = None if chroma is None else float(chroma[i]) / light
             scores = {
-                name: held.score(_estimator(name, keep * photons, reg), [weight / scale])[0]
+                name: held.score(
+                    _estimator(name, keep * photons, reg, ratio if name == "anscombe" else None),
+                    [weight / scale],
+                )[0]
                 for name, weight in candidates.items()
             }
             names[i] = min(scores, key=scores.__getitem__)
         weights[i] = candidates[names[i]]
-    return PhotonChoice(weights, tuple(names), peaks)
+    chroma_weights = None
+    if chroma is not None:
+        anscombe_chosen = torch.tensor([name == "anscombe" for name in names])
+        chroma_weights = torch.where(anscombe_chosen, chroma.to(weights.dtype), math.nan)
+    return PhotonChoice(weights, tuple(names), peaks, chroma_weights)
