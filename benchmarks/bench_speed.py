@@ -21,7 +21,8 @@ d. a large image in a clean subprocess: peak memory, time per iteration, and how
 e. start-up: the wall time of the ``tvdenoise`` command on one 256x256 image against that
    of ``python -c "import torch"``.
 
-It prints a table and one ``BAR <name>: <measured> (target <x>) PASS|FAIL`` line per bar.
+It prints a table and one ``BAR <name>: <measured> (target <x>) PASS|FAIL`` line per bar, and
+records all it printed in ``benchmarks/RESULTS.md`` (section ``bench_speed``).
 The helpers at the top are shared with ``bench_batch.py``.
 """
 
@@ -49,6 +50,10 @@ import torch
 
 import tvdenoise
 from tvdenoise.solver import DEFAULT_EPS
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from results import recording
 
 SIGMA = 25.0  # on the 8-bit scale
 SEED = 20240605
@@ -678,6 +683,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args._large_worker:
         large_worker(*args._large_worker)
         return
+    with recording("bench_speed"):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Every section asked for, printed; the BAR lines last."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(
         f"tvdenoise {tvdenoise.__version__}, torch {torch.__version__} "
