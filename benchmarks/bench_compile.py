@@ -4,6 +4,7 @@ Run from the repository root::
 
     python benchmarks/bench_compile.py                    # 512 and 2048 px RGB, 1 and all threads
     python benchmarks/bench_compile.py --sizes 256 --iterations 5   # a quick smoke run
+    python benchmarks/bench_compile.py --sizes 512 --busy 2  # beside two CPU-bound processes
 
 The solver's iteration (:class:`tvdenoise.solver._Workspace` gradient: differences,
 normalisation, divergence and the data term in place, then PyTorch's fused Adam step) is
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import record
 
 WEIGHT = 0.1
+# What each --busy process runs: a loop that keeps one CPU busy.
+_SPIN = "while True: pass"
 
 
 def _step(
@@ -139,12 +143,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--iterations", type=int, default=20, help="per timed block (20)")
+    parser.add_argument(
+        "--busy", type=int, default=0, help="CPU-bound processes spinning beside it (0)"
+    )
     args = parser.parse_args(argv)
+    spinners = [subprocess.Popen([sys.executable, "-c", _SPIN]) for _ in range(args.busy)]
+    try:
+        measure_all(args, argv)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def measure_all(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
     threads = sorted({1, torch.get_num_threads()})
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     head = (
-        f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {load:.2f} at the "
-        "start; one iteration of joint isotropic TV + squared error + Adam on an RGB image"
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, {args.busy} CPU-bound processes "
+        f"beside it, load average {load:.2f} at the start; one iteration of joint isotropic "
+        "TV + squared error + Adam on an RGB image"
     )
     print(head, flush=True)
     header = ["image", "threads", "solver ms", "compiled ms", "solver/compiled", "compile s",
@@ -160,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(table)
     command = " ".join(["python", "benchmarks/bench_compile.py", *(argv or sys.argv[1:])])
-    record("bench_compile", f"{head}. `{command}`\n\n{table}")
+    section = "bench_compile" + (f" --busy {args.busy}" if args.busy else "")
+    record(section, f"{head}. `{command}`\n\n{table}")
 
 
 if __name__ == "__main__":
