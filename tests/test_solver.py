@@ -10,7 +10,7 @@ import torch
 
 from tvdenoise import denoise, reference_denoise, solve, solver, total_variation
 from tvdenoise.fidelity import data_term, fidelity
-from tvdenoise.solver import DEFAULT_EPS
+from tvdenoise.solver import DEFAULT_EPS, Iteration, run_solver
 from tvdenoise.tv import TotalVariation
 
 from helpers import add_noise, piecewise_image, psnr
@@ -133,6 +133,13 @@ def test_bad_options(kwargs: dict[str, object], message: str) -> None:
     options: dict[str, object] = {"weight": 0.1, **kwargs}
     with pytest.raises(ValueError, match=message):
         denoise(torch.rand(1, 8, 8), **options)  # type: ignore[arg-type]
+
+
+def test_the_adam_solver_needs_a_huber_radius() -> None:
+    # A hand-built regulariser defaults to the exact TV (eps = 0), the reference solvers'.
+    exact = TotalVariation()
+    with pytest.raises(ValueError, match=r"eps must be > 0 for the Adam solver, got 0\.0"):
+        run_solver(torch.rand(1, 1, 8, 8), 0.1, exact, data_term("gaussian"), Iteration())
 
 
 def test_max_iter_is_a_whole_number() -> None:

@@ -125,6 +125,10 @@ def _workspace(
     term: DataTerm,
     observed: Tensor | None,
 ) -> Workspace:
+    # The Huber radius makes the energy differentiable; with eps = 0 (the exact total
+    # variation of the reference solvers) Adam's gradient is 0/0 where the image is flat.
+    if not reg.eps > 0:
+        raise ValueError(f"eps must be > 0 for the Adam solver, got {reg.eps}")
     if isinstance(reg, TotalVariation):
         return _Workspace(f, half_weight, reg, term, observed)
     return reg.workspace(f, half_weight, term, observed)

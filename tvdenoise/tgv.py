@@ -245,8 +245,6 @@ class TGVWorkspace:
         term: DataTerm,
         observed: Tensor | None = None,
     ) -> None:
-        if not reg.eps > 0:
-            raise ValueError(f"eps must be > 0 for the Adam solver, got {reg.eps}")
         if term.name != "gaussian":
             raise ValueError(f"reg='tgv' supports noise='gaussian' only, got noise={term.name!r}")
         self.f = f
