@@ -27,7 +27,8 @@ waited for Python to launch work; *wall ms* from the host clock after synchronis
   bandwidth bound (7 image-sized float32 arrays read or written per Adam iteration, at the
   copy bandwidth measured with ``dst.copy_(src)``).
 
-The table is printed and written to ``benchmarks/RESULTS.md`` (section ``bench_gpu``).
+The table is printed and, from a CUDA device, written to ``benchmarks/RESULTS.md`` (section
+``bench_gpu``).
 """
 
 from __future__ import annotations
@@ -261,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     text = "\n".join([title, dash, *lines])
     seconds = time.perf_counter() - started
     print(f"\n{text}\n\n{name}; the whole run took {seconds:.0f} s")
-    if not args.no_record:
+    if not args.no_record and device.type == "cuda":  # a CPU run is a smoke test
         record(
             "bench_gpu",
             f"`python benchmarks/bench_gpu.py` on {name}, torch {torch.__version__} "
