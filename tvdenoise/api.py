@@ -192,9 +192,9 @@ def restore(
             f, weight, chroma_weight, sigma, regulariser, iteration, tile, callback
         )
     if term.name == "poisson" and isinstance(weight, str) and weight == "auto":
-        # The Anscombe estimator's data are white in every colour direction: RGB in
-        # the opponent space where the colour mode is left to the library.
-        opponent = color == "auto" and f.shape[1] == 3 and not partly
+        # The Anscombe estimator's data have Gaussian-like noise, white in every colour
+        # direction: the colour mode that Gaussian noise would get.
+        opponent = resolve_color(color, f.shape[1], "gaussian", partly=partly) == "opponent"
         return _restore_photons(f, sigma, peak, first_order, iteration, tile, callback, opponent)
     weights, sigmas = _resolve_weights(f, weight, sigma, regulariser, term, peak)
     result = _solve(f, weights, regulariser, term, iteration, tile, callback)
