@@ -295,7 +295,7 @@ def solve_opponent_at_weights(
     part = opponent_regulariser(reg)
     parts = [
         solve_at_weights(g[:, channels].contiguous(), w, part, iteration=iteration, clip=False)
-        for channels, w in ((slice(0, 1), light), (slice(1, 3), chroma))
+        for channels, w in ((_LIGHT, light), (_CHROMA, chroma))
     ]
     both = torch.cat(parts, dim=2)
     return from_opponent(both.flatten(0, 1)).reshape(both.shape)
