@@ -182,14 +182,23 @@ class _Workspace:
                 d.mul_(inv)
 
     def _squared_magnitudes(self) -> Tensor:
-        """Sum of the squared differences, in the scratch buffer or the shared norm."""
-        first, *rest = self.diffs
-        squared = torch.mul(first, first, out=self.scratch)
-        for d in rest:
-            squared.addcmul_(d, d)
-        if self.norm is not None:
-            return torch.sum(squared, dim=1, keepdim=True, out=self.norm)
-        return squared
+        """Sum of the squared differences, in the scratch buffer or the shared norm.
+
+        The shared norm of several channels is accumulated channel by channel, in
+        elementwise passes: PyTorch's reduction over the short channel axis is slower than
+        the same additions.
+        """
+        if self.norm is None:
+            first, *rest = self.diffs
+            squared = torch.mul(first, first, out=self.scratch)
+            for d in rest:
+                squared.addcmul_(d, d)
+            return squared
+        planes = [d.narrow(1, c, 1) for d in self.diffs for c in range(d.shape[1])]
+        torch.mul(planes[0], planes[0], out=self.norm)
+        for plane in planes[1:]:
+            self.norm.addcmul_(plane, plane)
+        return self.norm
 
     def gradient(self, u: Tensor) -> Tensor:
         """Half the energy gradient times N, ``g'(u) / 2 + (w / 2) grad TV(u)``, in scratch.
