@@ -82,4 +82,19 @@ def test_cpu_tiles_only_large_images_one_cache_sized_tile_at_a_time() -> None:
     large = torch.Size([1, 3, 4000, 6000])
     assert tiling.auto_tile(large, cpu, torch.float32) == tiling.CPU_TILE
     assert tiling.auto_tile(torch.Size([1, 3, 512, 512]), cpu, torch.float32) is None
+    assert tiling.auto_tile(torch.Size([1, 3, 1024, 1024]), cpu, torch.float32) is None
+    assert tiling.auto_tile(torch.Size([1, 3, 1024, 1536]), cpu, torch.float32) == tiling.CPU_TILE
     assert tiling.tiles_per_batch(cpu) == 1
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 5, 200])
+def test_cpu_tiles_hold_one_rgb_tiles_values_whatever_the_channels(channels: int) -> None:
+    side = tiling.auto_tile(
+        torch.Size([1, channels, 6000, 6000]), torch.device("cpu"), torch.float32
+    )
+    assert side is not None
+    if side > tiling.CPU_TILE_MIN_SIDE:
+        assert abs(channels * side * side / tiling.CPU_TILE_VALUES - 1) < 0.01
+    else:  # many channels: the side stops at its floor
+        assert side == tiling.CPU_TILE_MIN_SIDE
+        assert channels * side * side > tiling.CPU_TILE_VALUES

@@ -21,14 +21,22 @@ __all__ = ["DEFAULT_OVERLAP", "DEFAULT_TILE", "auto_tile", "run_tiled", "tiles_p
 
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 32
-#: Above this many values per image (about 5.6 megapixels in RGB), CPU runs use tiles:
-#: memory then stays bounded by the tile batch instead of growing with the image.
-CPU_TILE_THRESHOLD = 1 << 24
 #: Tile size on CPU, solved one tile at a time: a widened 576x576 RGB tile's solver
-#: buffers (about 9 arrays of 4 MB) stay in a CPU's last-level cache, where 1024-pixel
-#: tiles four at a time stream every pass from main memory. Measured on 6000x4000 and
-#: 3072x2048 RGB on 2 cores: 20-35 % less time per iteration, overlap included.
+#: buffers (about 9 arrays of 4 MB) stay in a CPU's last-level cache, where larger tiles,
+#: or several at a time, stream every pass from main memory (benchmarks/RESULTS.md,
+#: bench_speed's large image).
 CPU_TILE = 512
+#: Values in one CPU tile of an image: those of a ``CPU_TILE`` RGB tile, whatever the
+#: number of channels, so that the tile's buffers take the same room in the cache.
+CPU_TILE_VALUES = 3 * CPU_TILE * CPU_TILE
+#: CPU runs cut an image into tiles once it holds more than this many tiles' values:
+#: below that the overlap costs more than the cache saves.
+CPU_TILES_ABOVE = 4
+#: The smallest side of an automatic CPU tile (images with many channels): the overlap
+#: on both sides then adds at most about half the tile's area.
+CPU_TILE_MIN_SIDE = 256
+#: Above this many values, CPU runs tile volumes too, to bound their memory.
+CPU_TILE_THRESHOLD = 1 << 24
 #: Tiles solved together on a GPU, where a larger batch keeps the device busy.
 GPU_TILES_PER_BATCH = 4
 #: Working buffers the solver holds per value (image, estimate, Adam moments, gradient,
@@ -52,10 +60,11 @@ def _windows(size: int, tile: int, overlap: int) -> list[tuple[int, int, int, in
 def auto_tile(shape: torch.Size, device: torch.device, dtype: torch.dtype) -> int | None:
     """The tile size to use for a ``(B, C, *spatial)`` batch on ``device``, or ``None``.
 
-    On CPU, images (or volumes) above :data:`CPU_TILE_THRESHOLD` values are tiled; on CUDA,
-    those whose working set would not fit in the free device memory are. Volumes use
-    cubic tiles of the cube root of the 2-D tile's area, so a tile holds about as many
-    values.
+    On CPU, images of more than :data:`CPU_TILES_ABOVE` tiles' worth of values are cut
+    into tiles of about :data:`CPU_TILE_VALUES` values each (a side of ``CPU_TILE``
+    pixels for RGB, larger for fewer channels), and volumes above
+    :data:`CPU_TILE_THRESHOLD` values into cubes of the cube root of the 2-D tile's area.
+    On CUDA, those whose working set would not fit in the free device memory are tiled.
     """
     values = math.prod(shape[1:])
     spatial_dims = len(shape) - 2
@@ -64,7 +73,11 @@ def auto_tile(shape: torch.Size, device: torch.device, dtype: torch.dtype) -> in
         itemsize = torch.finfo(dtype).bits // 8
         needed = BUFFERS_PER_VALUE * itemsize * values * shape[0]
         return _side(DEFAULT_TILE, spatial_dims) if needed > free else None
-    return _side(CPU_TILE, spatial_dims) if values > CPU_TILE_THRESHOLD else None
+    if spatial_dims != 2:
+        return _side(CPU_TILE, spatial_dims) if values > CPU_TILE_THRESHOLD else None
+    if values <= CPU_TILES_ABOVE * CPU_TILE_VALUES:
+        return None
+    return max(CPU_TILE_MIN_SIDE, round(math.sqrt(CPU_TILE_VALUES / shape[1])))
 
 
 def _side(tile: int, spatial_dims: int) -> int:
