@@ -98,3 +98,30 @@ def test_cpu_tiles_hold_one_rgb_tiles_values_whatever_the_channels(channels: int
     else:  # many channels: the side stops at its floor
         assert side == tiling.CPU_TILE_MIN_SIDE
         assert channels * side * side > tiling.CPU_TILE_VALUES
+
+
+@pytest.mark.parametrize("reg", ["tv", "tgv"])
+def test_cpu_solves_a_batch_in_groups_of_images_with_the_same_results(
+    reg: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = torch.stack(
+        [add_noise(piecewise_image(3, 40, 33, seed=s), 0.1, seed=s + 1) for s in range(5)]
+    )
+    weights = [0.1, 0.2, 0.15, 0.3, 0.25]
+    whole = restore(images, weights, reg=reg, tol=1e-30)  # type: ignore[arg-type]
+    monkeypatch.setattr(tiling, "CPU_TILE_VALUES", 2 * images[0].numel())
+    assert tiling.images_per_batch(images.shape, torch.device("cpu")) == 2
+    reported: list[int] = []
+    grouped = restore(
+        images,
+        weights,
+        reg=reg,  # type: ignore[arg-type]
+        tol=1e-30,
+        callback=lambda i, energy: reported.append(i),
+    )
+    torch.testing.assert_close(grouped.restored, whole.restored, atol=1e-6, rtol=0)
+    torch.testing.assert_close(grouped.energy, whole.energy)
+    assert torch.equal(grouped.iterations, whole.iterations)
+    # Two opponent parts of three groups each: one progress, from the start to the end.
+    assert reported == sorted(reported)
+    assert reported[0] < 60 // 6 and reported[-1] == 60

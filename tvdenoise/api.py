@@ -46,7 +46,7 @@ from .solver import (
     weights_per_image,
 )
 from .tgv import DEFAULT_RATIO, Regulariser, TotalGeneralisedVariation
-from .tiling import DEFAULT_OVERLAP, auto_tile, run_tiled, tiles_per_batch
+from .tiling import DEFAULT_OVERLAP, auto_tile, images_per_batch, run_tiled, tiles_per_batch
 from .tv import TotalVariation, TVKind
 
 __all__ = ["REGULARISERS", "RegulariserName", "Restoration", "Weight", "denoise", "restore"]
@@ -165,7 +165,10 @@ def restore(
     energies.
 
     Options as in :func:`denoise`; ``callback(iteration, energy)`` is called at every
-    energy check of an untiled solve (for progress bars).
+    energy check of an untiled solve (for progress bars). Where the solve runs in parts
+    one after another (the brightness and the colour of the opponent space; on CPU,
+    groups of images of a batch), each part reports the progress of them all, in
+    iterations of one, and the energies of its own images.
 
     Returns:
         A :class:`Restoration` with ``(B, C, *spatial)`` images.
@@ -214,9 +217,9 @@ def _solve(
 ) -> DenoiseResult:
     """Solve a batch whole, or in tiles when ``tile`` (or the device's memory) asks."""
     chosen = auto_tile(f.shape, f.device, f.dtype) if tile is None else tile
-    if not chosen or all(chosen >= n for n in f.shape[2:]):
-        return run_solver(f, weights, reg, term, iteration, callback, clip=clip)
     per_image = weights_per_image(weights, f.shape[0], f)
+    if not chosen or all(chosen >= n for n in f.shape[2:]):
+        return _solve_images(f, per_image, reg, term, iteration, callback, clip=clip)
     c = f.shape[1]
 
     def solve_tiles(tiles: Tensor, tile_weights: Tensor) -> tuple[Tensor, Tensor]:
@@ -239,6 +242,57 @@ def _solve(
     final = energy(stitched, f, per_image, reg, term)
     restored = stitched[:, :c].contiguous() if extra else stitched
     return DenoiseResult(restored, per_image, iterations, final)
+
+
+def _solve_images(
+    f: Tensor,
+    weights: Tensor,
+    reg: Regulariser,
+    term: DataTerm,
+    iteration: Iteration,
+    callback: Callback | None,
+    *,
+    clip: bool,
+) -> DenoiseResult:
+    """Solve whole images, a group of them at a time (:func:`images_per_batch`)."""
+    size = images_per_batch(f.shape, f.device)
+    starts = range(0, f.shape[0], size)
+    if len(starts) <= 1:
+        return run_solver(f, weights, reg, term, iteration, callback, clip=clip)
+    parts = [
+        run_solver(
+            f[start : start + size],
+            weights[start : start + size],
+            reg,
+            term,
+            iteration,
+            _share(callback, index, len(starts), iteration.max_iter),
+            clip=clip,
+        )
+        for index, start in enumerate(starts)
+    ]
+    fields = [p.field for p in parts if p.field is not None]
+    return DenoiseResult(
+        torch.cat([p.restored for p in parts]),
+        weights,
+        torch.cat([p.iterations for p in parts]),
+        torch.cat([p.energy for p in parts]),
+        torch.cat(fields) if len(fields) == len(parts) else None,
+    )
+
+
+def _share(callback: Callback | None, index: int, count: int, max_iter: int) -> Callback | None:
+    """The callback of the ``index``-th of ``count`` solves run one after another, which
+    reports the progress of them all in iterations of one: the ``index``-th at its
+    iteration ``i`` reports ``(index * max_iter + i) // count``."""
+    if callback is None or count == 1:
+        return callback
+    outer = callback
+
+    def report(i: int, energy: Tensor) -> None:
+        outer((index * max_iter + i) // count, energy)
+
+    return report
 
 
 def _restore_opponent(
@@ -271,9 +325,16 @@ def _restore_opponent(
     term = data_term("gaussian")
     parts = [
         _solve(
-            g[:, channels].contiguous(), w, part_reg, term, iteration, tile, callback, clip=False
+            g[:, channels].contiguous(),
+            w,
+            part_reg,
+            term,
+            iteration,
+            tile,
+            _share(callback, index, 2, iteration.max_iter),
+            clip=False,
         )
-        for channels, w in ((slice(0, 1), light), (slice(1, 3), colour))
+        for index, (channels, w) in enumerate(((slice(0, 1), light), (slice(1, 3), colour)))
     ]
     u = torch.cat([p.restored for p in parts], dim=1)
     # The data plus the change taken back to RGB: exactly the data where nothing changed

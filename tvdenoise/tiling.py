@@ -17,7 +17,14 @@ from itertools import product
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_OVERLAP", "DEFAULT_TILE", "auto_tile", "run_tiled", "tiles_per_batch"]
+__all__ = [
+    "DEFAULT_OVERLAP",
+    "DEFAULT_TILE",
+    "auto_tile",
+    "images_per_batch",
+    "run_tiled",
+    "tiles_per_batch",
+]
 
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 32
@@ -88,6 +95,18 @@ def _side(tile: int, spatial_dims: int) -> int:
 def tiles_per_batch(device: torch.device) -> int:
     """How many tiles :func:`run_tiled` should solve together on ``device``."""
     return 1 if device.type == "cpu" else GPU_TILES_PER_BATCH
+
+
+def images_per_batch(shape: torch.Size, device: torch.device) -> int:
+    """How many images of a ``(B, C, *spatial)`` batch to solve together on ``device``.
+
+    On CPU, as many as one tile's values hold (at least one): the images are independent,
+    and a group of them whose buffers stay in the cache is solved faster, one group after
+    another, than the whole batch streaming every pass from main memory. Elsewhere, all.
+    """
+    if device.type != "cpu":
+        return shape[0]
+    return max(1, CPU_TILE_VALUES // max(1, math.prod(shape[1:])))
 
 
 def run_tiled(
