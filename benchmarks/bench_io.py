@@ -6,12 +6,14 @@ Run from the repository root::
     python benchmarks/bench_io.py --full     # hostile files at the issue's sizes (GiB bombs)
     python benchmarks/bench_io.py --quick    # 1000x750 and no subprocesses: a smoke run
 
-1. Load speed. A 4000x3000 RGB photograph (a bundled sample, upscaled) is made at 16 bits
+1. Load and write speed. A 4000x3000 RGB photograph (a bundled sample, upscaled) is made at 16 bits
    (with a little sensor-like noise in the low bits) and at 8 bits (the same image
    divided by 257). :func:`tvdenoise.io.load_image` reads the 16-bit PNG, a 16-bit TIFF
    (deflate with the horizontal predictor, as cameras and microscopes write) and an
    uncompressed 16-bit TIFF; Pillow reads the 8-bit PNG (``open`` + ``load``). Each time is
    the best of five in this process; the bar is 16-bit within 2x of Pillow's 8-bit time.
+   The same photograph, smooth as a restored one, is written as 8- and 16-bit PNG by
+   :func:`tvdenoise.io.save_image` and by Pillow and libpng at their default level.
 2. Hostile files. ``scripts/make_hostile_files.py`` makes every case; each runs through
    ``python -m tvdenoise FILE -o OUT`` in its own process, timed from start to exit
    (Python and torch start-up included) with its peak resident memory from ``wait4`` (in
@@ -44,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from results import record  # noqa: E402
 
-from tvdenoise.io import ImageFileError, load_image  # noqa: E402
+from tvdenoise.io import ImageFileError, load_image, save_image  # noqa: E402
 
 
 def _best(function: Callable[[], object], repeats: int = 5) -> float:
@@ -116,6 +118,45 @@ def load_speed(folder: Path, width: int, height: int) -> tuple[str, bool]:
         f"TIFF {tiff_ratio:.2f}x -> {'PASS' if passed else 'FAIL'}",
     ]
     return "\n".join(lines), passed
+
+
+def write_speed(folder: Path, width: int, height: int) -> str:
+    """Write time and size of a restored-looking photograph as 8- and 16-bit PNG: the
+    command's writer (zlib level ``PNG_LEVEL``) against Pillow's and libpng's level 6."""
+    from tvdenoise.io.pillow import PNG_LEVEL
+
+    deep = _photo16(width, height).astype(np.float64)
+    # A restored image is smooth: the photograph without its low-bit noise (a 3x3 mean).
+    padded = np.pad(deep, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    mean = sum(padded[i : i + height, j : j + width] for i in range(3) for j in range(3)) / 9
+    smooth16 = np.rint(mean).astype(np.uint16)
+    smooth = np.rint(mean / 257.0).astype(np.uint8)
+    paths = {name: folder / f"{name}.png" for name in ("ours8", "ours16", "pil8", "png16")}
+
+    def ours(name: str, samples: np.ndarray) -> Callable[[], object]:
+        return lambda: save_image(paths[name], samples, overwrite=True)
+
+    rows = [
+        ("8-bit, Pillow level 6", "pil8", lambda: Image.fromarray(smooth).save(paths["pil8"])),
+        (f"8-bit, tvdenoise (level {PNG_LEVEL})", "ours8", ours("ours8", smooth)),
+        (
+            "16-bit, libpng level 6",
+            "png16",
+            lambda: paths["png16"].write_bytes(imagecodecs.png_encode(smooth16, level=6)),
+        ),
+        (f"16-bit, tvdenoise (level {PNG_LEVEL})", "ours16", ours("ours16", smooth16)),
+    ]
+    lines = [
+        f"Write time of a smooth {width}x{height} RGB photograph as PNG (best of 5):",
+        "",
+        "| writer | time | size |",
+        "|---|---|---|",
+    ]
+    for label, name, write in rows:
+        seconds = _best(write)
+        size = paths[name].stat().st_size / 2**20
+        lines.append(f"| {label} | {seconds:.3f} s | {size:.1f} MiB |")
+    return "\n".join(lines)
 
 
 # Runs the command and reports its exit code, stderr, time and peak memory. A small
@@ -219,6 +260,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         speed, _ = load_speed(folder, width, height)
+        speed += "\n\n" + write_speed(folder, width, height)
         print(speed, flush=True)
         files, _ = hostile(folder, full=args.full, subprocesses=not args.quick)
         print()

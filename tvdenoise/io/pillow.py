@@ -36,6 +36,11 @@ _ORIENTATION_TAG = 0x0112
 
 # Serialises the short moments in which Pillow's global pixel limit is lifted.
 _PIXEL_LIMIT_LOCK = threading.Lock()
+#: zlib level of the PNG files written (Pillow's default is 6): OpenCV's default, the
+#: fastest, which writes several times faster than level 6 for files a few per cent
+#: larger (benchmarks/bench_io.py measures both). Writing a restored image should not
+#: take as long as restoring it.
+PNG_LEVEL = 1
 
 # Errors Pillow raises for damaged files.
 PILLOW_ERRORS = (
@@ -374,6 +379,8 @@ def write_pillow(fh: IO[bytes], image: LoadedImage, quality: int, fmt: str) -> N
         options["exif"] = image.exif
     if fmt in ("JPEG", "WEBP"):
         options["quality"] = quality
+    if fmt == "PNG":
+        options["compress_level"] = PNG_LEVEL
     if len(pictures) > 1:
         options["save_all"] = True
         options["append_images"] = pictures[1:]

@@ -36,6 +36,7 @@ from .errors import ImageFileError, first_line
 from .image import FileFormat, LoadedImage
 from .pillow import (
     PILLOW_ERRORS,
+    PNG_LEVEL,
     apply_orientation,
     check_pixels,
     frames_of,
@@ -306,7 +307,7 @@ def write_png(fh: IO[bytes], image: LoadedImage, quality: int) -> None:
         write_pillow(fh, image, quality, "PNG")  # Pillow writes 16-bit grey itself
         return
     frame: npt.NDArray[Any] = frames_of(image)[0]
-    encoded = bytes(imagecodecs.png_encode(frame, level=6))
+    encoded = bytes(imagecodecs.png_encode(frame, level=PNG_LEVEL))
     extra = b""
     if image.icc_profile:
         extra += _chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(image.icc_profile))
