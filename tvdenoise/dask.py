@@ -58,7 +58,7 @@ from distributed import Client, Future, LocalCluster, as_completed
 from distributed.comm.addressing import parse_address, parse_host_port
 
 from .api import restore
-from .auto import auto_weight
+from .auto import auto_weight, noise_levels
 from .batch import Record, Settings, process_file
 from .colour import opponent_weights, partly_missing, resolve_color
 from .defaults import ColorChoice
@@ -244,19 +244,16 @@ def choose_weight(
         "spacing": None if spacing is None else tuple(spacing),
     }
     resolved = resolve_color(color, windows.shape[1], noise, partly=partly_missing(windows))
+    reg = TotalVariation(tv, "joint", eps, spatial_dims, axes["spacing"])
+    if noise == "gaussian" and sigma is None:
+        sigma = float(noise_levels(reg.batch(windows, "array"), None).median())
     if resolved == "opponent":
-        reg = TotalVariation(tv, "joint", eps, spatial_dims, axes["spacing"])
-        if sigma is None:
-            sigma = float(opponent_weights(windows, reg, method="rule")[2].median())
         light, chroma, _ = opponent_weights(windows, reg, sigma=sigma)
-        return ChosenWeight(float(light.median()), float(sigma), "opponent", float(chroma.median()))
+        return ChosenWeight(float(light.median()), sigma, "opponent", float(chroma.median()))
     mode: ColorMode = "separate" if resolved == "separate" else "joint"
     if noise == "gaussian":
-        if sigma is None:
-            _, levels = auto_weight(windows, tv=tv, color=mode, eps=eps, method="rule", **axes)
-            sigma = float(levels.median())
         weights, _ = auto_weight(windows, sigma=sigma, tv=tv, color=mode, eps=eps, **axes)
-        return ChosenWeight(float(weights.median()), float(sigma), mode)
+        return ChosenWeight(float(weights.median()), sigma, mode)
     weights = auto_weight_for_noise(windows, noise, peak=peak, tv=tv, color=mode, **axes)
     return ChosenWeight(float(weights.median()), None, mode)
 
