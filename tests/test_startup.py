@@ -45,7 +45,7 @@ try:
     code = 0
 except SystemExit as exc:
     code = exc.code
-heavy = sorted(m for m in ("torch", "numpy", "PIL", "tqdm") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "numpy", "PIL", "tqdm", "tifffile") if m in sys.modules)
 threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
 report = {"code": code, "heavy": heavy, "threads": threads,
           "spin": os.environ.get("GOMP_SPINCOUNT")}
@@ -263,6 +263,16 @@ def test_command_limits_spinning_unless_the_user_set_a_policy(tmp_path: Path) ->
     )
     assert report["code"] == 0, stderr
     assert report["spin"] is None
+
+
+def test_tifffile_loads_only_for_tiff_files(tmp_path: Path) -> None:
+    png = write_image(tmp_path / "in.png")
+    report, _, stderr = _run_probe("script", *_fast_args(png), "-o", str(tmp_path / "a.png"))
+    assert report["code"] == 0, stderr
+    assert "tifffile" not in report["heavy"]
+    report, _, stderr = _run_probe("script", *_fast_args(png), "-o", str(tmp_path / "a.tif"))
+    assert report["code"] == 0, stderr
+    assert "tifffile" in report["heavy"]
 
 
 @pytest.mark.slow

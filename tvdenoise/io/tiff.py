@@ -29,16 +29,18 @@ import math
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import tifffile
 from PIL import Image
 
 from .errors import ImageFileError, first_line, quiet
 from .image import CHANNEL_AXES, NUMERIC_DTYPES, FileFormat, LoadedImage
 from .pillow import apply_orientation, check_pixels
+
+if TYPE_CHECKING:
+    import tifffile
 
 __all__ = ["FORMATS", "read_tiff", "write_tiff"]
 
@@ -77,6 +79,8 @@ def read_tiff(file: Path, max_pixels: int | None) -> LoadedImage:
         ImageFileError: Not a TIFF, truncated or corrupt, too large, several series, or
             samples that are not numbers.
     """
+    import tifffile  # here, not at the top: a run without TIFF files does not load it
+
     with quiet() as records:
         try:
             with tifffile.TiffFile(file) as tif:
@@ -427,6 +431,8 @@ def _positive(value: object) -> bool:
 
 def write_tiff(fh: IO[bytes], image: LoadedImage, quality: int) -> None:
     """Encode ``image`` as TIFF, of the kind it was read as (see the module notes)."""
+    import tifffile
+
     del quality  # TIFF output is lossless
     samples, axes, extrasamples = _with_alpha(image)
     extra = image.extra if image.format == "TIFF" else {}
