@@ -36,11 +36,12 @@ _ORIENTATION_TAG = 0x0112
 
 # Serialises the short moments in which Pillow's global pixel limit is lifted.
 _PIXEL_LIMIT_LOCK = threading.Lock()
-#: zlib level of the PNG files written (Pillow's default is 6): OpenCV's default, the
-#: fastest, which writes several times faster than level 6 for files a few per cent
-#: larger (benchmarks/bench_io.py measures both). Writing a restored image should not
-#: take as long as restoring it.
-PNG_LEVEL = 1
+#: zlib level of the PNG files written (Pillow's and libpng's default is 6): the lowest
+#: level with zlib's lazy matching, which writes two to three times faster than level 6
+#: for files a few per cent larger, where levels 1-3 grow smooth images by up to a third
+#: (benchmarks/bench_io.py measures both). Writing a restored image should not take as
+#: long as restoring it.
+PNG_LEVEL = 4
 
 # Errors Pillow raises for damaged files.
 PILLOW_ERRORS = (
