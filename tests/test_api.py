@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import pytest
 import torch
 
@@ -125,3 +128,32 @@ def test_cpu_solves_a_batch_in_groups_of_images_with_the_same_results(
     # Two opponent parts of three groups each: one progress, from the start to the end.
     assert reported == sorted(reported)
     assert reported[0] < 60 // 6 and reported[-1] == 60
+
+
+def test_photon_noise_reports_one_progress_over_its_estimators(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tvdenoise import api
+
+    chosen = api.poisson_estimators
+
+    def mixed(*args: Any, **kwargs: Any) -> Any:  # each image another estimator
+        choice = chosen(*args, **kwargs)
+        return dataclasses.replace(choice, estimators=("poisson", "gaussian"), chroma_weights=None)
+
+    monkeypatch.setattr(api, "poisson_estimators", mixed)
+    g = torch.Generator().manual_seed(3)
+    clean = torch.stack([piecewise_image(3, 40, 36, seed=s) for s in (4, 5)])
+    noisy = torch.poisson(clean * 30, generator=g) / 30
+    reported: list[int] = []
+    result = restore(
+        noisy,
+        noise="poisson",
+        peak=30,
+        max_iter=20,
+        tol=1e-30,
+        callback=lambda i, e: reported.append(i),
+    )
+    assert result.noise_models == ("poisson", "gaussian")
+    assert reported == sorted(reported)
+    assert reported[-1] == 20

@@ -368,11 +368,11 @@ def _restore_photons(
     restored = torch.empty_like(f)
     iterations = torch.zeros(f.shape[0], dtype=torch.long)
     final = f.new_zeros(f.shape[0])
-    for name in PHOTON_ESTIMATORS:
+    present = [name for name in PHOTON_ESTIMATORS if name in choice.estimators]
+    for part, name in enumerate(present):
         index = torch.tensor([i for i, e in enumerate(choice.estimators) if e == name])
-        if not len(index):
-            continue
         on_device = index.to(f.device)
+        share = _share(callback, part, len(present), iteration.max_iter)
         if name == "anscombe":
             peaks = choice.peaks[index].to(f.device)
             z = anscombe(f[on_device], peaks)
@@ -386,7 +386,7 @@ def _restore_photons(
                     reg,
                     iteration,
                     tile,
-                    callback,
+                    share,
                 )
             else:
                 done = _solve(
@@ -396,13 +396,13 @@ def _restore_photons(
                     data_term("gaussian"),
                     iteration,
                     tile,
-                    callback,
+                    share,
                     clip=False,
                 )
             restored[on_device] = inverse_anscombe(done.restored, peaks).clamp_(0.0, 1.0)
         else:
             done = _solve(
-                f[on_device], choice.weights[index], reg, data_term(name), iteration, tile, callback
+                f[on_device], choice.weights[index], reg, data_term(name), iteration, tile, share
             )
             restored[on_device] = done.restored
         iterations[index] = done.iterations
