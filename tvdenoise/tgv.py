@@ -329,16 +329,24 @@ class TGVWorkspace:
                 self.sym[k].mul_(0.5 * self.field_scale)
 
     def _magnitudes(self, fields: list[Tensor], pairs: bool) -> Tensor:
-        """``|fields|`` (Frobenius for pairs) in the norm buffer."""
+        """``|fields|`` (Frobenius for pairs) in the norm buffer.
+
+        Accumulated channel by channel in elementwise passes, straight into the norm
+        (for joint colour, a reduction over the short channel axis is slower).
+        """
         weights = self.reg.pair_weights() if pairs else [1.0] * len(fields)
-        squared = self.scratch[0]
-        torch.mul(fields[0], fields[0], out=squared).mul_(weights[0])
-        for m, field in zip(weights[1:], fields[1:], strict=True):
-            squared.addcmul_(field, field, value=m)
-        if self.reg.color == "joint":
-            torch.sum(squared, dim=1, keepdim=True, out=self.norm)
-        else:
-            self.norm.copy_(squared)
+        channels = range(fields[0].shape[1]) if self.reg.color == "joint" else [None]
+        terms = [
+            (field if c is None else field.narrow(1, c, 1), m)
+            for field, m in zip(fields, weights, strict=True)
+            for c in channels
+        ]
+        (first, m), rest = terms[0], terms[1:]
+        torch.mul(first, first, out=self.norm)
+        if m != 1.0:
+            self.norm.mul_(m)
+        for plane, m in rest:
+            self.norm.addcmul_(plane, plane, value=m)
         return self.norm.sqrt_()
 
     def gradient(self, x: Tensor) -> Tensor:
