@@ -534,12 +534,6 @@ def _first_steps(highest: int) -> list[int]:
     return list(range(max(-_HALF_WIDTH, _LOWEST_STEP), min(_HALF_WIDTH, highest) + 1))
 
 
-def first_weights(rule: float, *, highest: int = _HIGHEST_STEP) -> list[float]:
-    """The weights :func:`refine_weights` asks first for an image (its rule among them),
-    exactly as it computes them."""
-    return [rule * _STEP**k for k in _first_steps(highest)]
-
-
 def refine_weights(
     risk: RiskEstimate, rules: Tensor, *, highest: int = _HIGHEST_STEP, polish: bool = False
 ) -> Tensor:
@@ -550,8 +544,10 @@ def refine_weights(
     ``rule * 2**(highest / 3)``; points are evaluated a few at a time (three around the
     rule, then one more while the minimum sits at an edge of the points evaluated). All
     images are searched together: every round asks ``risk`` once, for the points all
-    images still need (the first round, :func:`first_weights` of every image), and an
-    image whose search has ended asks for nothing more. With ``polish``, the result and
+    images still need, and an image whose search has ended asks for nothing more. The
+    first round holds every image's rule (``rules`` exactly), so that a risk estimate
+    can read what it needs from the results at the rules there
+    (:func:`results_at_rules`). With ``polish``, the result and
     its neighbours at ratio ``2**(1/9)`` are evaluated as well and a second parabola (or
     the lower neighbour) is taken: the impulse model's hold-out score has minima too
     sharp for the coarse parabola (see :mod:`tvdenoise.noise_weight`).
