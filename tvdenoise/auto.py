@@ -74,7 +74,10 @@ stopping test would make the map discontinuous in ``f``).
 The weight is searched on a geometric grid (ratio ``2**(1/3)``): the rule and its two
 neighbours first, then one more point at a time while the minimum sits at an edge,
 within ``[rule / 4, rule * 2]``, and refined by a parabola through the three best points in
-``log(weight)``. Large images are represented by up to 16 evenly spread 64x64 tiles
+``log(weight)``. The images of a batch are searched together: every round solves the
+candidates of all of them in one batch (:func:`refine_weights`, with each image's
+progress kept as masks), so a batch takes the rounds of its slowest image rather than
+the sum over its images. Large images are represented by up to 16 evenly spread 64x64 tiles
 (smaller images are used whole), volumes by up to 27 cubes of 32 voxels: the weight is a
 per-value quantity, so a weight chosen on a sample of the image holds for all of it.
 
@@ -118,16 +121,15 @@ ANISOTROPIC_GAIN = 1.15
 #: Joint isotropic TV on ``C`` channels: ``gain * C**JOINT_EXPONENT``.
 JOINT_EXPONENT = 0.38
 
-# Search grid: ratio between neighbouring weights, points per side of the rule at
-# start, and points added at a time when the minimum sits at an edge. The search stays
+# Search grid: ratio between neighbouring weights and points per side of the rule at
+# start (one more is added while the minimum sits at an edge). The search stays
 # within [rule / 4, rule * 2], in steps: the best weights of the photographs measured
 # lie within [0.3, 1.8] times the rule, and outside that range SURE's minimum was only
 # ever a sign of its own bias (clipping at high noise).
 _STEP = 2.0 ** (1.0 / 3.0)
-# The polishing step of refine_weight (a third of a grid step).
+# The polishing step of refine_weights (a third of a grid step).
 _FINE_STEP = 2.0 ** (1.0 / 9.0)
 _HALF_WIDTH = 1
-_EXTEND = 1
 _LOWEST_STEP = -6
 _HIGHEST_STEP = 3
 # Monte-Carlo divergence: probe size relative to sigma, and the probe's seed.

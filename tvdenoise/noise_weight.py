@@ -27,7 +27,7 @@ held-out values (``_ImpulseHoldOut``): salt and pepper leaves the values it miss
 so a few of the values that are not at 0 or 1 (``_HOLD_OUT``) are turned into salt and
 pepper as well, and the weight is the one whose result is closest to the known values
 there (and to the data elsewhere), searched on the same grid as the Gaussian SURE search
-(:func:`tvdenoise.auto.refine_weight`, on the same sample of up to 16 tiles for large
+(:func:`tvdenoise.auto.refine_weights`, on the same sample of up to 16 tiles for large
 images), then polished on a grid three times finer: restored almost perfectly, these
 images reach a high PSNR where a small error in the weight is costly, and the score's
 minimum is a cusp that the coarse parabola misses.

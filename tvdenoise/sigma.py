@@ -34,6 +34,10 @@ eigenvalues (the patch-PCA idea of Liu, Tanaka and Okutomi, 2013, and Chen, Zhu 
    than using only patches far from 0 and 1, is what lets dark images at high noise
    (micrographs, night skies, where no patch is far from black) be read right.
 
+The images of a batch are estimated together: every step above runs once on all of them
+(the covariances as one batched product, the spectra as one batched eigendecomposition),
+and an image whose refinements have ended keeps its value while the others go on.
+
 Images smaller than about 24 x 24 pixels (fewer than 256 patches) fall back to the median
 absolute Immerkaer residual (``median |r| / 0.6745`` over values not next to a 0 or 1).
 
