@@ -54,6 +54,7 @@ figures are in ``benchmarks/RESULTS.md`` and quoted in the README), and
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -115,14 +116,25 @@ def _per_image(x: torch.Tensor, images: int) -> torch.Tensor:
     return x.reshape(images, -1)
 
 
+@dataclass(frozen=True)
 class _Patches:
-    """The patches of the images of a batch, each image's ``(C, 1, h, w)`` planes (or
-    bands of rows, ``planes``) on one grid, with what selects them: one row per image."""
+    """The patches of the images of a batch on one grid, with what selects them: one row
+    per image. ``values`` ``(B, 64, N)``, each patch minus its mean; ``texture`` ``(B,
+    N)``, its mean squared differences; ``unsaturated`` ``(B, N)``, no value at 0 or 1 in
+    it; ``quarters`` ``(B, 4, N)``, the means of its four 4x4 quarters."""
 
-    def __init__(self, planes: list[torch.Tensor], images: int, stride: int) -> None:
+    values: torch.Tensor
+    texture: torch.Tensor
+    unsaturated: torch.Tensor
+    quarters: torch.Tensor
+
+    @classmethod
+    def of(cls, planes: list[torch.Tensor], images: int, stride: int) -> _Patches:
+        """The patches of ``images`` images, each given as ``C`` planes (or bands of rows
+        of them) in ``planes``, ``(B * C, 1, h, w)`` each."""
         b = images
         values, texture, unsaturated, quarters = [], [], [], []
-        for band in planes:  # (B * C, 1, h, w)
+        for band in planes:
             patches = F.unfold(band, _PATCH, stride=stride)  # (B * C, 64, L)
             patches = patches - patches.mean(dim=1, keepdim=True)
             # (B, 64, C * L): the patches of all channels of an image side by side.
@@ -159,17 +171,22 @@ class _Patches:
                     dim=1,
                 )
             )
-        self.values = torch.cat(values, dim=2).to(torch.float64)  # (B, 64, N)
-        self.texture = torch.cat(texture, dim=1)  # (B, N)
-        self.unsaturated = torch.cat(unsaturated, dim=1)  # (B, N)
-        self.quarters = torch.cat(quarters, dim=2).to(torch.float64)  # (B, 4, N)
+        return cls(
+            torch.cat(values, dim=2),
+            torch.cat(texture, dim=1),
+            torch.cat(unsaturated, dim=1),
+            torch.cat(quarters, dim=2).to(torch.float64),
+        )
 
-    def noise_share(self, sigma: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """Per patch of the ``images`` (indices), ``(len(images), N)``: the share of the
-        noise variance that clipping leaves, the mean over its quarters of the variance of
-        ``clip(x + n, 0, 1)`` over ``sigma**2`` (one level per image), ``x`` the clean value
-        behind the quarter's mean."""
-        return variance_share(self.quarters[images], sigma).mean(dim=1)
+    def rows(self, images: torch.Tensor) -> _Patches:
+        """The patches of some of the images (a boolean mask over the rows)."""
+        return _Patches(*(getattr(self, field.name)[images] for field in fields(self)))
+
+    def noise_share(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Per patch, ``(B, N)``: the share of the noise variance that clipping leaves, the
+        mean over its quarters of the variance of ``clip(x + n, 0, 1)`` over ``sigma**2``
+        (one level per image), ``x`` the clean value behind the quarter's mean."""
+        return variance_share(self.quarters, sigma).mean(dim=1)
 
 
 def _noise_variance(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -179,7 +196,7 @@ def _noise_variance(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     kept = keep.sum(dim=1)
     # Rows with too few patches are computed on no more than two (a finite matrix).
     n = kept.clamp_min(2).to(torch.float64)
-    selected = values * keep.unsqueeze(1)
+    selected = values * keep.unsqueeze(1).to(torch.float64)
     gram = selected @ selected.transpose(1, 2)
     mean = selected.sum(dim=2) / n.unsqueeze(1)
     outer = mean.unsqueeze(2) * mean.unsqueeze(1)
@@ -217,29 +234,32 @@ def _estimate(images: torch.Tensor) -> torch.Tensor:
     if b == 0:
         return images.new_zeros(0, dtype=torch.float64)
     planes = [images[:, :, r0:r1].reshape(b * c, 1, r1 - r0, w) for r0, r1 in _bands(h, c * w)]
-    patches = _Patches(planes, b, _stride(c, planes))
+    patches = _Patches.of(planes, b, _stride(c, planes))
     variance = _noise_variance(patches.values, patches.unsaturated)
     pilotless = torch.isnan(variance)
     if bool(pilotless.any()):
         # Too few patches without a 0 or 1: a small image, or a dark or bright one at
         # high noise; the refinements below start from the median residual instead.
         variance[pilotless] = _median_residual(images[pilotless]).square()
-    active = torch.arange(b, device=images.device)
+    # The images still refined and their patches (selected anew when some stop). An
+    # image whose noise level is 0 has nothing to refine.
+    left = torch.arange(b, device=images.device)
+    going = variance > 0
     for _ in range(_MAX_REFINEMENTS):
-        # An image whose noise level is 0 has nothing to refine.
-        active = active[variance[active] > 0]
-        if active.numel() == 0:
+        if not bool(going.all()):
+            left, patches = left[going], patches.rows(going)
+        if left.numel() == 0:
             break
-        level = variance[active]
-        share = patches.noise_share(level.sqrt(), active)
-        keep = patches.texture[active] < _TEXTURE_QUANTILE * share * level.unsqueeze(1)
-        refined = _noise_variance(patches.values[active], keep)
+        level = variance[left]
+        share = patches.noise_share(level.sqrt())
+        keep = patches.texture < _TEXTURE_QUANTILE * share * level.unsqueeze(1)
+        refined = _noise_variance(patches.values, keep)
         usable = ~torch.isnan(refined)
         mean_share = (share * keep).sum(dim=1) / keep.sum(dim=1)
         updated = refined / mean_share
-        variance[active[usable]] = updated[usable]
+        variance[left[usable]] = updated[usable]
         converged = (updated - level).abs() <= _CONVERGED * level
-        active = active[usable & ~converged]
+        going = usable & ~converged & (updated > 0)
     return variance.clamp_min(0.0).sqrt()
 
 
