@@ -72,6 +72,15 @@ def test_noise_estimate_of_a_batch_equals_one_by_one(channels: int) -> None:
         assert estimate_sigma(batch).tolist() == pytest.approx(recorded, rel=RECORDED_RTOL)
 
 
+def test_noise_estimate_in_chunks_on_cpu_equals_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    batch = _images()
+    whole = estimate_sigma(batch)
+    monkeypatch.setattr(sigma_module, "_CPU_PATCHES", 2 * 3 * 30 * 38)  # two images a chunk
+    rounds = _count_calls(monkeypatch, sigma_module, "_estimate")
+    torch.testing.assert_close(estimate_sigma(batch), whole, rtol=RTOL, atol=0)
+    assert rounds[0] == 2
+
+
 def test_noise_estimate_keeps_the_per_image_cases() -> None:
     # No noise (0), nothing usable (all saturated: 0), a small image (the median residual),
     # and a dark one at high noise, in one batch, as alone.

@@ -101,6 +101,7 @@ from .checks import check_choice
 from .clipping import inverse_mills, latent_value
 from .fidelity import DataTerm, data_term
 from .missing import observed_share, split_missing
+from .ragged import Packing
 from .sigma import MIN_SIZE, estimate_sigma
 from .solver import DEFAULT_EPS, DEFAULT_MAX_ITER, Iteration, run_solver
 from .tiling import CPU_TILE
@@ -309,14 +310,21 @@ def _clipped_targets(f: Tensor, smoothed: Tensor, sigma: Tensor) -> Tensor:
     ``x + sigma * m((1 - x) / sigma)`` with ``m`` the inverse Mills ratio. ``x`` is read
     from ``smoothed`` (a denoised copy of ``f``), corrected for the clipping's bias.
     """
-    low, high = f <= 0, f >= 1
-    if not bool((low | high).any()):
+    low = (f <= 0).flatten(1)
+    clipped = low | (f >= 1).flatten(1)
+    if not bool(clipped.any()):
         return f
-    clean = latent_value(smoothed.clamp(0, 1), sigma)
-    level = sigma.to(f).reshape(-1, *[1] * (f.dim() - 1))
-    below = clean - level * inverse_mills(clean / level)
-    above = clean + level * inverse_mills((1 - clean) / level)
-    return torch.where(low, below, torch.where(high, above, f))
+    # The clipped values only, every image's side by side (with its own noise level).
+    packing = Packing.of(clipped)
+    means = packing.pack(smoothed.flatten(1).clamp(0, 1), fill=0.5)
+    clean = packing.unpack(latent_value(means, sigma))
+    level = sigma.to(f)[packing.image]
+    below = low[packing.image, packing.index]
+    distance = torch.where(below, clean, 1 - clean)  # to the clipping level
+    sign = torch.where(below, -1.0, 1.0)
+    targets = f.flatten(1).clone()
+    targets[packing.image, packing.index] = clean + sign * level * inverse_mills(distance / level)
+    return targets.reshape(f.shape)
 
 
 class ProbedSure:

@@ -36,7 +36,8 @@ eigenvalues (the patch-PCA idea of Liu, Tanaka and Okutomi, 2013, and Chen, Zhu 
 
 The images of a batch are estimated together: every step above runs once on all of them
 (the covariances as one batched product, the spectra as one batched eigendecomposition),
-and an image whose refinements have ended keeps its value while the others go on.
+and an image whose refinements have ended keeps its value while the others go on. On CPU
+they go a few at a time, as many as fit the patch count of one large image.
 
 Images smaller than about 24 x 24 pixels (fewer than 256 patches) fall back to the median
 absolute Immerkaer residual (``median |r| / 0.6745`` over values not next to a 0 or 1).
@@ -61,6 +62,7 @@ import torch.nn.functional as F
 
 from .clipping import variance_share
 from .filters import any_in_window, immerkaer_residual
+from .ragged import Packing
 
 __all__ = ["MIN_SIZE", "estimate_sigma"]
 
@@ -80,6 +82,10 @@ _MAX_REFINEMENTS = 20
 _CONVERGED = 5e-3
 # Phi^{-1}(3/4): median |N(0, 1)|, for the small-image fallback.
 _MAD_TO_SIGMA = 0.6744897501960817
+# On CPU, images are estimated a few at a time, their patches together at most this many
+# (one large image's): temporaries larger than the caches cost more than batching saves.
+# On a GPU the whole batch at once.
+_CPU_PATCHES = _MAX_PATCHES
 # Images with more values than this are estimated from evenly spread bands of rows.
 _MAX_SAMPLED_VALUES = 1 << 23
 _SAMPLE_ROWS = 64
@@ -196,7 +202,7 @@ def _noise_variance(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     kept = keep.sum(dim=1)
     # Rows with too few patches are computed on no more than two (a finite matrix).
     n = kept.clamp_min(2).to(torch.float64)
-    selected = values * keep.unsqueeze(1).to(torch.float64)
+    selected = Packing.of(keep).pack_columns(values).to(torch.float64)
     gram = selected @ selected.transpose(1, 2)
     mean = selected.sum(dim=2) / n.unsqueeze(1)
     outer = mean.unsqueeze(2) * mean.unsqueeze(1)
@@ -315,5 +321,11 @@ def estimate_sigma(image: torch.Tensor) -> torch.Tensor:
             f"image must be at least {MIN_SIZE}x{MIN_SIZE} pixels (H x W) to estimate noise, "
             f"got {h}x{w}"
         )
-    sigma = _estimate(x.to(torch.float32)).to(torch.float32)
+    x = x.to(torch.float32)
+    chunk = len(x)
+    if x.device.type == "cpu":
+        patches = min(_MAX_PATCHES, c * (h - _PATCH + 1) * (w - _PATCH + 1))
+        chunk = max(1, _CPU_PATCHES // patches)
+    parts = [_estimate(x[start : start + chunk]) for start in range(0, max(len(x), 1), chunk)]
+    sigma = torch.cat(parts).to(torch.float32)
     return sigma if batched else sigma[0]
