@@ -316,15 +316,13 @@ def _clipped_targets(f: Tensor, smoothed: Tensor, sigma: Tensor) -> Tensor:
         return f
     # The clipped values only, every image's side by side (with its own noise level).
     packing = Packing.of(clipped)
-    means = packing.pack(smoothed.flatten(1).clamp(0, 1), fill=0.5)
-    clean = packing.unpack(latent_value(means, sigma))
-    level = sigma.to(f)[packing.image]
-    below = low[packing.image, packing.index]
+    clean = latent_value(packing.pack(smoothed.flatten(1).clamp(0, 1), fill=0.5), sigma)
+    level = per_image(sigma.to(f), clean)
+    below = packing.pack(low)
     distance = torch.where(below, clean, 1 - clean)  # to the clipping level
     sign = torch.where(below, -1.0, 1.0)
-    targets = f.flatten(1).clone()
-    targets[packing.image, packing.index] = clean + sign * level * inverse_mills(distance / level)
-    return targets.reshape(f.shape)
+    expected = clean + sign * level * inverse_mills(distance / level)
+    return packing.unpack(expected, f.flatten(1)).reshape(f.shape)
 
 
 class ProbedSure:

@@ -3,13 +3,14 @@
 The images of a batch select different numbers of values (the patches kept by the noise
 estimate, the clipped values of SURE). Packing each image's selection to the front of its
 row, in order, lets one batched operation work on all of them at once, on the selected
-values only, with the same values in the same order as for the image alone.
+values only, in the order the image alone would have them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 __all__ = ["Packing"]
@@ -17,40 +18,35 @@ __all__ = ["Packing"]
 
 @dataclass(frozen=True)
 class Packing:
-    """Where the set values of each row of a ``(B, N)`` mask go when every row's set
-    values are packed to the front of a ``(B, width)`` row, in order.
+    """The set values of each row of a ``(B, N)`` mask, packed to the front of a row of
+    ``width`` (the most set in a row), in order.
 
     Attributes:
-        image, index: the row and column of every set value, ``(S,)``.
-        slot: its column in the packed rows, ``(S,)``.
-        width: the most values set in a row.
+        index: the column of each packed value, ``(B, width)`` (past a row's own count,
+            columns that are not set).
+        valid: which packed values are set ones, ``(B, width)``.
     """
 
-    image: Tensor
     index: Tensor
-    slot: Tensor
-    width: int
+    valid: Tensor
 
     @classmethod
     def of(cls, mask: Tensor) -> Packing:
-        image, index = mask.nonzero(as_tuple=True)
-        slot = mask.cumsum(dim=1)[image, index] - 1
-        width = int(mask.sum(dim=1).max()) if mask.numel() else 0
-        return cls(image, index, slot, width)
+        count = mask.sum(dim=1, keepdim=True)
+        width = int(count.max()) if mask.numel() else 0
+        # A stable sort puts each row's set columns first, in their order.
+        index = torch.sort(~mask, dim=1, stable=True).indices[:, :width]
+        valid = torch.arange(width, device=mask.device) < count
+        return cls(index, valid)
 
     def pack(self, values: Tensor, fill: float = 0.0) -> Tensor:
-        """The selected values of ``(B, N)`` rows side by side, ``(B, width)``; the rest of
-        each row is ``fill``."""
-        packed = values.new_full((values.shape[0], self.width), fill)
-        packed[self.image, self.slot] = values[self.image, self.index]
-        return packed
+        """The selected values of ``(B, ..., N)`` rows side by side, ``(B, ..., width)``
+        (the selection along the last axis); the rest of each row is ``fill``."""
+        shape = (values.shape[0], *[1] * (values.dim() - 2), self.index.shape[1])
+        index = self.index.reshape(shape).expand(*values.shape[:-1], -1)
+        return values.gather(-1, index).masked_fill_(~self.valid.reshape(shape), fill)
 
-    def pack_columns(self, values: Tensor) -> Tensor:
-        """The same for ``(B, D, N)`` columns: ``(B, D, width)``, zero after each row's."""
-        packed = values.new_zeros((values.shape[0], values.shape[1], self.width))
-        packed[self.image, :, self.slot] = values[self.image, :, self.index]
-        return packed
-
-    def unpack(self, packed: Tensor) -> Tensor:
-        """The packed values back in the order of ``image`` and ``index``, ``(S,)``."""
-        return packed[self.image, self.slot]
+    def unpack(self, packed: Tensor, into: Tensor) -> Tensor:
+        """``into`` ``(B, N)`` with the selected values replaced by ``packed``'s."""
+        kept = into.gather(1, self.index)
+        return into.scatter(1, self.index, torch.where(self.valid, packed, kept))

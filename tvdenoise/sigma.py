@@ -202,7 +202,7 @@ def _noise_variance(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     kept = keep.sum(dim=1)
     # Rows with too few patches are computed on no more than two (a finite matrix).
     n = kept.clamp_min(2).to(torch.float64)
-    selected = Packing.of(keep).pack_columns(values).to(torch.float64)
+    selected = Packing.of(keep).pack(values).to(torch.float64)
     gram = selected @ selected.transpose(1, 2)
     mean = selected.sum(dim=2) / n.unsqueeze(1)
     outer = mean.unsqueeze(2) * mean.unsqueeze(1)
