@@ -386,12 +386,12 @@ class ProbedSure:
         index = images.to(solved.device)
         t = self.tiles
         u, v = solved[:, :t], solved[:, t:]
-        squared = (u - self.targets[index]).square()
+        squared = (u - _for_pairs(self.targets, images)).square()
         if self.missing is not None:
-            squared = squared.masked_fill(self.missing[index], 0.0)
+            squared = squared.masked_fill(_for_pairs(self.missing, images), 0.0)
         residual = squared.flatten(1).sum(1)
         change = (v - per_probe(u, self.probes)).nan_to_num(0.0)
-        response = (change * self.response[index]).flatten(1).sum(1)
+        response = (change * _for_pairs(self.response, images)).flatten(1).sum(1)
         divergence = response / (self.delta[index] * self.probes)
         var = self.sigma[index].square()
         return (residual + 2 * var * divergence) / self.count[index] + self.offset[index]
@@ -399,6 +399,14 @@ class ProbedSure:
     def __call__(self, images: Tensor, weights: Tensor) -> Tensor:
         """SURE of the result of each image at its weight (the targets must be set)."""
         return self.score(images, self.solve(images, weights))
+
+
+def _for_pairs(x: Tensor, images: Tensor) -> Tensor:
+    """The rows of ``x`` ``(B, ...)`` of (image, weight) pairs, ``(N, ...)``; ``(1, ...)``,
+    to broadcast without a copy, when all pairs are of one image (as for one image)."""
+    if len(images) > 0 and bool((images == images[0]).all()):
+        return x[int(images[0])].unsqueeze(0)
+    return x[images.to(x.device)]
 
 
 def per_probe(x: Tensor, count: int) -> Tensor:

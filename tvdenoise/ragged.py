@@ -22,11 +22,15 @@ class Packing:
     ``width`` (the most set in a row), in order.
 
     Attributes:
-        index: the column of each packed value, ``(B, width)`` (past a row's own count,
-            columns that are not set).
+        image, column, slot: for every set value, ``(S,)``: its row, its column, and its
+            column in the packed rows.
+        index: the column of each packed value, ``(B, width)`` (0 past a row's count).
         valid: which packed values are set ones, ``(B, width)``.
     """
 
+    image: Tensor
+    column: Tensor
+    slot: Tensor
     index: Tensor
     valid: Tensor
 
@@ -34,10 +38,12 @@ class Packing:
     def of(cls, mask: Tensor) -> Packing:
         count = mask.sum(dim=1, keepdim=True)
         width = int(count.max()) if mask.numel() else 0
-        # A stable sort puts each row's set columns first, in their order.
-        index = torch.sort(~mask, dim=1, stable=True).indices[:, :width]
+        image, column = mask.nonzero(as_tuple=True)
+        slot = mask.cumsum(dim=1)[image, column] - 1
+        index = torch.zeros(mask.shape[0], width, dtype=torch.long, device=mask.device)
+        index[image, slot] = column
         valid = torch.arange(width, device=mask.device) < count
-        return cls(index, valid)
+        return cls(image, column, slot, index, valid)
 
     def pack(self, values: Tensor, fill: float = 0.0) -> Tensor:
         """The selected values of ``(B, ..., N)`` rows side by side, ``(B, ..., width)``
@@ -48,5 +54,6 @@ class Packing:
 
     def unpack(self, packed: Tensor, into: Tensor) -> Tensor:
         """``into`` ``(B, N)`` with the selected values replaced by ``packed``'s."""
-        kept = into.gather(1, self.index)
-        return into.scatter(1, self.index, torch.where(self.valid, packed, kept))
+        out = into.clone()
+        out[self.image, self.column] = packed[self.image, self.slot]
+        return out
