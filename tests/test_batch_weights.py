@@ -82,6 +82,18 @@ def test_noise_estimate_in_chunks_on_cpu_equals_one_batch(monkeypatch: pytest.Mo
     assert rounds[0] == 2
 
 
+def test_search_in_groups_on_cpu_equals_one_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    batch = _images()
+    reg = TotalVariation(eps=DEFAULT_EPS)
+    joint, opponent = auto_weight(batch)[0], opponent_weights(batch, reg)[:2]
+    monkeypatch.setattr(auto, "_CPU_SEARCH_VALUES", 2 * 3 * 37 * 45)  # two images a group
+    searches = _count_calls(monkeypatch, auto, "refine_weights")
+    torch.testing.assert_close(auto_weight(batch)[0], joint, rtol=RTOL, atol=0)
+    assert searches[0] == 2
+    for got, whole in zip(opponent_weights(batch, reg)[:2], opponent, strict=True):
+        torch.testing.assert_close(got, whole, rtol=RTOL, atol=0)
+
+
 def test_noise_estimate_keeps_the_per_image_cases() -> None:
     # No noise (0), nothing usable (all saturated: 0), a small image (the median residual),
     # and a dark one at high noise, in one batch, as alone.

@@ -56,6 +56,7 @@ from .auto import (
     refine_weights,
     results_at_rules,
     sample_tiles,
+    search_groups,
     solve_at_weights,
     solve_pairs,
     weight_for_sigma,
@@ -330,23 +331,24 @@ def opponent_weights(
     anisotropic = float(weight_for_sigma(1.0, tv=reg.kind)) / float(weight_for_sigma(1.0))
     light = sigmas * (BRIGHTNESS_GAIN * anisotropic)
     chroma = sigmas * (CHROMA_GAIN * anisotropic)
-    searched = (sigmas > 0).nonzero().flatten()
-    if method == "rule" or searched.numel() == 0:
+    if method == "rule":
         return light, chroma, sigmas
     f = rgb.to(torch.float64 if rgb.dtype == torch.float64 else torch.float32)
-    rules = [weights[searched].to(torch.float64).cpu() for weights in (light, chroma)]
-    sure = _OpponentSure(
-        sample_tiles(f)[searched],
-        sigmas[searched],
-        rules[0],
-        rules[1],
-        opponent_regulariser(reg),
-        colour=colour,
-    )
-    found = refine_weights(sure, torch.cat(rules) if colour else rules[0])
-    light[searched] = found[: searched.numel()].to(light)
-    if colour:
-        chroma[searched] = found[searched.numel() :].to(chroma)
+    tiles = sample_tiles(f)
+    for group in search_groups(sigmas > 0, tiles):
+        rules = [weights[group].to(torch.float64).cpu() for weights in (light, chroma)]
+        sure = _OpponentSure(
+            tiles[group],
+            sigmas[group],
+            rules[0],
+            rules[1],
+            opponent_regulariser(reg),
+            colour=colour,
+        )
+        found = refine_weights(sure, torch.cat(rules) if colour else rules[0])
+        light[group] = found[: len(group)].to(light)
+        if colour:
+            chroma[group] = found[len(group) :].to(chroma)
     return light, chroma, sigmas
 
 

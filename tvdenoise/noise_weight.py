@@ -122,6 +122,7 @@ from .auto import (
     plane_sample,
     refine_weights,
     sample_tiles,
+    search_groups,
     solve_at_weights,
     solve_pairs,
     weight_for_sigma,
@@ -615,12 +616,11 @@ def impulse_auto_weight(batch: Tensor, reg: TotalVariation) -> Tensor:
     fraction = per_volume(estimate_impulse_fraction(planes).reshape(-1), k)
     weights = impulse_weight(fraction, channels=channels, tv=reg.kind, color=reg.color).clone()
     tiles = sample_tiles(batch.to(torch.float32))
-    searched = (fraction > 0).nonzero().flatten().to(tiles.device)
-    if searched.numel() > 0:
-        held = _ImpulseHoldOut(tiles[searched], fraction[searched], reg)
-        rules = weights[searched]
+    for group in search_groups(fraction > 0, tiles):
+        held = _ImpulseHoldOut(tiles[group], fraction[group.to(fraction.device)], reg)
+        rules = weights[group.to(weights.device)]
         found = refine_weights(held, rules, highest=_IMPULSE_HIGHEST, polish=True)
-        weights[searched] = found.to(weights)
+        weights[group.to(weights.device)] = found.to(weights)
     return weights
 
 
