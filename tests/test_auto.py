@@ -409,18 +409,10 @@ def test_first_request_of_a_search_holds_every_rule() -> None:
     found = auto.refine_weights(risk, rules)
     images, weights = asked[0]
     solved = weights.reshape(-1, 1, 1) * torch.ones(len(weights), 2, 3)
-    at_rules = auto.results_at_rules(
-        images, weights, rules, solved, torch.zeros(4, 1, 3, dtype=torch.float64)
-    )
+    at_rules = auto.results_at_rules(images, weights, rules, solved, 1)
     assert at_rules[:, 0, 0].tolist() == rules.tolist()
     assert found[:3] == pytest.approx(targets[:3], rel=0.02)
     assert float(found[3]) == pytest.approx(2.0, rel=1e-12)  # the grid ends at rule * 2
     without = ~((images == 1) & (weights == rules[1]))
     with pytest.raises(RuntimeError, match="every image's rule"):
-        auto.results_at_rules(
-            images[without],
-            weights[without],
-            rules,
-            solved[without],
-            torch.zeros(4, 1, 3, dtype=torch.float64),
-        )
+        auto.results_at_rules(images[without], weights[without], rules, solved[without], 1)

@@ -435,16 +435,16 @@ def per_image(values: Tensor, like: Tensor) -> Tensor:
 
 
 def results_at_rules(
-    images: Tensor, weights: Tensor, rules: Tensor, solved: Tensor, first: Tensor
+    images: Tensor, weights: Tensor, rules: Tensor, solved: Tensor, tiles: int
 ) -> Tensor:
-    """``first`` ``(B, T, ...)`` with each image's tiles replaced by its unprobed result at
-    its rule, from a request of (image, weight) pairs (``images``, ``weights``, their
-    solves ``solved``) that holds every image's rule: the first of :func:`refine_weights`."""
+    """Each image's unprobed result at its rule, ``(B, T, ...)`` for ``tiles`` tiles ``T``,
+    from a request of (image, weight) pairs (``images``, ``weights``, their solves
+    ``solved``) that holds every image's rule: the first of :func:`refine_weights`."""
     at_rule = weights == rules[images]
     if not torch.equal(images[at_rule].sort().values, torch.arange(len(rules))):
         raise RuntimeError("the first request of a search must hold every image's rule")
-    restored = first.clone()
-    restored[images[at_rule].to(first.device)] = solved[at_rule.to(solved.device), : first.shape[1]]
+    restored = solved.new_empty((len(rules), tiles, *solved.shape[2:]))
+    restored[images[at_rule].to(solved.device)] = solved[at_rule.to(solved.device), :tiles]
     return restored
 
 
@@ -479,7 +479,7 @@ class _Sure(ProbedSure):
     def __call__(self, images: Tensor, weights: Tensor) -> Tensor:
         solved = self.solve(images, weights)
         if self.targets is None:
-            smoothed = results_at_rules(images, weights, self.rules, solved, self.f)
+            smoothed = results_at_rules(images, weights, self.rules, solved, self.tiles)
             self.set_targets(_clipped_targets(self.f, smoothed, self.sigma))
         return self.score(images, solved)
 

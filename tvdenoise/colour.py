@@ -286,14 +286,12 @@ class _OpponentSure:
         self, requests: list[tuple[Tensor, Tensor]], solved: list[Tensor | None]
     ) -> None:
         """The clipped values' targets, from the RGB result at both rules."""
-        g = _opponent_tiles(self.f)
-        results = []
-        for (images, weights), result, rules, channels in zip(
-            requests, solved, self.rules, (_LIGHT, _CHROMA), strict=True
-        ):
-            if result is not None:
-                first = g[:, :, channels]
-                results.append(results_at_rules(images, weights, rules, result, first))
+        t = self.tiles.shape[1]
+        results = [
+            results_at_rules(images, weights, rules, result, t)
+            for (images, weights), result, rules in zip(requests, solved, self.rules, strict=True)
+            if result is not None
+        ]
         if not self.colour:
             chroma = _opponent_tiles(self.tiles)[:, :, _CHROMA]
             results.append(solve_pairs(chroma, self.rules[1], self.reg, clip=False))
