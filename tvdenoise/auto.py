@@ -77,9 +77,11 @@ within ``[rule / 4, rule * 2]``, and refined by a parabola through the three bes
 ``log(weight)``. The images of a batch are searched together: every round solves the
 candidates of all of them in one batch (:func:`refine_weights`, with each image's
 progress kept as masks), so a batch takes the rounds of its slowest image rather than
-the sum over its images. Large images are represented by up to 16 evenly spread 64x64 tiles
-(smaller images are used whole), volumes by up to 27 cubes of 32 voxels: the weight is a
-per-value quantity, so a weight chosen on a sample of the image holds for all of it.
+the sum over its images (on CPU, a group of images at a time whose tiles hold a large
+image's values: there the search is memory-bound, not bound by Python's steps). Large
+images are represented by up to 16 evenly spread 64x64 tiles (smaller images are used
+whole), volumes by up to 27 cubes of 32 voxels: the weight is a per-value quantity, so a
+weight chosen on a sample of the image holds for all of it.
 
 How many tiles and probes: SURE is a random estimate, and near the best weight the error
 curve is flat, so its noise decides the choice; the tile count and two probes were chosen by
