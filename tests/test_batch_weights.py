@@ -192,6 +192,16 @@ def test_brightness_weights_alone_of_a_batch_equal_one_by_one() -> None:
     _assert_as_alone(lambda x: opponent_weights(x, reg, colour=False)[0], _images())
 
 
+def test_an_image_with_missing_values_in_a_batch_gets_its_weights_alone() -> None:
+    # Missing values (NaN) in one image only: the others are scored as without any.
+    batch = _images()
+    batch[1, :, 5:9, 10:20] = float("nan")
+    reg = TotalVariation(eps=DEFAULT_EPS)
+    _assert_as_alone(lambda x: auto_weight(x)[0], batch)
+    _assert_as_alone(lambda x: opponent_weights(x, reg)[0], batch)
+    _assert_as_alone(lambda x: opponent_weights(x, reg)[1], batch)
+
+
 def test_volume_weights_of_a_batch_equal_one_by_one() -> None:
     g = torch.Generator().manual_seed(8)
     ramp = torch.linspace(0.2, 0.8, 9).reshape(1, 9, 1, 1).expand(1, 9, 24, 26)
