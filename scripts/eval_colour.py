@@ -90,7 +90,7 @@ def best_pair(noisy: torch.Tensor, clean: torch.Tensor, sigma: float) -> tuple[f
         best = (float(errors[k]), weights[k], solved[k])
         if 0 < k < len(weights) - 1:
             # The parabola through the best three points, in log(weight).
-            weight = weights[k] * RATIO ** _vertex(*errors[k - 1 : k + 2].tolist())
+            weight = weights[k] * RATIO ** float(_vertex(*errors[k - 1 : k + 2]))
             refined = solve_at_weights(part, [weight], reg, clip=False)[0, 0]
             error = float((refined - target).square().sum())
             best = min(best, (error, weight, refined), key=lambda item: item[0])

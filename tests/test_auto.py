@@ -265,7 +265,7 @@ def test_censored_mean_and_clipped_targets_match_sampling() -> None:
     assert censored_variance(clean, sigma) == pytest.approx(f.var(0), rel=0.01)
     # Each clipped value is replaced by the mean of the noisy values clipped like it.
     smoothed = censored_mean(clean, sigma).expand_as(f)
-    targets = auto._clipped_targets(f, smoothed, sigma)
+    targets = auto._clipped_targets(f[None], smoothed[None], torch.tensor([sigma]))[0]
     for column in range(4):
         for hit in (y[:, column] <= 0, y[:, column] >= 1):
             if int(hit.sum()) > 5000:
@@ -318,28 +318,35 @@ def test_dark_image_gets_a_good_weight_from_the_estimated_noise() -> None:
     assert best - _psnr(solve(noisy, weights).restored, clean.to(torch.float64)) < 0.3
 
 
-@pytest.mark.parametrize("target", [0.83, 1.05, 1.17, 1.4])
-def test_polish_finds_a_sharp_minimum_between_grid_points(target: float) -> None:
+def test_polish_finds_a_sharp_minimum_between_grid_points() -> None:
     # A cusp at ``target`` (as the impulse hold-out score has): the coarse parabola
-    # misses it by 2-3 % of the weight; the finer second parabola by under 1 %.
-    def risk(weights: list[float]) -> list[float]:
-        return [abs(math.log(w / target)) ** 0.5 for w in weights]
+    # misses it by 2-3 % of the weight; the finer second parabola by under 1 %. Four
+    # images with their own cusps, searched together.
+    targets = torch.tensor([0.83, 1.05, 1.17, 1.4], dtype=torch.float64)
 
-    coarse = abs(math.log(auto.refine_weight(risk, 1.0) / target))
-    polished = abs(math.log(auto.refine_weight(risk, 1.0, polish=True) / target))
-    assert polished < 0.01 and polished < 0.6 * coarse
+    def risk(images: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return (weights / targets[images]).log().abs().sqrt()
+
+    rules = torch.ones(4)
+    coarse = (auto.refine_weights(risk, rules) / targets).log().abs()
+    polished = (auto.refine_weights(risk, rules, polish=True) / targets).log().abs()
+    assert bool((polished < 0.01).all()) and bool((polished < 0.6 * coarse).all())
 
 
-def _record_solves(monkeypatch: pytest.MonkeyPatch, module: object) -> list[tuple[int, float]]:
-    """Patch ``module.solve_at_weights`` to note (images solved, weight) of every solve."""
-    solved: list[tuple[int, float]] = []
-    real = auto.solve_at_weights
+def _record_solves(
+    monkeypatch: pytest.MonkeyPatch, *modules: object
+) -> list[tuple[int, int, float]]:
+    """Patch ``solve_pairs`` in ``modules`` to note (images solved together, channels,
+    weight) of every (group, weight) pair solved."""
+    solved: list[tuple[int, int, float]] = []
+    real = auto.solve_pairs
 
-    def noted(images: torch.Tensor, weights: list[float], *args: object, **kw: object) -> object:
-        solved.extend((images.shape[0], w) for w in weights)
-        return real(images, weights, *args, **kw)  # type: ignore[arg-type]
+    def noted(groups: torch.Tensor, weights: torch.Tensor, *args: object, **kw: object) -> object:
+        solved.extend((groups.shape[1], groups.shape[2], w) for w in weights.tolist())
+        return real(groups, weights, *args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(module, "solve_at_weights", noted)
+    for module in modules:
+        monkeypatch.setattr(module, "solve_pairs", noted)
     return solved
 
 
@@ -353,53 +360,59 @@ def test_clipped_image_search_solves_every_weight_once(monkeypatch: pytest.Monke
     solved = _record_solves(monkeypatch, auto)
     auto_weight(noisy, sigma=30 / 255)
     assert len(solved) >= 3
-    assert {count for count, _ in solved} == {1 + auto._PROBES}
-    assert len({w for _, w in solved}) == len(solved)
+    assert {count for count, _, _ in solved} == {1 + auto._PROBES}
+    assert len({w for _, _, w in solved}) == len(solved)
 
 
-def test_sure_scores_kept_solves_once_the_targets_are_set() -> None:
+def test_sure_scores_solves_once_the_targets_are_set() -> None:
     # Solving first and setting the targets later scores exactly as targets given at once.
-    tiles = _noisy(255 * _cartoon(24, seed=4).to(torch.float64)[None], 20, seed=5)
-    sigma, reg = 20 / 255, TotalVariation(eps=DEFAULT_EPS)
-    probe = auto.probes(tiles, 2)
+    tiles = _noisy(255 * _cartoon(24, seed=4).to(torch.float64)[None], 20, seed=5)[None]
+    sigma, reg = torch.tensor([20 / 255]), TotalVariation(eps=DEFAULT_EPS)
+    probe = auto.probes(tiles[0], 2)
 
     def sure(targets: torch.Tensor | None) -> auto.ProbedSure:
         scored = torch.ones_like(tiles, dtype=torch.bool)
         return auto.ProbedSure(
             tiles,
-            0.01 * sigma * probe,
+            0.01 * float(sigma) * probe[None],
             probe.double() * auto.per_probe(scored, 2),
             sigma,
             reg,
             targets=targets,
-            count=tiles.numel(),
+            count=torch.tensor([tiles[0].numel()]),
             missing=None,
             clip=True,
-            offset=-(sigma**2),
-            delta=0.01 * sigma,
+            offset=-sigma.double().square(),
         )
 
-    weights = [0.05, 0.08]
-    at_once = sure(tiles.double())(weights)
+    images, weights = torch.zeros(2, dtype=torch.long), torch.tensor([0.05, 0.08]).double()
+    at_once = sure(tiles.double())(images, weights)
     later = sure(None)
-    later.solve(weights)
+    solved = later.solve(images, weights)
     later.set_targets(tiles.double())
-    assert later(weights) == at_once
+    assert torch.equal(later.score(images, solved), at_once)
     # The risk at a weight is the residual and divergence terms of that weight's result.
-    assert at_once[0] != at_once[1]
+    assert float(at_once[0]) != float(at_once[1])
 
 
-@pytest.mark.parametrize("target", [0.5, 1.0, 1.6])
-def test_first_weights_are_the_searchs_first_request(target: float) -> None:
-    # A risk estimate may solve first_weights ahead (the clipping targets need the rule's
-    # result): they must be exactly the weights the search asks for first.
-    asked: list[list[float]] = []
+def test_first_request_of_a_search_holds_every_rule() -> None:
+    # A risk estimate reads the clipping targets from the results at the rules in the
+    # first request (results_at_rules): every image's rule must be in it, exactly.
+    targets = torch.tensor([0.5, 1.0, 1.6, 3.0], dtype=torch.float64)
+    rules = torch.tensor([1.0, 0.7, 2.0, 1.0], dtype=torch.float64)
+    asked: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def risk(weights: list[float]) -> list[float]:
-        asked.append(weights)
-        return [math.log(w / target) ** 2 for w in weights]
+    def risk(images: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        asked.append((images, weights))
+        return (weights / targets[images]).log().square()
 
-    found = auto.refine_weight(risk, 1.0)
-    assert asked[0] == auto.first_weights(1.0)
-    assert 1.0 in asked[0]
-    assert found == pytest.approx(target, rel=0.02)
+    found = auto.refine_weights(risk, rules)
+    images, weights = asked[0]
+    solved = weights.reshape(-1, 1, 1) * torch.ones(len(weights), 2, 3)
+    at_rules = auto.results_at_rules(images, weights, rules, solved, 1)
+    assert at_rules[:, 0, 0].tolist() == rules.tolist()
+    assert found[:3] == pytest.approx(targets[:3], rel=0.02)
+    assert float(found[3]) == pytest.approx(2.0, rel=1e-12)  # the grid ends at rule * 2
+    without = ~((images == 1) & (weights == rules[1]))
+    with pytest.raises(RuntimeError, match="every image's rule"):
+        auto.results_at_rules(images[without], weights[without], rules, solved[without], 1)

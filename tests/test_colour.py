@@ -238,13 +238,14 @@ def test_clipped_image_search_solves_every_weight_once(monkeypatch: pytest.Monke
     noisy = add_noise(_scene(36, 40) * 1.6 - 0.3, 0.12, seed=8)
     assert bool((noisy == 0).any() and (noisy == 1).any())
     solved: list[tuple[int, int, float]] = []
-    real = auto.solve_at_weights
+    real = auto.solve_pairs
 
-    def noted(images: torch.Tensor, weights: list[float], *args: object, **kw: object) -> object:
-        solved.extend((images.shape[0], images.shape[1], w) for w in weights)
-        return real(images, weights, *args, **kw)  # type: ignore[arg-type]
+    def noted(groups: torch.Tensor, weights: torch.Tensor, *args: object, **kw: object) -> object:
+        solved.extend((groups.shape[1], groups.shape[2], w) for w in weights.tolist())
+        return real(groups, weights, *args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(auto, "solve_at_weights", noted)
+    monkeypatch.setattr(auto, "solve_pairs", noted)
+    monkeypatch.setattr(colour, "solve_pairs", noted)
     opponent_weights(noisy[None], TotalVariation(eps=DEFAULT_EPS), sigma=0.12)
     assert {count for count, _, _ in solved} == {1 + colour._PROBES}
     for channels in (1, 2):

@@ -13,7 +13,7 @@ from PIL import Image
 
 from tvdenoise import restore, solve
 from tvdenoise.anscombe import anscombe, inverse_anscombe, stabilised_level
-from tvdenoise.auto import refine_weight, sample_tiles, solve_at_weights
+from tvdenoise.auto import sample_tiles, solve_at_weights
 from tvdenoise.clipping import clipped_count_tail
 from tvdenoise.colour import opponent_weights
 from tvdenoise.fidelity import (
@@ -31,6 +31,7 @@ from tvdenoise.noise_weight import (
     _gaussian_rule,
     _PhotonRisk,
     _PoissonHoldOut,
+    _refine_one,
     auto_weight_for_noise,
     estimate_impulse_fraction,
     estimate_peak,
@@ -372,8 +373,8 @@ def test_photon_choice_is_never_worse_on_held_out_photons(seed: int) -> None:
     held = _PoissonHoldOut(tiles, 10.0, pilot, reg)
     risk = _PhotonRisk(tiles, 10.0, pilot, _estimator("gaussian", 10.0, reg))
     candidates = {
-        "poisson": refine_weight(held, rule / scale) * scale,
-        "gaussian": refine_weight(risk, _gaussian_rule(tiles, 10.0, reg)),
+        "poisson": _refine_one(held, rule / scale) * scale,
+        "gaussian": _refine_one(risk, _gaussian_rule(tiles, 10.0, reg)),
         "anscombe": float(_anscombe_weights(noisy, reg, torch.tensor([10.0]), False)[0][0]),
     }
     scores = {
@@ -508,7 +509,8 @@ def test_photon_risk_is_unbiased_for_a_linear_estimator() -> None:
         g = torch.Generator().manual_seed(100 + seed)
         noisy = (torch.poisson(clean.double() * peak, generator=g) / peak).float()
         assert float(noisy.max()) < 1  # nothing clipped: the exact case
-        risk = torch.tensor(_PhotonRisk(noisy, peak, None, _blend)(weights), dtype=torch.float64)
+        pure = _PhotonRisk(noisy, peak, None, _blend)
+        risk = pure(torch.zeros(len(weights), dtype=torch.long), torch.tensor(weights).double())
         mse = (_blend(noisy, weights, Iteration()) - clean.double()).square().flatten(1).mean(1)
         gaps.append(risk - mse)
         errors.append(mse)
@@ -532,7 +534,7 @@ def test_photon_risk_finds_the_best_weight_of_a_clipped_image() -> None:
     gaussian = _estimator("gaussian", 10.0, reg)
     pilot = _estimator("poisson", 10.0, reg)(noisy, [float(poisson_weight(10.0))], Iteration())
     rule = _gaussian_rule(noisy, 10.0, reg)
-    chosen = refine_weight(_PhotonRisk(noisy, 10.0, pilot[0], gaussian), rule)
+    chosen = _refine_one(_PhotonRisk(noisy, 10.0, pilot[0], gaussian), rule)
     grid = [rule * 1.1**k for k in range(-10, 14)]
     best = max(psnr(u, clean) for u in gaussian(noisy, grid, Iteration()))
     assert psnr(gaussian(noisy, [chosen], Iteration())[0], clean) > best - 0.2

@@ -74,9 +74,14 @@ stopping test would make the map discontinuous in ``f``).
 The weight is searched on a geometric grid (ratio ``2**(1/3)``): the rule and its two
 neighbours first, then one more point at a time while the minimum sits at an edge,
 within ``[rule / 4, rule * 2]``, and refined by a parabola through the three best points in
-``log(weight)``. Large images are represented by up to 16 evenly spread 64x64 tiles
-(smaller images are used whole), volumes by up to 27 cubes of 32 voxels: the weight is a
-per-value quantity, so a weight chosen on a sample of the image holds for all of it.
+``log(weight)``. The images of a batch are searched together: every round solves the
+candidates of all of them in one batch (:func:`refine_weights`, with each image's
+progress kept as masks), so a batch takes the rounds of its slowest image rather than
+the sum over its images (on CPU, a group of images at a time whose tiles hold a large
+image's values: there the search is memory-bound, not bound by Python's steps). Large
+images are represented by up to 16 evenly spread 64x64 tiles (smaller images are used
+whole), volumes by up to 27 cubes of 32 voxels: the weight is a per-value quantity, so a
+weight chosen on a sample of the image holds for all of it.
 
 How many tiles and probes: SURE is a random estimate, and near the best weight the error
 curve is flat, so its noise decides the choice; the tile count and two probes were chosen by
@@ -98,6 +103,7 @@ from .checks import check_choice
 from .clipping import inverse_mills, latent_value
 from .fidelity import DataTerm, data_term
 from .missing import observed_share, split_missing
+from .ragged import Packing
 from .sigma import MIN_SIZE, estimate_sigma
 from .solver import DEFAULT_EPS, DEFAULT_MAX_ITER, Iteration, run_solver
 from .tiling import CPU_TILE
@@ -118,16 +124,15 @@ ANISOTROPIC_GAIN = 1.15
 #: Joint isotropic TV on ``C`` channels: ``gain * C**JOINT_EXPONENT``.
 JOINT_EXPONENT = 0.38
 
-# Search grid: ratio between neighbouring weights, points per side of the rule at
-# start, and points added at a time when the minimum sits at an edge. The search stays
+# Search grid: ratio between neighbouring weights and points per side of the rule at
+# start (one more is added while the minimum sits at an edge). The search stays
 # within [rule / 4, rule * 2], in steps: the best weights of the photographs measured
 # lie within [0.3, 1.8] times the rule, and outside that range SURE's minimum was only
 # ever a sign of its own bias (clipping at high noise).
 _STEP = 2.0 ** (1.0 / 3.0)
-# The polishing step of refine_weight (a third of a grid step).
+# The polishing step of refine_weights (a third of a grid step).
 _FINE_STEP = 2.0 ** (1.0 / 9.0)
 _HALF_WIDTH = 1
-_EXTEND = 1
 _LOWEST_STEP = -6
 _HIGHEST_STEP = 3
 # Monte-Carlo divergence: probe size relative to sigma, and the probe's seed.
@@ -152,6 +157,11 @@ _SURE_MAX_ITER = DEFAULT_MAX_ITER
 # Values solved together on CPU: one RGB tile of tvdenoise.tiling.CPU_TILE pixels.
 _CPU_CHUNK_VALUES = 3 * CPU_TILE * CPU_TILE
 _SURE_TOL = 1e-30
+# On CPU the images of a batch are searched a group at a time, their tiles together at
+# most this many values (a large RGB image's): every candidate of every image of a group
+# is kept in float64, and temporaries beyond the caches cost more than searching together
+# saves (measured slower than one image at a time). On a GPU the whole batch is one group.
+_CPU_SEARCH_VALUES = 3 * _MAX_TILES * _TILE * _TILE
 
 
 def _gain(tv: str, color: str, channels: int) -> float:
@@ -298,32 +308,42 @@ def _sample_cubes(f: Tensor) -> Tensor:
     return torch.stack(tiles, dim=1)
 
 
-def _clipped_targets(f: Tensor, smoothed: Tensor, sigma: float) -> Tensor:
-    """``f`` with every clipped value replaced by the expected unclipped noisy value.
+def _clipped_targets(f: Tensor, smoothed: Tensor, sigma: Tensor) -> Tensor:
+    """``f`` ``(B, ...)`` with every clipped value replaced by the expected unclipped noisy
+    value, for one noise level per image ``sigma`` ``(B,)``.
 
     A value at 0 stands for a noisy value ``y <= 0``, one at 1 for ``y >= 1``; given
     the clean value ``x`` the expectations are ``x - sigma * m(x / sigma)`` and
     ``x + sigma * m((1 - x) / sigma)`` with ``m`` the inverse Mills ratio. ``x`` is read
     from ``smoothed`` (a denoised copy of ``f``), corrected for the clipping's bias.
     """
-    targets = f.clone()
-    for clipped, sign in ((f <= 0, -1.0), (f >= 1, 1.0)):
-        clean = latent_value(smoothed[clipped].clamp(0, 1), sigma)
-        distance = clean if sign < 0 else 1 - clean  # to the clipping level
-        targets[clipped] = clean + sign * sigma * inverse_mills(distance / sigma)
-    return targets
+    low = (f <= 0).flatten(1)
+    clipped = low | (f >= 1).flatten(1)
+    if not bool(clipped.any()):
+        return f
+    # The clipped values only, every image's side by side (with its own noise level).
+    packing = Packing.of(clipped)
+    clean = latent_value(packing.pack(smoothed.flatten(1).clamp(0, 1), fill=0.5), sigma)
+    level = per_image(sigma.to(f), clean)
+    below = packing.pack(low)
+    distance = torch.where(below, clean, 1 - clean)  # to the clipping level
+    sign = torch.where(below, -1.0, 1.0)
+    expected = clean + sign * level * inverse_mills(distance / level)
+    return packing.unpack(expected, f.flatten(1)).reshape(f.shape)
 
 
 class ProbedSure:
-    """SURE of one image's tiles at any weight, from Monte-Carlo probes.
+    """SURE of the tiles of a batch of images at any weights, from Monte-Carlo probes.
 
-    ``data`` ``(T, C, *spatial)`` is what the solver restores; ``moves`` ``(P * T, C,
-    *spatial)`` the probes' displacements of it and ``response`` the fields the probed
+    ``data`` ``(B, T, C, *spatial)`` is what the solver restores; ``moves`` ``(B, P * T,
+    C, *spatial)`` the probes' displacements of it and ``response`` the fields the probed
     changes are read against (the probe, with the values that do not count set to 0).
-    The image and its probed copies are solved together, every weight once. Until the
-    clipping targets are set (:meth:`set_targets`, they need the result at a weight),
-    the solves are kept; :meth:`restored` gives the unprobed result at a solved weight.
-    ``offset`` is added to every value (``-sigma**2`` for the plain SURE).
+    Every request, a list of (image, weight) pairs, is solved in one batch: each image
+    with its probed copies at its weight. ``sigma``, ``count`` (the values scored) and
+    ``offset`` (added to every value: ``-sigma**2`` for the plain SURE) are per image,
+    ``(B,)``. The clipping targets may be set after the first request
+    (:meth:`set_targets`, they need the result at a weight): until then :meth:`solve`
+    and :meth:`score` are called apart.
     """
 
     def __init__(
@@ -331,125 +351,181 @@ class ProbedSure:
         data: Tensor,
         moves: Tensor,
         response: Tensor,
-        sigma: float,
+        sigma: Tensor,
         reg: Regulariser,
         *,
         targets: Tensor | None,
-        count: int,
+        count: Tensor,
         missing: Tensor | None,
         clip: bool,
-        offset: float,
-        delta: float,
+        offset: Tensor,
     ) -> None:
-        self.tiles = data.shape[0]
-        self.probes = moves.shape[0] // self.tiles
-        self.images = torch.cat([data, per_probe(data, self.probes) + moves])
+        self.tiles = data.shape[1]
+        self.probes = moves.shape[1] // self.tiles
+        self.images = torch.cat([data, per_probe(data, self.probes) + moves], dim=1)
         self.response = response
-        self.sigma, self.reg, self.count, self.missing = sigma, reg, count, missing
-        self.clip, self.offset, self.delta = clip, offset, delta
-        self.targets = targets
-        self._solved: dict[float, Tensor] = {}
-        self._values: dict[float, float] = {}
+        self.reg, self.missing, self.clip, self.targets = reg, missing, clip, targets
+        device = data.device
+        self.sigma = sigma.to(device, torch.float64)
+        self.delta = _PROBE_RATIO * self.sigma
+        self.count = count.to(device, torch.float64)
+        self.offset = offset.to(device, torch.float64)
 
-    def solve(self, weights: list[float]) -> None:
-        """Solve the weights not solved yet, in one batch."""
-        new = [w for w in dict.fromkeys(weights) if w not in self._values and w not in self._solved]
-        if not new:
-            return
-        both = solve_at_weights(
-            self.images,
-            new,
+    def solve(self, images: Tensor, weights: Tensor) -> Tensor:
+        """Each pair's image and its probed copies solved at its weight, ``(N, (1 + P) *
+        T, C, *spatial)`` float64 for image indices and weights ``(N,)``."""
+        return solve_pairs(
+            self.images[images.to(self.images.device)],
+            weights,
             self.reg,
             iteration=Iteration(_SURE_MAX_ITER, _SURE_TOL, check_every=_SURE_MAX_ITER),
             clip=self.clip,
         )
-        self._solved.update(zip(new, both, strict=True))
-        if self.targets is not None:
-            self._score()
-
-    def restored(self, weight: float) -> Tensor:
-        """The unprobed result at ``weight`` (solved if it is not yet), float64."""
-        if weight not in self._solved:
-            self.solve([weight])
-        return self._solved[weight][: self.tiles]
 
     def set_targets(self, targets: Tensor) -> None:
-        """What the results are compared with, and score the solves kept so far."""
+        """What the results are compared with, ``(B, T, C, *spatial)``."""
         self.targets = targets
-        self._score()
 
-    def _score(self) -> None:
+    def score(self, images: Tensor, solved: Tensor) -> Tensor:
+        """SURE of each pair from its :meth:`solve` result, ``(N,)`` float64 (the targets
+        must be set)."""
         assert self.targets is not None
+        index = images.to(solved.device)
         t = self.tiles
-        for weight, both in self._solved.items():
-            u, v = both[:t], both[t:]
-            squared = (u - self.targets).square()
-            if self.missing is not None:
-                squared = squared.masked_fill(self.missing, 0.0)
-            residual = float(squared.sum())
-            change = (v - per_probe(u, self.probes)).nan_to_num(0.0)
-            divergence = float((change * self.response).sum()) / (self.delta * self.probes)
-            var = self.sigma**2
-            self._values[weight] = (residual + 2 * var * divergence) / self.count + self.offset
-        self._solved.clear()
+        u, v = solved[:, :t], solved[:, t:]
+        squared = (u - _for_pairs(self.targets, images)).square()
+        if self.missing is not None:
+            squared = squared.masked_fill(_for_pairs(self.missing, images), 0.0)
+        residual = squared.flatten(1).sum(1)
+        change = (v - per_probe(u, self.probes)).nan_to_num(0.0)
+        response = (change * _for_pairs(self.response, images)).flatten(1).sum(1)
+        divergence = response / (self.delta[index] * self.probes)
+        var = self.sigma[index].square()
+        return (residual + 2 * var * divergence) / self.count[index] + self.offset[index]
 
-    def __call__(self, weights: list[float]) -> list[float]:
-        """SURE of the image's result at each of ``weights`` (the targets must be set)."""
-        self.solve(weights)
-        return [self._values[w] for w in weights]
+    def __call__(self, images: Tensor, weights: Tensor) -> Tensor:
+        """SURE of the result of each image at its weight (the targets must be set)."""
+        return self.score(images, self.solve(images, weights))
+
+
+def _for_pairs(x: Tensor, images: Tensor) -> Tensor:
+    """The rows of ``x`` ``(B, ...)`` of (image, weight) pairs, ``(N, ...)``; ``(1, ...)``,
+    to broadcast without a copy, when all pairs are of one image (as for one image)."""
+    if len(images) > 0 and bool((images == images[0]).all()):
+        return x[int(images[0])].unsqueeze(0)
+    return x[images.to(x.device)]
 
 
 def per_probe(x: Tensor, count: int) -> Tensor:
-    """``(T, ...)`` tiles repeated once per probe, ``(P * T, ...)``, as :func:`probes`."""
-    return x.repeat(count, *[1] * (x.dim() - 1))
+    """Every image's ``(B, T, ...)`` tiles repeated once per probe, ``(B, P * T, ...)``,
+    as :func:`probes` lays the probes out."""
+    return x.repeat(1, count, *[1] * (x.dim() - 2))
 
 
 def probes(like: Tensor, count: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """``count`` Gaussian fields for every tile of ``like`` ``(T, C, *spatial)``,
-    ``(P * T, C, *spatial)``: the same for every image, so that an image gets the same
-    weight alone or in a batch."""
+    """``count`` Gaussian fields for every tile of ``like`` ``(T, C, *spatial)`` (one
+    image's tiles), ``(P * T, C, *spatial)``: the same for every image, so that an image
+    gets the same weight alone or in a batch."""
     generator = torch.Generator().manual_seed(_PROBE_SEED)
     shape = (count * like.shape[0], *like.shape[1:])
     return torch.randn(shape, generator=generator, dtype=dtype).to(like.device)
 
 
-class _Sure(ProbedSure):
-    """SURE of one image's tiles at any weight; clipped values as in the module doc, their
-    targets read from the result at the rule's weight (a candidate the search solves
-    anyway)."""
+def per_image(values: Tensor, like: Tensor) -> Tensor:
+    """``(B,)`` values shaped to broadcast against ``(B, ...)`` tensors like ``like``."""
+    return values.reshape(-1, *[1] * (like.dim() - 1))
 
-    def __init__(self, tiles: Tensor, sigma: float, rule: float, reg: Regulariser) -> None:
+
+def results_at_rules(
+    images: Tensor, weights: Tensor, rules: Tensor, solved: Tensor, tiles: int
+) -> Tensor:
+    """Each image's unprobed result at its rule, ``(B, T, ...)`` for ``tiles`` tiles ``T``,
+    from a request of (image, weight) pairs (``images``, ``weights``, their solves
+    ``solved``) that holds every image's rule: the first of :func:`refine_weights`."""
+    at_rule = weights == rules[images]
+    if not torch.equal(images[at_rule].sort().values, torch.arange(len(rules))):
+        raise RuntimeError("the first request of a search must hold every image's rule")
+    restored = solved.new_empty((len(rules), tiles, *solved.shape[2:]))
+    restored[images[at_rule].to(solved.device)] = solved[at_rule.to(solved.device), :tiles]
+    return restored
+
+
+class _Sure(ProbedSure):
+    """SURE of the tiles ``(B, T, C, *spatial)`` of a batch of images at any weights;
+    clipped values as in the module doc, their targets read from each image's result at
+    its rule (``rules``, ``(B,)`` float64, a candidate the search solves first)."""
+
+    def __init__(self, tiles: Tensor, sigma: Tensor, rules: Tensor, reg: Regulariser) -> None:
         f = tiles.to(torch.float64)
         clipped = (f <= 0) | (f >= 1)
         # Missing values (NaN) are neither scored nor probed; the solver fills them.
         missing = torch.isnan(f) if bool(torch.isnan(f).any()) else None
-        delta = _PROBE_RATIO * sigma
-        probe = probes(tiles, _PROBES).to(tiles.dtype)
+        level = sigma.to(tiles.device, torch.float64)
+        probe = probes(tiles[0], _PROBES).to(tiles.dtype)
         scored = ~clipped if missing is None else ~clipped & ~missing
+        observed = f[0].numel() if missing is None else (~missing).flatten(1).sum(1)
         super().__init__(
             tiles,
-            delta * probe,
+            per_image(_PROBE_RATIO * level, tiles).to(tiles.dtype) * probe,
             probe.to(torch.float64) * per_probe(scored, _PROBES),
-            sigma,
+            level,
             reg,
             targets=f if not bool(clipped.any()) else None,
-            count=f.numel() if missing is None else int((~missing).sum()),
+            count=torch.as_tensor(observed).expand(len(tiles)),
             missing=missing,
             clip=True,
-            offset=-(sigma**2),
-            delta=delta,
+            offset=-level.square(),
         )
-        self.f, self.rule = f, rule
+        self.f, self.rules = f, rules
 
-    def __call__(self, weights: list[float]) -> list[float]:
+    def __call__(self, images: Tensor, weights: Tensor) -> Tensor:
+        solved = self.solve(images, weights)
         if self.targets is None:
-            self.solve(weights)
-            self.set_targets(_clipped_targets(self.f, self.restored(self.rule), self.sigma))
-        return super().__call__(weights)
+            smoothed = results_at_rules(images, weights, self.rules, solved, self.tiles)
+            self.set_targets(_clipped_targets(self.f, smoothed, self.sigma))
+        return self.score(images, solved)
 
 
-#: The estimated error of an image's result at each of some weights.
-RiskEstimate = Callable[[list[float]], list[float]]
+#: The estimated error of the results of a batch's images at some weights: for image
+#: indices and weights ``(N,)`` (int64 and float64, on the CPU), the estimate of each
+#: pair, ``(N,)``.
+RiskEstimate = Callable[[Tensor, Tensor], Tensor]
+
+
+def solve_pairs(
+    groups: Tensor,
+    weights: Tensor,
+    reg: Regulariser,
+    term: DataTerm | None = None,
+    *,
+    iteration: Iteration | None = None,
+    clip: bool = True,
+) -> Tensor:
+    """Every group of images ``(N, T, C, *spatial)`` solved at its weight ``(N,)``, in one
+    batch: ``(N, T, C, *spatial)`` in float64 (Gaussian data term by default; ``clip`` as
+    in :func:`tvdenoise.solver.run_solver`)."""
+    term = data_term("gaussian") if term is None else term
+    iteration = Iteration() if iteration is None else iteration
+    t = groups.shape[1]
+    batch = groups.flatten(0, 1)
+    per_image = weights.to(batch.device, batch.dtype).repeat_interleave(t)
+    # On CPU, in chunks whose solver buffers stay in the cache, as for tiles
+    # (tvdenoise.tiling).
+    chunk = max(len(batch), 1)
+    if batch.device.type == "cpu":
+        chunk = max(1, _CPU_CHUNK_VALUES // max(batch[0].numel(), 1))
+    restored = [
+        run_solver(
+            batch[start : start + chunk],
+            per_image[start : start + chunk],
+            reg,
+            term,
+            iteration,
+            clip=clip,
+        ).restored.to(torch.float64)
+        for start in range(0, len(batch), chunk)
+    ]
+    return torch.cat(restored).reshape(groups.shape)
 
 
 def solve_at_weights(
@@ -462,91 +538,94 @@ def solve_at_weights(
     clip: bool = True,
 ) -> Tensor:
     """Every image of ``(T, C, *spatial)`` solved at every weight, in one batch:
-    ``(K, T, C, *spatial)`` in float64 for ``K`` weights (Gaussian data term by default;
-    ``clip`` as in :func:`tvdenoise.solver.run_solver`)."""
-    term = data_term("gaussian") if term is None else term
-    iteration = Iteration() if iteration is None else iteration
-    t = images.shape[0]
-    per_image = torch.tensor(weights, dtype=images.dtype, device=images.device)
-    per_image = per_image.repeat_interleave(t)
-    batch = images.repeat(len(weights), *([1] * (images.dim() - 1)))
-    # On CPU, in chunks whose solver buffers stay in the cache, as for tiles
-    # (tvdenoise.tiling).
-    chunk = len(batch)
-    if images.device.type == "cpu":
-        chunk = max(1, _CPU_CHUNK_VALUES // images[0].numel())
-    restored = [
-        run_solver(
-            batch[start : start + chunk],
-            per_image[start : start + chunk],
-            reg,
-            term,
-            iteration,
-            clip=clip,
-        ).restored.to(torch.float64)
-        for start in range(0, len(batch), chunk)
-    ]
-    return torch.cat(restored).reshape(len(weights), *images.shape)
+    ``(K, T, C, *spatial)`` in float64 for ``K`` weights (as :func:`solve_pairs`)."""
+    groups = images.expand(len(weights), *images.shape)
+    values = torch.tensor(weights, dtype=torch.float64)
+    return solve_pairs(groups, values, reg, term, iteration=iteration, clip=clip)
 
 
-def _vertex(left: float, mid: float, right: float) -> float:
+def _vertex(left: Tensor, mid: Tensor, right: Tensor) -> Tensor:
     """Where the parabola through three equally spaced values has its minimum, in grid
     steps from the middle one, within half a step (0 if it opens downwards)."""
     curvature = left - 2 * mid + right
-    offset = 0.5 * (left - right) / curvature if curvature > 0 else 0.0
-    return max(-0.5, min(0.5, offset))
+    opens_up = curvature > 0
+    offset = 0.5 * (left - right) / torch.where(opens_up, curvature, 1.0)
+    return torch.where(opens_up, offset, 0.0).clamp(-0.5, 0.5)
 
 
 def _first_steps(highest: int) -> list[int]:
     return list(range(max(-_HALF_WIDTH, _LOWEST_STEP), min(_HALF_WIDTH, highest) + 1))
 
 
-def first_weights(rule: float, *, highest: int = _HIGHEST_STEP) -> list[float]:
-    """The weights :func:`refine_weight` evaluates first (the rule among them), exactly
-    as it computes them: a risk estimate can solve them ahead, together."""
-    return [rule * _STEP**k for k in _first_steps(highest)]
+def refine_weights(
+    risk: RiskEstimate, rules: Tensor, *, highest: int = _HIGHEST_STEP, polish: bool = False
+) -> Tensor:
+    """The weight minimising ``risk`` for every image: grid search around its rule and a
+    parabola.
 
-
-def refine_weight(
-    risk: RiskEstimate, rule: float, *, highest: int = _HIGHEST_STEP, polish: bool = False
-) -> float:
-    """The weight minimising ``risk``: grid search around ``rule`` and a parabola.
-
-    The grid has ratio ``2**(1/3)`` and reaches from ``rule / 4`` to
+    Per image, the grid has ratio ``2**(1/3)`` and reaches from ``rule / 4`` to
     ``rule * 2**(highest / 3)``; points are evaluated a few at a time (three around the
-    rule, then one more while the minimum sits at an edge). With ``polish``, the result
-    and its neighbours at ratio ``2**(1/9)`` are evaluated as well and a second parabola
-    (or the lower neighbour) is taken: the impulse model's hold-out score has minima too
+    rule, then one more while the minimum sits at an edge of the points evaluated). All
+    images are searched together: every round asks ``risk`` once, for the points all
+    images still need, and an image whose search has ended asks for nothing more. The
+    first round holds every image's rule (``rules`` exactly), so that a risk estimate
+    can read what it needs from the results at the rules there
+    (:func:`results_at_rules`). With ``polish``, the result and
+    its neighbours at ratio ``2**(1/9)`` are evaluated as well and a second parabola (or
+    the lower neighbour) is taken: the impulse model's hold-out score has minima too
     sharp for the coarse parabola (see :mod:`tvdenoise.noise_weight`).
+
+    Args:
+        risk: the estimated error of (image, weight) pairs (:data:`RiskEstimate`).
+        rules: the starting weight of every image, ``(B,)``, ``> 0``.
+
+    Returns:
+        The weights, ``(B,)`` float64 on the CPU.
     """
-    values: dict[int, float] = {}
-
-    def evaluate(steps: list[int]) -> None:
-        new = [k for k in steps if k not in values]
-        if new:
-            values.update(zip(new, risk([rule * _STEP**k for k in new]), strict=True))
-
-    low, high = _LOWEST_STEP, highest
-    steps = _first_steps(highest)
-    while True:
-        evaluate(steps)
-        best = min(values, key=values.__getitem__)
-        if best == max(values.keys()) and best < high:
-            steps = [best + i for i in range(1, _EXTEND + 1) if best + i <= high]
-        elif best == min(values.keys()) and best > low:
-            steps = [best - i for i in range(1, _EXTEND + 1) if best - i >= low]
-        else:
-            break
-    offset = 0.0
-    if best - 1 in values and best + 1 in values:
-        offset = _vertex(*(values[best + i] for i in (-1, 0, 1)))
-    weight = rule * float(_STEP ** (best + offset))
+    rules = rules.detach().to("cpu", torch.float64)
+    b = len(rules)
+    steps = list(range(_LOWEST_STEP, highest + 1))
+    grid = rules.unsqueeze(1) * torch.tensor([_STEP**k for k in steps], dtype=torch.float64)
+    values = torch.full(grid.shape, math.inf, dtype=torch.float64)
+    # When each point was evaluated (rounds, then steps): ties go to the earliest.
+    order = torch.full(grid.shape, -1, dtype=torch.long)
+    column = torch.arange(len(steps))
+    first = torch.tensor([k in _first_steps(highest) for k in steps])
+    wanted = first.expand(grid.shape).clone()
+    rows = torch.arange(b)
+    rounds = 0
+    best = torch.zeros(b, dtype=torch.long)
+    while bool(wanted.any()):
+        image, point = wanted.nonzero(as_tuple=True)
+        values[image, point] = risk(image, grid[image, point]).to("cpu", torch.float64)
+        order[image, point] = rounds * len(steps) + point
+        rounds += 1
+        evaluated = order >= 0
+        lowest = values.min(dim=1, keepdim=True).values
+        tied = torch.where(values == lowest, order, torch.iinfo(torch.long).max)
+        best = tied.argmin(dim=1)
+        top = torch.where(evaluated, column, -1).max(dim=1).values
+        bottom = torch.where(evaluated, column, len(steps)).min(dim=1).values
+        up = (best == top) & (best < len(steps) - 1)
+        down = (best == bottom) & (best > 0) & ~up
+        wanted = torch.zeros_like(wanted)
+        wanted[rows[up], best[up] + 1] = True
+        wanted[rows[down], best[down] - 1] = True
+    inner = (best > 0) & (best < len(steps) - 1)
+    left, right = (best - 1).clamp(min=0), (best + 1).clamp(max=len(steps) - 1)
+    neighbours = inner & (order[rows, left] >= 0) & (order[rows, right] >= 0)
+    offset = torch.where(
+        neighbours, _vertex(values[rows, left], values[rows, best], values[rows, right]), 0.0
+    )
+    exponent = torch.tensor(steps, dtype=torch.float64)[best] + offset
+    weight = rules * torch.pow(_STEP, exponent)
     if not polish:
         return weight
-    left, mid, right = risk([weight / _FINE_STEP, weight, weight * _FINE_STEP])
-    if min(left, right) < mid:
-        return weight / _FINE_STEP if left < right else weight * _FINE_STEP
-    return weight * float(_FINE_STEP ** _vertex(left, mid, right))
+    fine = torch.stack([weight / _FINE_STEP, weight, weight * _FINE_STEP], dim=1)
+    low, mid, high = risk(rows.repeat_interleave(3), fine.flatten()).cpu().reshape(b, 3).unbind(1)
+    neighbour = torch.where(low < high, fine[:, 0], fine[:, 2])
+    vertex = weight * torch.pow(_FINE_STEP, _vertex(low, mid, high))
+    return torch.where(torch.minimum(low, high) < mid, neighbour, vertex)
 
 
 def auto_weight(
@@ -645,10 +724,21 @@ def choose_weight(
         return weights, sigmas
     f = batch.to(torch.float64 if batch.dtype == torch.float64 else torch.float32)
     tiles = sample_tiles(f)
-    for i in range(b):
-        rule = float(weights[i])
-        if rule <= 0:
-            continue
-        sure = _Sure(tiles[i], float(sigmas[i]), rule, reg)
-        weights[i] = refine_weight(sure, rule)
+    for group in search_groups(weights > 0, tiles):
+        rules = weights[group].to(torch.float64).cpu()
+        sure = _Sure(tiles[group], sigmas[group], rules, reg)
+        weights[group] = refine_weights(sure, rules).to(weights)
     return weights, sigmas
+
+
+def search_groups(searched: Tensor, tiles: Tensor) -> list[Tensor]:
+    """The images to search (``searched``, a mask over the batch) as groups of indices,
+    each searched together: all of them on a GPU, on CPU as many as the tiles ``(B, T, C,
+    *spatial)`` of ``_CPU_SEARCH_VALUES`` values hold."""
+    images = searched.nonzero().flatten().to(tiles.device)
+    if images.numel() == 0:
+        return []
+    if tiles.device.type != "cpu":
+        return [images]
+    size = max(1, _CPU_SEARCH_VALUES // max(tiles[0].numel(), 1))
+    return [images[start : start + size] for start in range(0, len(images), size)]

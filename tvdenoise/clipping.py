@@ -5,7 +5,10 @@ noise ``n ~ N(0, sigma**2)``. Near black and white this changes what a value say
 ``x`` and ``sigma``: the mean of ``f`` is pulled towards the middle of the range and its
 variance shrinks. The noise estimate (:mod:`tvdenoise.sigma`) and SURE
 (:mod:`tvdenoise.auto`) both correct for it with the closed forms here, elementwise on
-tensors of clean values and one noise level ``sigma > 0``.
+tensors of clean values and a noise level ``sigma > 0``: one number, or a tensor that
+broadcasts against the values. The tabulated inverses (:func:`latent_value`,
+:func:`variance_share`) take one level per image, ``(B,)`` for values ``(B, ...)``, so
+that a batch is handled in one pass.
 
 Photon counts clip too: a file storing ``f = min(k / peak, 1)`` for ``k ~ Poisson(peak * x)``
 holds 1 for every count of ``peak`` or more. :func:`clipped_count_mean`,
@@ -47,7 +50,7 @@ def _density(a: Tensor) -> Tensor:
     return torch.exp(-0.5 * a.square()) / _SQRT_2PI
 
 
-def censored_mean(clean: Tensor, sigma: float) -> Tensor:
+def censored_mean(clean: Tensor, sigma: float | Tensor) -> Tensor:
     """``E[clip(clean + n, 0, 1)]`` for ``n ~ N(0, sigma**2)``.
 
     Example:
@@ -63,7 +66,7 @@ def censored_mean(clean: Tensor, sigma: float) -> Tensor:
     return above(clean) - above(clean - 1)
 
 
-def censored_variance(clean: Tensor, sigma: float) -> Tensor:
+def censored_variance(clean: Tensor, sigma: float | Tensor) -> Tensor:
     """``Var[clip(clean + n, 0, 1)]`` for ``n ~ N(0, sigma**2)``.
 
     Example:
@@ -85,9 +88,10 @@ def censored_variance(clean: Tensor, sigma: float) -> Tensor:
     return variance.clamp_min(0.0)
 
 
-def latent_value(mean: Tensor, sigma: float) -> Tensor:
+def latent_value(mean: Tensor, sigma: float | Tensor) -> Tensor:
     """The clean value in [0, 1] whose clipped noisy version has expectation ``mean``
-    (the inverse of :func:`censored_mean`; ``0`` or ``1`` beyond its range).
+    (the inverse of :func:`censored_mean`; ``0`` or ``1`` beyond its range), for one
+    ``sigma``, or one per image ``(B,)`` for ``mean`` of shape ``(B, ...)``.
 
     :func:`censored_mean` is increasing with slope ``P(0 < clean + n < 1)``, which is at
     least ``P(0 < n < 1)`` on [0, 1]: a table of ``_LATENT_POINTS`` values inverted by
@@ -99,12 +103,26 @@ def latent_value(mean: Tensor, sigma: float) -> Tensor:
         >>> round(float(latent_value(mean, 0.2)), 6)
         0.05
     """
+    levels = _per_image(sigma, mean)
+    rows = mean.to(torch.float64).reshape(levels.shape[0], -1)
     grid = torch.linspace(0.0, 1.0, _LATENT_POINTS, dtype=torch.float64, device=mean.device)
-    x = _interpolate(mean.to(torch.float64), censored_mean(grid, sigma), grid)
+    x = _interpolate(rows, censored_mean(grid, levels), grid.expand(levels.shape[0], -1))
     for _ in range(_NEWTON_STEPS):
-        slope = torch.special.ndtr((1 - x) / sigma) - torch.special.ndtr(-x / sigma)
-        x = (x - (censored_mean(x, sigma) - mean) / slope).clamp_(0.0, 1.0)
-    return x.to(mean.dtype)
+        slope = torch.special.ndtr((1 - x) / levels) - torch.special.ndtr(-x / levels)
+        x = (x - (censored_mean(x, levels) - rows) / slope).clamp_(0.0, 1.0)
+    return x.reshape(mean.shape).to(mean.dtype)
+
+
+def _per_image(sigma: float | Tensor, values: Tensor) -> Tensor:
+    """``sigma`` as a column ``(R, 1)`` in float64 on the device of ``values``: one row
+    for a number (or a single level), else one per image of ``values`` ``(R, ...)``."""
+    levels = torch.as_tensor(sigma, dtype=torch.float64).to(values.device).reshape(-1, 1)
+    if levels.shape[0] > 1 and (values.dim() == 0 or values.shape[0] != levels.shape[0]):
+        raise ValueError(
+            f"sigma must be one level or one per image ({levels.shape[0]}), "
+            f"for values of shape {tuple(values.shape)}"
+        )
+    return levels
 
 
 def inverse_mills(a: Tensor) -> Tensor:
@@ -115,42 +133,57 @@ def inverse_mills(a: Tensor) -> Tensor:
 
 
 def _interpolate(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
-    """Piecewise-linear ``fp(x)`` for increasing ``xp`` (float64), constant beyond its ends."""
-    x = x.clamp(float(xp[0]), float(xp[-1]))
-    right = torch.searchsorted(xp, x).clamp(1, len(xp) - 1)
-    span = (xp[right] - xp[right - 1]).clamp_min(1e-300)
-    t = ((x - xp[right - 1]) / span).clamp(0.0, 1.0)
-    return fp[right - 1] + t * (fp[right] - fp[right - 1])
+    """Piecewise-linear ``fp(x)`` for ``xp`` increasing along its last axis (float64),
+    constant beyond its ends: ``xp, fp`` of shape ``(n,)`` and any ``x``, or one table
+    per row, ``(R, n)``, and ``x`` of shape ``(R, m)``."""
+    n = xp.shape[-1]
+    table, values = xp.reshape(-1, n), fp.reshape(-1, n)
+    rows = x.reshape(table.shape[0], -1)
+    rows = torch.maximum(torch.minimum(rows, table[:, -1:]), table[:, :1]).contiguous()
+    right = torch.searchsorted(table.contiguous(), rows).clamp_(1, n - 1)
+    x0, x1 = table.gather(1, right - 1), table.gather(1, right)
+    y0, y1 = values.gather(1, right - 1), values.gather(1, right)
+    t = ((rows - x0) / (x1 - x0).clamp_min(1e-300)).clamp(0.0, 1.0)
+    return (y0 + t * (y1 - y0)).reshape(x.shape)
 
 
-def variance_share(mean: Tensor, sigma: float) -> Tensor:
+def _spaced(start: Tensor, stop: Tensor, steps: int) -> Tensor:
+    """``steps`` evenly spaced values from ``start`` to ``stop`` per row, ``(R, steps)``
+    for columns ``(R, 1)``."""
+    fraction = torch.linspace(0.0, 1.0, steps, dtype=start.dtype, device=start.device)
+    return start + (stop - start) * fraction
+
+
+def variance_share(mean: Tensor, sigma: float | Tensor) -> Tensor:
     """``censored_variance(x, sigma) / sigma**2`` for the clean value ``x`` behind a
-    clipped ``mean``: the share of the noise variance that clipping leaves.
+    clipped ``mean``: the share of the noise variance that clipping leaves, for one
+    ``sigma``, or one per image ``(B,)`` for ``mean`` of shape ``(B, ...)``.
 
     ``x`` may lie beyond [0, 1] (by up to 4 sigma): a noisy mean must not be cut off at
     a clean 0 or 1, or shares read from noisy means are biased upwards. Interpolated
-    in a table of 1025 evenly spaced means (cheap for many values).
+    in a table of 1025 evenly spaced means per level (cheap for many values).
 
     Example:
         >>> mean = censored_mean(torch.tensor([0.0, 0.5]), 0.1)
         >>> [round(v, 2) for v in variance_share(mean, 0.1).tolist()]
         [0.34, 1.0]
     """
-    reach = _TABLE_REACH * sigma
+    levels = _per_image(sigma, mean)
+    reach = _TABLE_REACH * levels
     # Clean values -> means on a fine grid, inverted onto evenly spaced means.
-    fine = torch.linspace(-reach, 1.0 + reach, 4 * _TABLE_POINTS, dtype=torch.float64)
-    fine_means = censored_mean(fine, sigma)
-    first, last = float(fine_means[0]), float(fine_means[-1])
-    means = torch.linspace(first, last, _TABLE_POINTS, dtype=torch.float64)
-    clean = _interpolate(means, fine_means, fine)
-    shares = censored_variance(clean, sigma) / sigma**2
-    shares = shares.to(mean.device)
-    position = (mean.to(torch.float64) - first) * ((_TABLE_POINTS - 1) / (last - first))
+    fine = _spaced(-reach, 1.0 + reach, 4 * _TABLE_POINTS)
+    fine_means = censored_mean(fine, levels)
+    first, last = fine_means[:, :1], fine_means[:, -1:]
+    clean = _interpolate(_spaced(first, last, _TABLE_POINTS), fine_means, fine)
+    shares = censored_variance(clean, levels) / levels**2
+    rows = mean.to(torch.float64).reshape(levels.shape[0], -1)
+    position = (rows - first) * ((_TABLE_POINTS - 1) / (last - first))
     position = position.clamp(0.0, _TABLE_POINTS - 1.0)
     left = position.floor().clamp(max=_TABLE_POINTS - 2)
     t = position - left
     index = left.long()
-    return (shares[index] * (1 - t) + shares[index + 1] * t).to(mean.dtype)
+    share = shares.gather(1, index) * (1 - t) + shares.gather(1, index + 1) * t
+    return share.reshape(mean.shape).to(mean.dtype)
 
 
 def _first_clipped_count(peak: float) -> int:

@@ -49,13 +49,16 @@ from .auto import (
     AutoMethod,
     ProbedSure,
     _clipped_targets,
-    first_weights,
     noise_levels,
+    per_image,
     per_probe,
     probes,
-    refine_weight,
+    refine_weights,
+    results_at_rules,
     sample_tiles,
+    search_groups,
     solve_at_weights,
+    solve_pairs,
     weight_for_sigma,
 )
 from .checks import check_choice
@@ -179,16 +182,22 @@ def opponent_regulariser(reg: _Reg) -> _Reg:
     return replace(reg, color="joint")
 
 
+def _opponent_tiles(rgb: Tensor) -> Tensor:
+    """:func:`to_opponent` of every image's tiles, ``(B, T, 3, *spatial)``."""
+    return to_opponent(rgb.flatten(0, 1)).reshape(rgb.shape)
+
+
 def _component_sure(
     rgb: Tensor,
     targets: Tensor | None,
     scored: Tensor,
     probe: Tensor,
-    sigma: float,
+    sigma: Tensor,
     part: slice,
     reg: Regulariser,
 ) -> ProbedSure:
-    """SURE of one opponent component's result at any weight, with RGB clipping modelled.
+    """SURE of one opponent component's result at any weight, with RGB clipping modelled,
+    for the tiles ``(B, T, 3, *spatial)`` of a batch of RGB images.
 
     ``O`` is orthonormal, so the RGB squared error is the sum of the components' errors
     and the RGB divergence ``sum_i du_i / dy_i`` is the sum of the components' traces of
@@ -198,26 +207,99 @@ def _component_sure(
     clipped value's target is its expected unclipped value (set later when ``targets`` is
     ``None``: it needs both components' results), and it is left out of the divergence.
     The divergence is probed in RGB (``probe``, the fields ``b`` of
-    :func:`tvdenoise.auto.probes` in float64): component ``k``'s data moves by
-    ``delta (O b)_k`` and its response is read against ``(O D b)_k``.
+    :func:`tvdenoise.auto.probes` in float64, the same for every image): component
+    ``k``'s data moves by ``delta (O b)_k`` and its response is read against
+    ``(O D b)_k``.
     """
-    f = to_opponent(rgb)[:, part]
-    missing = torch.isnan(f) if bool(torch.isnan(f).any()) else None
-    delta = _PROBE_RATIO * sigma
+    f = _opponent_tiles(rgb)[:, :, part]
+    nan = torch.isnan(f)
+    missing = nan if bool(nan.any()) else None
+    # Per image: every RGB value, or the component's observed values where some are missing.
+    count = torch.where(nan.flatten(1).any(1), (~nan).flatten(1).sum(1), rgb[0].numel())
     dtype = rgb.dtype if rgb.dtype.is_floating_point else torch.float32
+    delta = per_image(_PROBE_RATIO * sigma.to(rgb.device, torch.float64), rgb)
     return ProbedSure(
         f.to(dtype),
         (delta * to_opponent(probe)[:, part]).to(dtype),
-        to_opponent(probe * per_probe(scored, _PROBES))[:, part],
+        _opponent_tiles(probe * per_probe(scored, _PROBES))[:, :, part],
         sigma,
         reg,
-        targets=None if targets is None else to_opponent(targets)[:, part],
-        count=rgb.numel() if missing is None else int((~missing).sum()),
+        targets=None if targets is None else _opponent_tiles(targets)[:, :, part],
+        count=count,
         missing=missing,
         clip=False,
-        offset=0.0,
-        delta=delta,
+        offset=torch.zeros_like(sigma),
     )
+
+
+class _OpponentSure:
+    """The brightness and colour SURE of the tiles ``(B, T, 3, *spatial)`` of a batch of
+    RGB images, as one risk of ``2 B`` rows (brightness of image ``i``: row ``i``, its
+    colour: row ``B + i``), so that both searches run together; without ``colour`` only
+    the brightness rows are searched.
+
+    Clipped values' targets need the RGB result at both rules (``light``, ``chroma``,
+    ``(B,)`` float64): read from the search's first request, which holds every row's rule
+    (the colour result at its rule is solved apart when the colour is not searched).
+    """
+
+    def __init__(
+        self,
+        tiles: Tensor,
+        sigma: Tensor,
+        light: Tensor,
+        chroma: Tensor,
+        reg: Regulariser,
+        *,
+        colour: bool,
+    ) -> None:
+        f = tiles.to(torch.float64)
+        clipped = (f <= 0) | (f >= 1)
+        scored = ~clipped & ~torch.isnan(f)
+        known = None if bool(clipped.any()) else f
+        probe = probes(tiles[0], _PROBES, torch.float64)
+        self.parts = [
+            _component_sure(tiles, known, scored, probe, sigma, part, reg)
+            for part in (_LIGHT, _CHROMA)
+        ]
+        self.tiles, self.f, self.sigma, self.reg, self.colour = tiles, f, sigma, reg, colour
+        self.rules = (light, chroma)
+
+    def __call__(self, rows: Tensor, weights: Tensor) -> Tensor:
+        b = len(self.f)
+        component, images = rows // b, rows % b
+        asked = [component == k for k in range(len(self.parts))]
+        requests = [(images[mask], weights[mask]) for mask in asked]
+        solved = [
+            part.solve(*request) if bool(mask.any()) else None
+            for part, mask, request in zip(self.parts, asked, requests, strict=True)
+        ]
+        if self.parts[0].targets is None:
+            self._set_targets(requests, solved)
+        values = torch.empty(len(rows), dtype=torch.float64)
+        for part, mask, (image, _), result in zip(self.parts, asked, requests, solved, strict=True):
+            if result is not None:
+                values[mask] = part.score(image, result).cpu()
+        return values
+
+    def _set_targets(
+        self, requests: list[tuple[Tensor, Tensor]], solved: list[Tensor | None]
+    ) -> None:
+        """The clipped values' targets, from the RGB result at both rules."""
+        t = self.tiles.shape[1]
+        results = [
+            results_at_rules(images, weights, rules, result, t)
+            for (images, weights), result, rules in zip(requests, solved, self.rules, strict=True)
+            if result is not None
+        ]
+        if not self.colour:
+            chroma = _opponent_tiles(self.tiles)[:, :, _CHROMA]
+            results.append(solve_pairs(chroma, self.rules[1], self.reg, clip=False))
+        rgb = from_opponent(torch.cat(results, dim=2).flatten(0, 1))
+        smoothed = rgb.reshape(self.f.shape).clamp_(0.0, 1.0)
+        targets = _opponent_tiles(_clipped_targets(self.f, smoothed, self.sigma))
+        for part, channels in zip(self.parts, (_LIGHT, _CHROMA), strict=True):
+            part.set_targets(targets[:, :, channels])
 
 
 def opponent_weights(
@@ -235,7 +317,8 @@ def opponent_weights(
     ``CHROMA_GAIN * sigma``, times the anisotropic TV's factor) and is refined by its own
     share of SURE (:func:`_component_sure`, with the clipping of the RGB data modelled as
     in :mod:`tvdenoise.auto`). The clipped values' targets are read from the result at
-    both rules, which the searches solve first anyway. ``colour=False`` skips the colour
+    both rules, which the searches solve first anyway. Both searches of all images run
+    together (:func:`tvdenoise.auto.refine_weights`). ``colour=False`` skips the colour
     search (its rule is returned), for a colour weight given by the caller.
 
     Returns:
@@ -248,36 +331,22 @@ def opponent_weights(
     chroma = sigmas * (CHROMA_GAIN * anisotropic)
     if method == "rule":
         return light, chroma, sigmas
-    part_reg = opponent_regulariser(reg)
-    tiles = sample_tiles(rgb.to(torch.float64 if rgb.dtype == torch.float64 else torch.float32))
-    probe = probes(tiles[0], _PROBES, torch.float64)  # the same for every image
-    for i in range(rgb.shape[0]):
-        level = float(sigmas[i])
-        if level <= 0:
-            continue
-        image = tiles[i]
-        f = image.to(torch.float64)
-        clipped = (f <= 0) | (f >= 1)
-        scored = ~clipped & ~torch.isnan(f)
-        known = None if bool(clipped.any()) else f
-        parts = [(_LIGHT, light), (_CHROMA, chroma)] if colour else [(_LIGHT, light)]
-        sures = [_component_sure(image, known, scored, probe, level, p, part_reg) for p, _ in parts]
-        rules = [float(weights[i]) for _, weights in parts]
-        if known is None:
-            # Clipped values: their targets need the RGB result at both rules, which the
-            # searches solve first (the colour one alone when its weight is given).
-            for sure, rule in zip(sures, rules, strict=True):
-                sure.solve(first_weights(rule))
-            results = [sure.restored(rule) for sure, rule in zip(sures, rules, strict=True)]
-            if not colour:
-                part = to_opponent(image)[:, _CHROMA].contiguous()
-                results.append(solve_at_weights(part, [float(chroma[i])], part_reg, clip=False)[0])
-            rgb_result = from_opponent(torch.cat(results, dim=1)).clamp_(0.0, 1.0)
-            targets = to_opponent(_clipped_targets(f, rgb_result, level))
-            for sure, (p, _) in zip(sures, parts, strict=True):
-                sure.set_targets(targets[:, p])
-        for sure, rule, (_, weights) in zip(sures, rules, parts, strict=True):
-            weights[i] = refine_weight(sure, rule)
+    f = rgb.to(torch.float64 if rgb.dtype == torch.float64 else torch.float32)
+    tiles = sample_tiles(f)
+    for group in search_groups(sigmas > 0, tiles):
+        rules = [weights[group].to(torch.float64).cpu() for weights in (light, chroma)]
+        sure = _OpponentSure(
+            tiles[group],
+            sigmas[group],
+            rules[0],
+            rules[1],
+            opponent_regulariser(reg),
+            colour=colour,
+        )
+        found = refine_weights(sure, torch.cat(rules) if colour else rules[0])
+        light[group] = found[: len(group)].to(light)
+        if colour:
+            chroma[group] = found[len(group) :].to(chroma)
     return light, chroma, sigmas
 
 

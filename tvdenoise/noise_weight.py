@@ -27,7 +27,7 @@ held-out values (``_ImpulseHoldOut``): salt and pepper leaves the values it miss
 so a few of the values that are not at 0 or 1 (``_HOLD_OUT``) are turned into salt and
 pepper as well, and the weight is the one whose result is closest to the known values
 there (and to the data elsewhere), searched on the same grid as the Gaussian SURE search
-(:func:`tvdenoise.auto.refine_weight`, on the same sample of up to 16 tiles for large
+(:func:`tvdenoise.auto.refine_weights`, on the same sample of up to 16 tiles for large
 images), then polished on a grid three times finer: restored almost perfectly, these
 images reach a high PSNR where a small error in the weight is costly, and the score's
 minimum is a cusp that the coarse parabola misses.
@@ -116,12 +116,15 @@ from .auto import (
     _PROBES,
     _SURE_MAX_ITER,
     _SURE_TOL,
+    RiskEstimate,
     choose_weight,
     per_volume,
     plane_sample,
-    refine_weight,
+    refine_weights,
     sample_tiles,
+    search_groups,
     solve_at_weights,
+    solve_pairs,
     weight_for_sigma,
 )
 from .checks import as_batch, check_choice
@@ -394,26 +397,31 @@ class _ImpulseHoldOut:
     ``(1 - rho) * mean_kept (u - f)**2 + rho * mean_held (u - f_before)**2``.
     """
 
-    def __init__(self, tiles: Tensor, fraction: float, reg: TotalVariation) -> None:
-        self.tiles = tiles  # (T, C, *spatial)
-        self.fraction = min(fraction, 1.0)
+    def __init__(self, tiles: Tensor, fraction: Tensor, reg: TotalVariation) -> None:
+        self.tiles = tiles  # (B, T, C, *spatial)
+        self.fraction = fraction.to(tiles.device, torch.float64).clamp(max=1.0)  # (B,)
         self.reg = reg
+        # The same draw for every image, so that an image is scored alike alone or in a batch.
         generator = torch.Generator().manual_seed(_HOLD_OUT_SEED)
-        draw = torch.rand(tiles.shape, generator=generator).to(tiles.device)
-        salt = torch.rand(tiles.shape, generator=generator).to(tiles.device) < 0.5
+        draw = torch.rand(tiles.shape[1:], generator=generator).to(tiles.device)
+        salt = torch.rand(tiles.shape[1:], generator=generator).to(tiles.device) < 0.5
         exact = (tiles > _EXTREME) & (tiles < 1 - _EXTREME)
         self.held = exact & (draw < _HOLD_OUT)
         self.kept = exact & ~self.held
         self.data = torch.where(self.held, salt.to(tiles.dtype), tiles)
 
-    def __call__(self, weights: list[float]) -> list[float]:
-        restored = solve_at_weights(self.data, weights, self.reg, data_term("impulse"))
+    def __call__(self, images: Tensor, weights: Tensor) -> Tensor:
+        """The score of each image's result at its weight, ``(N,)`` float64."""
+        index = images.to(self.tiles.device)
+        restored = solve_pairs(self.data[index], weights, self.reg, data_term("impulse"))
         # Missing values (NaN) are in neither set; their squares are set to 0.
-        squared = (restored - self.tiles.to(torch.float64)).square().nan_to_num(0.0)
-        kept = (squared * self.kept).flatten(1).sum(1) / max(int(self.kept.sum()), 1)
-        held = (squared * self.held).flatten(1).sum(1) / max(int(self.held.sum()), 1)
-        risk = (1 - self.fraction) * kept + self.fraction * held
-        return [float(value) for value in risk.tolist()]
+        squared = (restored - self.tiles[index].to(torch.float64)).square().nan_to_num(0.0)
+        scores = []
+        for mask in (self.kept[index], self.held[index]):
+            count = mask.flatten(1).sum(1).clamp_min(1)
+            scores.append((squared * mask).flatten(1).sum(1) / count)
+        fraction = self.fraction[index]
+        return (1 - fraction) * scores[0] + fraction * scores[1]
 
 
 class _PoissonHoldOut:
@@ -459,9 +467,11 @@ class _PoissonHoldOut:
         target = (counts - kept) / (_THINNING * peak)
         self.target = target.to(tiles.device)
 
-    def __call__(self, weights: list[float]) -> list[float]:
-        """The Poisson model's score at each of ``weights`` (for the thinned image)."""
-        return self.score(_estimator("poisson", (1.0 - _THINNING) * self.peak, self.reg), weights)
+    def __call__(self, images: Tensor, weights: Tensor) -> Tensor:
+        """The Poisson model's score at each of ``weights`` (for the thinned image; one
+        image: ``images`` are all 0)."""
+        estimator = _estimator("poisson", (1.0 - _THINNING) * self.peak, self.reg)
+        return torch.tensor(self.score(estimator, weights.tolist()), dtype=torch.float64)
 
     def score(self, estimator: SolveAt, weights: list[float]) -> list[float]:
         """The hold-out score of ``estimator`` (of the thinned image, with its
@@ -540,17 +550,18 @@ class _PhotonRisk:
         probed = tiles.repeat(_PROBES, *ones) + (self.delta * self.probe).to(tiles.dtype)
         self.images = torch.cat([tiles, probed])
 
-    def __call__(self, weights: list[float]) -> list[float]:
+    def __call__(self, images: Tensor, weights: Tensor) -> Tensor:
+        """PURE of the result at each of ``weights`` (one image: ``images`` are all 0)."""
         # One energy check at the end: with this tolerance nothing stops early.
         iteration = Iteration(_SURE_MAX_ITER, _SURE_TOL, check_every=_SURE_MAX_ITER)
-        both = self.estimator(self.images, weights, iteration)
+        both = self.estimator(self.images, weights.tolist(), iteration)
         t = self.targets.shape[0]
         u, v = both[:, :t], both[:, t:]
         squared = ((u - self.targets) * self.scored).square().flatten(1).sum(1)
         change = (v - u.repeat(1, _PROBES, *([1] * (u.dim() - 2)))).nan_to_num(0.0)
         divergence = (change * self.probe).flatten(1).sum(1) / (self.delta * _PROBES)
         risk = (squared - self.noise + 2 * divergence / self.peak) / self.count
-        return [float(value) for value in risk.tolist()]
+        return risk.to("cpu", torch.float64)
 
 
 def auto_weight_for_noise(
@@ -605,12 +616,11 @@ def impulse_auto_weight(batch: Tensor, reg: TotalVariation) -> Tensor:
     fraction = per_volume(estimate_impulse_fraction(planes).reshape(-1), k)
     weights = impulse_weight(fraction, channels=channels, tv=reg.kind, color=reg.color).clone()
     tiles = sample_tiles(batch.to(torch.float32))
-    for i in range(batch.shape[0]):
-        if float(fraction[i]) > 0:
-            held = _ImpulseHoldOut(tiles[i], float(fraction[i]), reg)
-            weights[i] = refine_weight(
-                held, float(weights[i]), highest=_IMPULSE_HIGHEST, polish=True
-            )
+    for group in search_groups(fraction > 0, tiles):
+        held = _ImpulseHoldOut(tiles[group], fraction[group.to(fraction.device)], reg)
+        rules = weights[group.to(weights.device)]
+        found = refine_weights(held, rules, highest=_IMPULSE_HIGHEST, polish=True)
+        weights[group.to(weights.device)] = found.to(weights)
     return weights
 
 
@@ -720,6 +730,11 @@ def _anscombe_weights(
     return choose_weight(z, reg, sigma=levels)[0].cpu(), None
 
 
+def _refine_one(risk: RiskEstimate, rule: float) -> float:
+    """:func:`tvdenoise.auto.refine_weights` for one image."""
+    return float(refine_weights(risk, torch.tensor([rule], dtype=torch.float64))[0])
+
+
 def _photon_weights(
     batch: Tensor, reg: TotalVariation, peak: float | None, *, compare: bool, opponent: bool = False
 ) -> PhotonChoice:
@@ -748,10 +763,10 @@ def _photon_weights(
         poisson = _estimator("poisson", photons, reg)
         pilot = poisson(tiles[i], [rule], Iteration())[0] if clipped else None
         held = _PoissonHoldOut(tiles[i], photons, pilot, reg)
-        candidates = {"poisson": refine_weight(held, rule / scale) * scale}
+        candidates = {"poisson": _refine_one(held, rule / scale) * scale}
         if stabilised is not None:
             gaussian = _PhotonRisk(tiles[i], photons, pilot, _estimator("gaussian", photons, reg))
-            candidates["gaussian"] = refine_weight(gaussian, _gaussian_rule(tiles[i], photons, reg))
+            candidates["gaussian"] = _refine_one(gaussian, _gaussian_rule(tiles[i], photons, reg))
             candidates["anscombe"] = float(stabilised[i])
             light = max(float(stabilised[i]), 1e-12)
             ratio = None if chroma is None else float(chroma[i]) / light

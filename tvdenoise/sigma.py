@@ -34,6 +34,11 @@ eigenvalues (the patch-PCA idea of Liu, Tanaka and Okutomi, 2013, and Chen, Zhu 
    than using only patches far from 0 and 1, is what lets dark images at high noise
    (micrographs, night skies, where no patch is far from black) be read right.
 
+The images of a batch are estimated together: every step above runs once on all of them
+(the covariances as one batched product, the spectra as one batched eigendecomposition),
+and an image whose refinements have ended keeps its value while the others go on. On CPU
+they go a few at a time, as many as fit the patch count of one large image.
+
 Images smaller than about 24 x 24 pixels (fewer than 256 patches) fall back to the median
 absolute Immerkaer residual (``median |r| / 0.6745`` over values not next to a 0 or 1).
 
@@ -50,12 +55,14 @@ figures are in ``benchmarks/RESULTS.md`` and quoted in the README), and
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 
 from .clipping import variance_share
 from .filters import any_in_window, immerkaer_residual
+from .ragged import Packing
 
 __all__ = ["MIN_SIZE", "estimate_sigma"]
 
@@ -75,6 +82,10 @@ _MAX_REFINEMENTS = 20
 _CONVERGED = 5e-3
 # Phi^{-1}(3/4): median |N(0, 1)|, for the small-image fallback.
 _MAD_TO_SIGMA = 0.6744897501960817
+# On CPU, images are estimated a few at a time, their patches together at most this many
+# (one large image's): temporaries larger than the caches cost more than batching saves.
+# On a GPU the whole batch at once.
+_CPU_PATCHES = _MAX_PATCHES
 # Images with more values than this are estimated from evenly spread bands of rows.
 _MAX_SAMPLED_VALUES = 1 << 23
 _SAMPLE_ROWS = 64
@@ -91,11 +102,12 @@ def _bands(rows: int, values_per_row: int) -> list[tuple[int, int]]:
     return [(r0, r0 + _SAMPLE_ROWS) for r0 in chosen]
 
 
-def _stride(planes: list[torch.Tensor]) -> int:
-    """The smallest patch-grid stride that gives at most ``_MAX_PATCHES`` patches."""
+def _stride(channels: int, planes: list[torch.Tensor]) -> int:
+    """The smallest patch-grid stride that gives at most ``_MAX_PATCHES`` patches per image
+    of ``channels`` channels (the planes of a batch are ``(B * C, 1, h, w)``)."""
     for stride in range(1, _PATCH + 1):
         count = sum(
-            p.shape[0]
+            channels
             * ((p.shape[-2] - _PATCH) // stride + 1)
             * ((p.shape[-1] - _PATCH) // stride + 1)
             for p in planes
@@ -105,111 +117,156 @@ def _stride(planes: list[torch.Tensor]) -> int:
     return _PATCH
 
 
+def _per_image(x: torch.Tensor, images: int) -> torch.Tensor:
+    """Pooled values of ``(B * C, 1, rows, cols)`` planes, one row per image ``(B, N)``."""
+    return x.reshape(images, -1)
+
+
+@dataclass(frozen=True)
 class _Patches:
-    """The patches of some ``(C, 1, h, w)`` planes on a grid, with what selects them."""
+    """The patches of the images of a batch on one grid, with what selects them: one row
+    per image. ``values`` ``(B, 64, N)``, each patch minus its mean; ``texture`` ``(B,
+    N)``, its mean squared differences; ``unsaturated`` ``(B, N)``, no value at 0 or 1 in
+    it; ``quarters`` ``(B, 4, N)``, the means of its four 4x4 quarters."""
 
-    def __init__(self, planes: torch.Tensor, stride: int) -> None:
-        self.stride = stride
-        values = F.unfold(planes, _PATCH, stride=stride)  # (C, 64, L)
-        values = values - values.mean(dim=1, keepdim=True)
-        self.values = values.permute(1, 0, 2).reshape(_PATCH * _PATCH, -1)  # (64, C*L)
-        dx = (planes[..., :, 1:] - planes[..., :, :-1]).square_()
-        dy = (planes[..., 1:, :] - planes[..., :-1, :]).square_()
-        self.texture = (
-            F.avg_pool2d(dx, (_PATCH, _PATCH - 1), stride=stride)
-            + F.avg_pool2d(dy, (_PATCH - 1, _PATCH), stride=stride)
-        ).flatten()
-        saturated = ((planes <= 0.0) | (planes >= 1.0)).to(planes.dtype)
-        self.unsaturated = (F.max_pool2d(saturated, _PATCH, stride=stride) == 0).flatten()
-        # The means of the four 4x4 quarters of every patch: each quarter's windows on the
-        # patch grid, shifted by the quarter's offset (only the windows that are used).
-        rows = (planes.shape[-2] - _PATCH) // stride + 1
-        cols = (planes.shape[-1] - _PATCH) // stride + 1
-        half = _PATCH // 2
-        self.quarters = torch.stack(
-            [
-                F.avg_pool2d(planes[..., dy:, dx:], half, stride=stride)[
-                    ..., :rows, :cols
-                ].flatten()
-                for dy in (0, half)
-                for dx in (0, half)
-            ]
-        ).to(torch.float64)
+    values: torch.Tensor
+    texture: torch.Tensor
+    unsaturated: torch.Tensor
+    quarters: torch.Tensor
 
-    def noise_share(self, sigma: float) -> torch.Tensor:
-        """Per patch, the share of the noise variance that clipping leaves: the mean over
-        its quarters of the variance of ``clip(x + n, 0, 1)`` over ``sigma**2``, ``x`` the
-        clean value behind the quarter's mean."""
-        return variance_share(self.quarters, sigma).mean(dim=0)
+    @classmethod
+    def of(cls, planes: list[torch.Tensor], images: int, stride: int) -> _Patches:
+        """The patches of ``images`` images, each given as ``C`` planes (or bands of rows
+        of them) in ``planes``, ``(B * C, 1, h, w)`` each."""
+        b = images
+        values, texture, unsaturated, quarters = [], [], [], []
+        for band in planes:
+            patches = F.unfold(band, _PATCH, stride=stride)  # (B * C, 64, L)
+            patches = patches - patches.mean(dim=1, keepdim=True)
+            # (B, 64, C * L): the patches of all channels of an image side by side.
+            values.append(patches.reshape(b, -1, *patches.shape[1:]).transpose(1, 2).flatten(2))
+            dx = (band[..., :, 1:] - band[..., :, :-1]).square_()
+            dy = (band[..., 1:, :] - band[..., :-1, :]).square_()
+            texture.append(
+                _per_image(
+                    F.avg_pool2d(dx, (_PATCH, _PATCH - 1), stride=stride)
+                    + F.avg_pool2d(dy, (_PATCH - 1, _PATCH), stride=stride),
+                    b,
+                )
+            )
+            saturated = ((band <= 0.0) | (band >= 1.0)).to(band.dtype)
+            free = F.max_pool2d(saturated, _PATCH, stride=stride) == 0
+            unsaturated.append(_per_image(free, b))
+            # The means of the four 4x4 quarters of every patch: each quarter's windows on
+            # the patch grid, shifted by the quarter's offset (only the windows used).
+            rows = (band.shape[-2] - _PATCH) // stride + 1
+            cols = (band.shape[-1] - _PATCH) // stride + 1
+            half = _PATCH // 2
+            quarters.append(
+                torch.stack(
+                    [
+                        _per_image(
+                            F.avg_pool2d(band[..., dy:, dx:], half, stride=stride)[
+                                ..., :rows, :cols
+                            ],
+                            b,
+                        )
+                        for dy in (0, half)
+                        for dx in (0, half)
+                    ],
+                    dim=1,
+                )
+            )
+        return cls(
+            torch.cat(values, dim=2),
+            torch.cat(texture, dim=1),
+            torch.cat(unsaturated, dim=1),
+            torch.cat(quarters, dim=2).to(torch.float64),
+        )
+
+    def rows(self, images: torch.Tensor) -> _Patches:
+        """The patches of some of the images (a boolean mask over the rows)."""
+        return _Patches(*(getattr(self, field.name)[images] for field in fields(self)))
+
+    def noise_share(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Per patch, ``(B, N)``: the share of the noise variance that clipping leaves, the
+        mean over its quarters of the variance of ``clip(x + n, 0, 1)`` over ``sigma**2``
+        (one level per image), ``x`` the clean value behind the quarter's mean."""
+        return variance_share(self.quarters, sigma).mean(dim=1)
 
 
-def _noise_variance(parts: list[_Patches], keep: list[torch.Tensor]) -> float:
-    """``sigma**2`` by the spectrum rule on the kept patches; NaN if too few."""
+def _noise_variance(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``sigma**2`` per image by the spectrum rule on its kept patches (``values``
+    ``(B, 64, N)``, ``keep`` ``(B, N)``), ``(B,)`` float64; NaN where too few."""
     d = _PATCH * _PATCH
-    n = sum(int(k.sum()) for k in keep)
-    if n < _MIN_PATCHES_PER_DIM * d:
-        return math.nan
-    gram = torch.zeros(d, d, dtype=torch.float64, device=parts[0].values.device)
-    total = torch.zeros(d, dtype=torch.float64, device=gram.device)
-    for part, kept in zip(parts, keep, strict=True):
-        selected = part.values[:, kept].to(torch.float64)
-        gram += selected @ selected.T
-        total += selected.sum(dim=1)
-    mean = total / n
-    covariance = (gram - n * torch.outer(mean, mean)) / (n - 1)
+    kept = keep.sum(dim=1)
+    # Rows with too few patches are computed on no more than two (a finite matrix).
+    n = kept.clamp_min(2).to(torch.float64)
+    selected = Packing.of(keep).pack(values).to(torch.float64)
+    gram = selected @ selected.transpose(1, 2)
+    mean = selected.sum(dim=2) / n.unsqueeze(1)
+    outer = mean.unsqueeze(2) * mean.unsqueeze(1)
+    covariance = (gram - n.view(-1, 1, 1) * outer) / (n.view(-1, 1, 1) - 1)
     # The patch mean was removed: one eigenvalue is 0 by construction.
-    eigenvalues = torch.linalg.eigvalsh(covariance)[1:].tolist()
-    running = 0.0
-    sums = []
-    for value in eigenvalues:
-        running += value
-        sums.append(running)
-    for m in range(len(eigenvalues), 0, -1):
-        tau = sums[m - 1] / m
-        if eigenvalues[m - 1] <= tau * (1 + math.sqrt(m / n)) ** 2:
-            return float(tau)
-    return float(eigenvalues[0])
+    eigenvalues = torch.linalg.eigvalsh(covariance)[:, 1:]
+    # The largest m whose m smallest eigenvalues fit in one Marchenko-Pastur bulk.
+    m = torch.arange(1, d, dtype=torch.float64, device=values.device)
+    tau = eigenvalues.cumsum(dim=1) / m
+    fits = eigenvalues <= tau * (1 + (m / n.unsqueeze(1)).sqrt()).square()
+    largest = torch.where(fits, m, 0.0).argmax(dim=1, keepdim=True)
+    variance = torch.where(fits.any(dim=1), tau.gather(1, largest).squeeze(1), eigenvalues[:, 0])
+    return variance.masked_fill(kept < _MIN_PATCHES_PER_DIM * d, math.nan)
 
 
-def _median_residual(planes: torch.Tensor) -> float:
-    """Fallback for small images: robust scale of the Immerkaer residual."""
-    residual = immerkaer_residual(planes)
-    clear = ~any_in_window((planes <= 0.0) | (planes >= 1.0))
-    values = residual[clear]
-    if values.numel() == 0:
-        return 0.0
-    return float(values.abs().median()) / _MAD_TO_SIGMA
+def _median_residual(planes: torch.Tensor) -> torch.Tensor:
+    """Fallback for small images: robust scale of the Immerkaer residual of every image
+    of ``(B, C, H, W)`` planes, ``(B,)`` float64 (0 where no value is usable)."""
+    b, c, h, w = planes.shape
+    flat = planes.reshape(b * c, 1, h, w)
+    residual = immerkaer_residual(flat).abs()
+    clear = ~any_in_window((flat <= 0.0) | (flat >= 1.0))
+    values = residual.masked_fill(~clear, math.nan).reshape(b, -1)
+    median = values.nanmedian(dim=1).values.to(torch.float64).nan_to_num(0.0)
+    return median / _MAD_TO_SIGMA
 
 
-def _estimate_one(image: torch.Tensor) -> float:
-    """Noise level of one ``(C, H, W)`` float32 image."""
-    c, h, w = image.shape
-    planes = [image[:, r0:r1].reshape(c, 1, r1 - r0, w) for r0, r1 in _bands(h, c * w)]
-    stride = _stride(planes)
-    parts = [_Patches(p, stride) for p in planes]
-    variance = _noise_variance(parts, [p.unsaturated for p in parts])
-    if math.isnan(variance):
+def _estimate(images: torch.Tensor) -> torch.Tensor:
+    """Noise level of every image of a ``(B, C, H, W)`` float32 batch, ``(B,)`` float64.
+
+    Every step runs on the whole batch; an image whose refinements have converged (or
+    have too few patches left) keeps its value while the others go on.
+    """
+    b, c, h, w = images.shape
+    if b == 0:
+        return images.new_zeros(0, dtype=torch.float64)
+    planes = [images[:, :, r0:r1].reshape(b * c, 1, r1 - r0, w) for r0, r1 in _bands(h, c * w)]
+    patches = _Patches.of(planes, b, _stride(c, planes))
+    variance = _noise_variance(patches.values, patches.unsaturated)
+    pilotless = torch.isnan(variance)
+    if bool(pilotless.any()):
         # Too few patches without a 0 or 1: a small image, or a dark or bright one at
         # high noise; the refinements below start from the median residual instead.
-        variance = _median_residual(image.reshape(c, 1, h, w)) ** 2
+        variance[pilotless] = _median_residual(images[pilotless]).square()
+    # The images still refined and their patches (selected anew when some stop). An
+    # image whose noise level is 0 has nothing to refine.
+    left = torch.arange(b, device=images.device)
+    going = variance > 0
     for _ in range(_MAX_REFINEMENTS):
-        sigma = math.sqrt(max(variance, 0.0))
-        if sigma <= 0:
+        if not bool(going.all()):
+            left, patches = left[going], patches.rows(going)
+        if left.numel() == 0:
             break
-        shares = [p.noise_share(sigma) for p in parts]
-        keep = [
-            p.texture < _TEXTURE_QUANTILE * share * variance
-            for p, share in zip(parts, shares, strict=True)
-        ]
-        kept = sum(int(k.sum()) for k in keep)
-        refined = _noise_variance(parts, keep)
-        if math.isnan(refined):
-            break
-        mean_share = sum(float(r[k].sum()) for r, k in zip(shares, keep, strict=True)) / kept
-        previous, variance = variance, refined / mean_share
-        if abs(variance - previous) <= _CONVERGED * previous:
-            break
-    return math.sqrt(max(variance, 0.0))
+        level = variance[left]
+        share = patches.noise_share(level.sqrt())
+        keep = patches.texture < _TEXTURE_QUANTILE * share * level.unsqueeze(1)
+        refined = _noise_variance(patches.values, keep)
+        usable = ~torch.isnan(refined)
+        mean_share = (share * keep).sum(dim=1) / keep.sum(dim=1)
+        updated = refined / mean_share
+        variance[left[usable]] = updated[usable]
+        converged = (updated - level).abs() <= _CONVERGED * level
+        going = usable & ~converged & (updated > 0)
+    return variance.clamp_min(0.0).sqrt()
 
 
 def estimate_sigma(image: torch.Tensor) -> torch.Tensor:
@@ -256,7 +313,7 @@ def estimate_sigma(image: torch.Tensor) -> torch.Tensor:
         )
     batched = image.ndim == 4
     x = image if batched else image.unsqueeze(0)
-    b, c, h, w = x.shape
+    c, h, w = x.shape[1:]
     if c < 1:
         raise ValueError(f"image must have at least one channel, got shape {tuple(image.shape)}")
     if h < MIN_SIZE or w < MIN_SIZE:
@@ -264,6 +321,11 @@ def estimate_sigma(image: torch.Tensor) -> torch.Tensor:
             f"image must be at least {MIN_SIZE}x{MIN_SIZE} pixels (H x W) to estimate noise, "
             f"got {h}x{w}"
         )
-    values = [_estimate_one(x[i].to(torch.float32)) for i in range(b)]
-    sigma = torch.tensor(values, dtype=torch.float32, device=image.device)
+    x = x.to(torch.float32)
+    chunk = len(x)
+    if x.device.type == "cpu":
+        patches = min(_MAX_PATCHES, c * (h - _PATCH + 1) * (w - _PATCH + 1))
+        chunk = max(1, _CPU_PATCHES // patches)
+    parts = [_estimate(x[start : start + chunk]) for start in range(0, max(len(x), 1), chunk)]
+    sigma = torch.cat(parts).to(torch.float32)
     return sigma if batched else sigma[0]
