@@ -419,14 +419,17 @@ def _adam(
     else:
         base_lr = weights * schedule.lr_per_weight
     floor = ws.term.floor
-    step = _fused_step if _fusable(u) else _unfused_step
     decay = schedule.final_lr_ratio ** (1.0 / max(max_iter - 1, 1))
     m = torch.zeros_like(u)
     v = torch.zeros_like(u)
     runs = _runs(base_lr, active)
     for k in range(1, max_iter + 1):
         grad = ws.gradient(u)
-        step(u, grad, m, v, k, runs, decay ** (k - 1), schedule.beta2)
+        if _fused_per_run(u, runs):
+            _fused_step(u, grad, m, v, k, runs, decay ** (k - 1), schedule.beta2)
+        else:
+            rates = (base_lr * active.to(base_lr.device)).to(u)
+            _batched_step(u, grad, m, v, k, rates, decay ** (k - 1), schedule.beta2)
         if floor is not None:
             ws.image(u).clamp_min_(floor)
         iterations += active.to(iterations.device)
@@ -465,9 +468,18 @@ def _runs(base_lr: Tensor, active: Tensor) -> list[_Run]:
     return runs
 
 
-def _fusable(u: Tensor) -> bool:
-    """Whether PyTorch's fused Adam kernel (one pass over memory) can update ``u``."""
-    return hasattr(torch, "_fused_adam_") and u.device.type in ("cpu", "cuda")
+def _fused_per_run(u: Tensor, runs: list[_Run]) -> bool:
+    """Whether to update ``u`` with PyTorch's fused Adam kernel, one call per run.
+
+    It makes one pass over memory, but takes one learning rate per call. On the CPU the
+    runs are few (a batch is solved a cache-sized group of images at a time); elsewhere a
+    batch whose images have many learning rates (the weight search's candidates) is
+    updated by :func:`_batched_step` in a few calls for all of them instead, and so is
+    any batch where the fused kernel is missing.
+    """
+    if not (hasattr(torch, "_fused_adam_") and u.device.type in ("cpu", "cuda")):
+        return False
+    return u.device.type == "cpu" or len(runs) == 1
 
 
 def _fused_step(
@@ -500,25 +512,25 @@ def _fused_step(
         )
 
 
-def _unfused_step(
+def _batched_step(
     u: Tensor,
     grad: Tensor,
     m: Tensor,
     v: Tensor,
     k: int,
-    runs: list[_Run],
+    rates: Tensor,
     decay: float,
     beta2: float,
 ) -> None:
-    """The same step as :func:`_fused_step` in plain tensor operations."""
+    """The step of :func:`_fused_step` for the whole batch in plain tensor operations, with
+    a learning rate per image ``rates`` ``(B,)`` (0 leaves an image where it is)."""
     correction1 = 1 - _BETA1**k
     correction2 = math.sqrt(1 - beta2**k)
-    for start, stop, rate in runs:
-        ur, gr, mr, vr = (t[start:stop] for t in (u, grad, m, v))
-        mr.lerp_(gr, 1 - _BETA1)
-        vr.mul_(beta2).addcmul_(gr, gr, value=1 - beta2)
-        denom = vr.sqrt().div_(correction2).add_(_ADAM_EPS)
-        ur.addcdiv_(mr, denom, value=-rate * decay / correction1)
+    m.lerp_(grad, 1 - _BETA1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = v.sqrt().div_(correction2).add_(_ADAM_EPS)
+    scale = rates.reshape(-1, *([1] * (u.dim() - 1))) * (-decay / correction1)
+    u.addcdiv_(m * scale, denom)
 
 
 def _check_peak(noise: str, peak: float | None) -> None:
