@@ -423,6 +423,9 @@ def _adam(
     m = torch.zeros_like(u)
     v = torch.zeros_like(u)
     runs = _runs(base_lr, active)
+    # Counted where the images are: a copy to the host every iteration would make the
+    # host wait for the device each time.
+    steps = torch.zeros(active.shape, dtype=iterations.dtype, device=active.device)
     for k in range(1, max_iter + 1):
         grad = ws.gradient(u)
         if _fused_per_run(u, runs):
@@ -432,7 +435,7 @@ def _adam(
             _batched_step(u, grad, m, v, k, rates, decay ** (k - 1), schedule.beta2)
         if floor is not None:
             ws.image(u).clamp_min_(floor)
-        iterations += active.to(iterations.device)
+        steps += active
         if k % check_every == 0 or k == max_iter:
             new_energy = ws.energy(u)
             change = (energy - new_energy).abs() / new_energy.abs().clamp_min(1e-12)
@@ -443,8 +446,9 @@ def _adam(
             if bool((active & done).any()):
                 active &= ~done
                 if not bool(active.any()):
-                    return
+                    break
                 runs = _runs(base_lr, active)
+    iterations += steps.to(iterations.device)
 
 
 #: A run of images ``[start, stop)`` of the batch that share one learning rate.
