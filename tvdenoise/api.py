@@ -19,6 +19,8 @@ from .anscombe import anscombe, inverse_anscombe
 from .auto import choose_weight
 from .checks import check_choice, floating
 from .colour import (
+    CHROMA,
+    LIGHT,
     ColorChoice,
     chroma_weights,
     from_opponent,
@@ -334,7 +336,7 @@ def _restore_opponent(
             _share(callback, index, 2, iteration.max_iter),
             clip=False,
         )
-        for index, (channels, w) in enumerate(((slice(0, 1), light), (slice(1, 3), colour)))
+        for index, (channels, w) in enumerate(((LIGHT, light), (CHROMA, colour)))
     ]
     u = torch.cat([p.restored for p in parts], dim=1)
     # The data plus the change taken back to RGB: exactly the data where nothing changed

@@ -70,8 +70,10 @@ if TYPE_CHECKING:
     from .tgv import Regulariser
 
 __all__ = [
+    "CHROMA",
     "CHROMA_RATIO",
     "COLOR_CHOICES",
+    "LIGHT",
     "ColorChoice",
     "from_opponent",
     "opponent_matrix",
@@ -93,8 +95,8 @@ CHROMA_RATIO = 1.9
 #: brightness, and colour (the median best weights over sigma, ``scripts/eval_colour.py``).
 BRIGHTNESS_GAIN = 1.2
 CHROMA_GAIN = 2.2
-# The opponent channels of the two problems.
-_LIGHT, _CHROMA = slice(0, 1), slice(1, 3)
+#: The opponent channels of the two problems: brightness, and colour.
+LIGHT, CHROMA = slice(0, 1), slice(1, 3)
 # Monte-Carlo probes of each component's SURE: one, against two for grey and joint RGB
 # images (tvdenoise.auto): measured to choose the same weights here, at a third less work
 # (benchmarks/README.md, "Where the constants come from").
@@ -260,7 +262,7 @@ class _OpponentSure:
         probe = probes(tiles[0], _PROBES, torch.float64)
         self.parts = [
             _component_sure(tiles, known, scored, probe, sigma, part, reg)
-            for part in (_LIGHT, _CHROMA)
+            for part in (LIGHT, CHROMA)
         ]
         self.tiles, self.f, self.sigma, self.reg, self.colour = tiles, f, sigma, reg, colour
         self.rules = (light, chroma)
@@ -293,12 +295,12 @@ class _OpponentSure:
             if result is not None
         ]
         if not self.colour:
-            chroma = _opponent_tiles(self.tiles)[:, :, _CHROMA]
+            chroma = _opponent_tiles(self.tiles)[:, :, CHROMA]
             results.append(solve_pairs(chroma, self.rules[1], self.reg, clip=False))
         rgb = from_opponent(torch.cat(results, dim=2).flatten(0, 1))
         smoothed = rgb.reshape(self.f.shape).clamp_(0.0, 1.0)
         targets = _opponent_tiles(_clipped_targets(self.f, smoothed, self.sigma))
-        for part, channels in zip(self.parts, (_LIGHT, _CHROMA), strict=True):
+        for part, channels in zip(self.parts, (LIGHT, CHROMA), strict=True):
             part.set_targets(targets[:, :, channels])
 
 
@@ -364,7 +366,7 @@ def solve_opponent_at_weights(
     part = opponent_regulariser(reg)
     parts = [
         solve_at_weights(g[:, channels].contiguous(), w, part, iteration=iteration, clip=False)
-        for channels, w in ((_LIGHT, light), (_CHROMA, chroma))
+        for channels, w in ((LIGHT, light), (CHROMA, chroma))
     ]
     both = torch.cat(parts, dim=2)
     return from_opponent(both.flatten(0, 1)).reshape(both.shape)
