@@ -36,7 +36,7 @@ import torch
 
 from tvdenoise import restore
 from tvdenoise.auto import _vertex, solve_at_weights
-from tvdenoise.colour import from_opponent, to_opponent
+from tvdenoise.colour import CHROMA, LIGHT, from_opponent, to_opponent
 from tvdenoise.tv import TotalVariation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -79,7 +79,7 @@ def best_pair(noisy: torch.Tensor, clean: torch.Tensor, sigma: float) -> tuple[f
     f, x = to_opponent(noisy[None]), to_opponent(clean[None]).double()
     reg = TotalVariation(eps=3e-3)
     chosen: list[tuple[float, torch.Tensor]] = []
-    for channels, (low, high) in ((slice(0, 1), BRIGHTNESS_RANGE), (slice(1, 3), COLOUR_RANGE)):
+    for channels, (low, high) in ((LIGHT, BRIGHTNESS_RANGE), (CHROMA, COLOUR_RANGE)):
         part, target = f[:, channels].contiguous(), x[0, channels]
         weights = grid(low * sigma, high * sigma)
         solved = solve_at_weights(part, weights, reg, clip=False)[:, 0]
