@@ -342,7 +342,10 @@ def _restore_opponent(
     # The data plus the change taken back to RGB: exactly the data where nothing changed
     # (weight 0); where a pixel is missing, the values the total variation filled in.
     restored = f + from_opponent(u - g)
-    restored = torch.where(torch.isnan(restored), from_opponent(u), restored).clamp_(0.0, 1.0)
+    missing = torch.isnan(restored)
+    if bool(missing.any()):
+        restored = torch.where(missing, from_opponent(u), restored)
+    restored.clamp_(0.0, 1.0)
     # Both energies are means over their values: one brightness and two colour channels.
     total = (parts[0].energy + 2 * parts[1].energy) / 3
     iterations = torch.maximum(parts[0].iterations, parts[1].iterations)
