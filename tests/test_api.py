@@ -157,3 +157,13 @@ def test_photon_noise_reports_one_progress_over_its_estimators(
     assert result.noise_models == ("poisson", "gaussian")
     assert reported == sorted(reported)
     assert reported[-1] == 20
+
+
+def test_tiled_solves_report_one_progress() -> None:
+    noisy = add_noise(piecewise_image(1, 100, 90, seed=7), 0.1, seed=8)
+    reported: list[int] = []
+    restore(noisy, 0.2, tile=48, tol=1e-30, max_iter=20, callback=lambda i, e: reported.append(i))
+    # 3 x 2 tiles, each reporting every 10 iterations: one progress from the start to the end.
+    assert len(reported) == 12
+    assert reported == sorted(reported)
+    assert reported[0] < 10 and reported[-1] == 20

@@ -167,10 +167,10 @@ def restore(
     energies.
 
     Options as in :func:`denoise`; ``callback(iteration, energy)`` is called at every
-    energy check of an untiled solve (for progress bars). Where the solve runs in parts
-    one after another (the brightness and the colour of the opponent space; on CPU,
-    groups of images of a batch), each part reports the progress of them all, in
-    iterations of one, and the energies of its own images.
+    energy check (for progress bars). Where the solve runs in parts one after another
+    (tiles; the brightness and the colour of the opponent space; on CPU, groups of images
+    of a batch), each part reports the progress of them all, in iterations of one, and
+    the energies of its own images (of a tile: the tile's).
 
     Returns:
         A :class:`Restoration` with ``(B, C, *spatial)`` images.
@@ -224,8 +224,11 @@ def _solve(
         return _solve_images(f, per_image, reg, term, iteration, callback, clip=clip)
     c = f.shape[1]
 
-    def solve_tiles(tiles: Tensor, tile_weights: Tensor) -> tuple[Tensor, Tensor]:
-        done = run_solver(tiles[:, :c], tile_weights, reg, term, iteration, clip=clip)
+    def solve_tiles(
+        tiles: Tensor, tile_weights: Tensor, index: int, count: int
+    ) -> tuple[Tensor, Tensor]:
+        progress = _share(callback, index, count, iteration.max_iter)
+        done = run_solver(tiles[:, :c], tile_weights, reg, term, iteration, progress, clip=clip)
         if done.field is None:
             return done.restored, done.iterations
         return torch.cat([done.restored, done.field], dim=1), done.iterations

@@ -50,9 +50,10 @@ GPU_TILES_PER_BATCH = 4
 #: differences, scratch), with a margin; used to decide whether a GPU can take an image.
 BUFFERS_PER_VALUE = 12
 
-#: Solves a batch of tiles ``(T, C, h, w)`` with one weight each ``(T,)``; returns the
-#: restored tiles and the iterations each used.
-TileSolver = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+#: Solves a batch of tiles ``(T, C, h, w)`` with one weight each ``(T,)``, the
+#: ``index``-th of ``count`` batches; returns the restored tiles and the iterations each
+#: used.
+TileSolver = Callable[[Tensor, Tensor, int, int], tuple[Tensor, Tensor]]
 
 
 def _windows(size: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
@@ -149,14 +150,17 @@ def run_tiled(
         for window in product(*(_windows(n, tile, overlap) for n in spatial)):
             shape = tuple(span[1] - span[0] for span in window)
             groups.setdefault(shape, []).append((index, window))
-    for members in groups.values():
-        for first in range(0, len(members), tiles_per_batch):
-            chunk = members[first : first + tiles_per_batch]
-            tiles = torch.stack([noisy[i][_spans(win, "window")] for i, win in chunk])
-            out, used = solve_tiles(tiles, weights[[i for i, _ in chunk]])
-            for (i, win), piece, n in zip(chunk, out, used.tolist(), strict=True):
-                restored[i][_spans(win, "core")] = piece[_spans(win, "core in window")]
-                iterations[i] = max(int(iterations[i]), n)
+    chunks = [
+        members[first : first + tiles_per_batch]
+        for members in groups.values()
+        for first in range(0, len(members), tiles_per_batch)
+    ]
+    for index, chunk in enumerate(chunks):
+        tiles = torch.stack([noisy[i][_spans(win, "window")] for i, win in chunk])
+        out, used = solve_tiles(tiles, weights[[i for i, _ in chunk]], index, len(chunks))
+        for (i, win), piece, n in zip(chunk, out, used.tolist(), strict=True):
+            restored[i][_spans(win, "core")] = piece[_spans(win, "core in window")]
+            iterations[i] = max(int(iterations[i]), n)
     return restored, iterations
 
 
