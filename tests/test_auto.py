@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import tvdenoise.auto as auto
+from tvdenoise import tiling
 from tvdenoise.auto import auto_weight, weight_for_sigma
 from tvdenoise.clipping import censored_mean, censored_variance, latent_value
 from tvdenoise.solver import DEFAULT_EPS, solve
@@ -298,7 +299,8 @@ def test_candidates_solved_in_chunks_equal_one_batch(monkeypatch: pytest.MonkeyP
     tiles = torch.rand(3, 2, 20, 17, generator=_generator(13))
     weights = [0.05, 0.1]
     whole = auto.solve_at_weights(tiles, weights, TotalVariation(eps=DEFAULT_EPS))
-    monkeypatch.setattr(auto, "_CPU_CHUNK_VALUES", 2 * 20 * 17 * 2)  # two tiles a chunk
+    monkeypatch.setattr(tiling, "CPU_TILE_VALUES", 2 * 20 * 17 * 2)  # two tiles a chunk
+    assert tiling.images_per_batch(torch.Size([6, 2, 20, 17]), torch.device("cpu")) == 2
     chunked = auto.solve_at_weights(tiles, weights, TotalVariation(eps=DEFAULT_EPS))
     assert chunked.shape == (2, 3, 2, 20, 17)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)

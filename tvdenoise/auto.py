@@ -106,7 +106,7 @@ from .missing import observed_share, split_missing
 from .ragged import Packing
 from .sigma import MIN_SIZE, estimate_sigma
 from .solver import DEFAULT_EPS, DEFAULT_MAX_ITER, Iteration, run_solver
-from .tiling import CPU_TILE
+from .tiling import images_per_batch
 from .tv import COLOR_MODES, TV_KINDS, ColorMode, TotalVariation, TVKind
 
 if TYPE_CHECKING:
@@ -154,8 +154,6 @@ _MAX_SLICES = 16
 # end), so that the plain and the probed image run the same iterations and the map stays
 # differentiable.
 _SURE_MAX_ITER = DEFAULT_MAX_ITER
-# Values solved together on CPU: one RGB tile of tvdenoise.tiling.CPU_TILE pixels.
-_CPU_CHUNK_VALUES = 3 * CPU_TILE * CPU_TILE
 _SURE_TOL = 1e-30
 # On CPU the images of a batch are searched a group at a time, their tiles together at
 # most this many values (a large RGB image's): every candidate of every image of a group
@@ -509,11 +507,8 @@ def solve_pairs(
     t = groups.shape[1]
     batch = groups.flatten(0, 1)
     per_image = weights.to(batch.device, batch.dtype).repeat_interleave(t)
-    # On CPU, in chunks whose solver buffers stay in the cache, as for tiles
-    # (tvdenoise.tiling).
-    chunk = max(len(batch), 1)
-    if batch.device.type == "cpu":
-        chunk = max(1, _CPU_CHUNK_VALUES // max(batch[0].numel(), 1))
+    # On CPU, in groups whose solver buffers stay in the cache, as for whole images.
+    chunk = max(1, images_per_batch(batch.shape, batch.device))
     restored = [
         run_solver(
             batch[start : start + chunk],
