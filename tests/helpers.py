@@ -4,15 +4,19 @@ running the command in-process and reading back what it wrote."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner, Result
 
+from tvdenoise import solver
 from tvdenoise.cli import app
 
 #: Absolute tolerances for exact identities, per dtype (one place for all tests).
@@ -73,3 +77,13 @@ def write_image(
 def files_under(folder: Path) -> set[Path]:
     """Every file under ``folder``, temporary and hidden ones included."""
     return {p for p in folder.rglob("*") if p.is_file()}
+
+
+@contextmanager
+def without_kernel() -> Iterator[None]:
+    """Solves inside take PyTorch's operations, not the compiled kernel (tvdenoise.kernel):
+    for figures recorded on that path, which rounding (magnified by Adam and by the weight
+    search's parabolas) sets apart from the kernel's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(solver, "_kernel", lambda *args: None)
+        yield

@@ -18,14 +18,16 @@ from tvdenoise.sigma import estimate_sigma
 from tvdenoise.solver import DEFAULT_EPS
 from tvdenoise.tv import TotalVariation
 
-from helpers import add_noise, piecewise_image
+from helpers import add_noise, piecewise_image, without_kernel
 
 # Batch against one by one: the same computation, so the same float32 values; the
 # tolerance only allows for a different summation order of a library.
 RTOL = 1e-6
-# Against the weights recorded before the search was batched (main at 4509aaf): the same
-# up to rounding, which the parabola's vertex magnifies (a change in the order of the
-# solver's float32 sums moved them by up to 6e-4); a wrong grid point is off by 26 %.
+# Against the weights recorded before the search was batched (main at 4509aaf), on the
+# PyTorch path where they were recorded (the compiled kernel rounds differently, and moves
+# them by up to 0.3 %): the same up to rounding, which the parabola's vertex magnifies (a
+# change in the order of the solver's float32 sums moved them by up to 6e-4); a wrong grid
+# point is off by 26 %.
 RECORDED_RTOL = 2e-3
 
 
@@ -126,8 +128,9 @@ def test_sure_weights_of_a_batch_equal_one_by_one(
         return auto_weight(x, tv=tv, color=color)[0]  # type: ignore[arg-type]
 
     batch = _images()
+    with without_kernel():
+        assert choose(batch).tolist() == pytest.approx(recorded, rel=RECORDED_RTOL)
     weights = choose(batch)
-    assert weights.tolist() == pytest.approx(recorded, rel=RECORDED_RTOL)
     torch.testing.assert_close(weights, _one_by_one(choose, batch), rtol=RTOL, atol=0)
 
 
@@ -139,7 +142,8 @@ def test_grey_sure_weights_of_a_batch_equal_one_by_one(tv: str) -> None:
     batch = _images()[:, :1].contiguous()
     if tv == "isotropic":
         recorded = [0.2127191, 0.3198938, 0.0039166, 0.0375727]
-        assert choose(batch).tolist() == pytest.approx(recorded, rel=RECORDED_RTOL)
+        with without_kernel():
+            assert choose(batch).tolist() == pytest.approx(recorded, rel=RECORDED_RTOL)
     _assert_as_alone(choose, batch)
 
 
@@ -176,9 +180,11 @@ def test_given_noise_levels_with_a_zero_keep_the_zero_weight() -> None:
 def test_opponent_weights_of_a_batch_equal_one_by_one(tv: str, recorded: list[list[float]]) -> None:
     reg = TotalVariation(tv, "joint", DEFAULT_EPS)  # type: ignore[arg-type]
     batch = _images()
-    light, colour, _ = opponent_weights(batch, reg)
+    with without_kernel():
+        light, colour, _ = opponent_weights(batch, reg)
     assert light.tolist() == pytest.approx(recorded[0], rel=RECORDED_RTOL)
     assert colour.tolist() == pytest.approx(recorded[1], rel=RECORDED_RTOL)
+    light, colour, _ = opponent_weights(batch, reg)
     alone = [opponent_weights(batch[i : i + 1], reg) for i in range(len(batch))]
     for got, part in ((light, 0), (colour, 1)):
         expected = torch.cat([weights[part] for weights in alone])

@@ -290,6 +290,11 @@ class DataTerm:
     def precondition_(self, x: Tensor, grad: Tensor) -> None:
         """Scale the whole energy gradient per value before Adam's step (in place)."""
 
+    def kernel_form(self) -> tuple[int, float] | None:
+        """This term in the compiled CPU iteration (:mod:`tvdenoise.kernel`): its code in
+        ``_kernel.c`` and one parameter, or ``None`` where the kernel lacks it."""
+        return None
+
     def check_data(self, f: Tensor) -> None:
         """Raise ``ValueError`` if ``f`` cannot be data of this model."""
 
@@ -340,6 +345,9 @@ class Gaussian(DataTerm):
     def half_gradient_(self, x: Tensor, f: Tensor, out: Tensor) -> None:
         torch.sub(x, f, out=out)
 
+    def kernel_form(self) -> tuple[int, float]:
+        return 0, 1.0
+
     def prox(self, v: Tensor, f: Tensor, tau: Tensor) -> Tensor:
         return (v + 2 * tau * f) / (1 + 2 * tau)
 
@@ -375,6 +383,9 @@ class Impulse(DataTerm):
 
     def half_gradient_(self, x: Tensor, f: Tensor, out: Tensor) -> None:
         torch.sub(x, f, out=out).div_(self.delta).clamp_(-1.0, 1.0).mul_(0.5)
+
+    def kernel_form(self) -> tuple[int, float]:
+        return 1, self.delta
 
     def prox(self, v: Tensor, f: Tensor, tau: Tensor) -> Tensor:
         r = v - f

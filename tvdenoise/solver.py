@@ -46,6 +46,7 @@ from .defaults import DEFAULT_MAX_ITER as DEFAULT_MAX_ITER
 from .defaults import DEFAULT_TOL as DEFAULT_TOL
 from .defaults import MAX_WEIGHT
 from .fidelity import NOISE_MODELS, DataTerm, NoiseModel, data_term
+from .kernel import FusedSteps
 from .missing import check_finite, split_missing
 from .tv import TV_KINDS, ColorMode, TotalVariation, TVKind
 
@@ -426,11 +427,15 @@ def _adam(
     # Counted where the images are: a copy to the host every iteration would make the
     # host wait for the device each time.
     steps = torch.zeros(active.shape, dtype=iterations.dtype, device=active.device)
+    fused = _kernel(ws, u, m, v, base_lr, active, schedule.beta2)
     for k in range(1, max_iter + 1):
-        grad = ws.gradient(u)
-        if _fused_per_run(u, runs):
+        if fused is not None:
+            fused.step(k, decay ** (k - 1))
+        elif _fused_per_run(u, runs):
+            grad = ws.gradient(u)
             _fused_step(u, grad, m, v, k, runs, decay ** (k - 1), schedule.beta2)
         else:
+            grad = ws.gradient(u)
             rates = (base_lr * active.to(base_lr.device)).to(u)
             _batched_step(u, grad, m, v, k, rates, decay ** (k - 1), schedule.beta2)
         if floor is not None:
@@ -448,7 +453,17 @@ def _adam(
                 if not bool(active.any()):
                     break
                 runs = _runs(base_lr, active)
+                fused = _kernel(ws, u, m, v, base_lr, active, schedule.beta2)
     iterations += steps.to(iterations.device)
+
+
+def _kernel(
+    ws: Workspace, u: Tensor, m: Tensor, v: Tensor, base_lr: Tensor, active: Tensor, beta2: float
+) -> FusedSteps | None:
+    """The compiled CPU iteration for this solve, where it applies (:mod:`tvdenoise.kernel`)."""
+    if not isinstance(ws, _Workspace):
+        return None
+    return FusedSteps.plan(ws, u, m, v, base_lr, active, _BETA1, beta2, _ADAM_EPS)
 
 
 #: A run of images ``[start, stop)`` of the batch that share one learning rate.

@@ -1,0 +1,152 @@
+"""The compiled CPU iteration (tvdenoise/_kernel.c) against PyTorch's operations.
+
+The solver's other tests run through the kernel wherever it applies (2-D float32 on the
+CPU); these check that it takes the same steps as the PyTorch path it replaces, on odd
+sizes, batches cut between threads, and every variant it covers, and that it stays out
+of the cases it does not cover.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+import pytest
+import torch
+
+from tvdenoise import kernel, solver
+from tvdenoise.fidelity import data_term
+from tvdenoise.solver import DEFAULT_EPS
+from tvdenoise.tv import TotalVariation
+
+from helpers import add_noise, piecewise_image, without_kernel
+
+needs_kernel = pytest.mark.skipif(not kernel.available(), reason="the kernel is not built")
+
+VARIANTS: list[dict[str, Any]] = [
+    {},
+    {"color": "separate"},
+    {"tv": "anisotropic"},
+    {"spacing": (1.0, 2.5)},
+    {"noise": "impulse"},
+    {"tv": "anisotropic", "color": "separate", "spacing": (0.5, 1.0)},
+    {"missing": 0.2},
+    {"missing": 0.2, "noise": "impulse"},
+]
+# Odd sizes, a single row, a single column, and images whose rows are cut between threads.
+SHAPES = [(1, 3, 37, 31), (2, 1, 1, 9), (1, 2, 40, 1), (3, 3, 29, 41), (2, 1, 90, 17)]
+
+
+@pytest.mark.skipif(
+    os.environ.get("CI") != "true" or platform.machine() != "x86_64",
+    reason="CI on x86-64 Linux builds the kernel; elsewhere it is optional",
+)
+def test_ci_builds_the_kernel() -> None:
+    assert kernel.available()
+
+
+def _steps(
+    f: torch.Tensor, weights: torch.Tensor, options: dict[str, Any], count: int, fused: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``count`` Adam steps from ``f`` by the kernel or by PyTorch's operations."""
+    reg, term = solver.model(
+        options.get("tv", "isotropic"),
+        options.get("color", "joint"),
+        DEFAULT_EPS,
+        2,
+        options.get("spacing"),
+        options.get("noise", "gaussian"),
+        None,
+    )
+    half = (weights / 2).reshape(-1, 1, 1, 1)
+    observed = None
+    if "missing" in options:  # a fraction of the values missing
+        generator = torch.Generator().manual_seed(5)
+        observed = (torch.rand(f.shape, generator=generator) >= options["missing"]).float()
+    ws = solver._Workspace(f, half, reg, term, observed)
+    u, m, v = f.clone(), torch.zeros_like(f), torch.zeros_like(f)
+    rates = weights * term.schedule.lr_per_weight
+    active = torch.ones(f.shape[0], dtype=torch.bool)
+    steps = kernel.FusedSteps.plan(ws, u, m, v, rates, active, 0.8, term.schedule.beta2, 1e-8)
+    runs = solver._runs(rates, active)
+    for k in range(1, count + 1):
+        if fused:
+            assert steps is not None
+            steps.step(k, 0.97 ** (k - 1))
+        else:
+            grad = ws.gradient(u)
+            solver._fused_step(u, grad, m, v, k, runs, 0.97 ** (k - 1), term.schedule.beta2)
+    return u, m, v
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("options", VARIANTS)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_steps_match_pytorch(
+    shape: tuple[int, ...], options: dict[str, Any], threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kernel, "MIN_VALUES_PER_THREAD", 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    generator = torch.Generator().manual_seed(sum(shape))
+    f = torch.rand(shape, generator=generator)
+    weights = torch.linspace(0.05, 0.2, shape[0])
+    ours = _steps(f, weights, options, 4, fused=True)
+    theirs = _steps(f, weights, options, 4, fused=False)
+    # Adam divides by the root of the squared gradients: where a gradient is near 0, one
+    # rounding step apart becomes a few parts in a million of the step.
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("options", [*VARIANTS[:4], {"missing": 0.1}])
+def test_solve_matches_pytorch(options: dict[str, Any]) -> None:
+    """Whole solves of a batch whose images stop at different iterations (weight 0 stops
+    at once) reach the same images."""
+    clean = torch.stack([piecewise_image(3, 45, 38, seed=s) for s in range(3)])
+    noisy = add_noise(clean, 0.1, seed=4)
+    options = dict(options)
+    if "missing" in options:
+        generator = torch.Generator().manual_seed(6)
+        noisy[torch.rand(noisy.shape, generator=generator) < options.pop("missing")] = torch.nan
+    weights = torch.tensor([0.15, 0.0, 0.3])
+    ours = solver.solve(noisy, weights, **options)
+    with without_kernel():
+        theirs = solver.solve(noisy, weights, **options)
+    assert torch.equal(ours.iterations, theirs.iterations)
+    torch.testing.assert_close(ours.restored, theirs.restored, rtol=0, atol=2e-4)
+    torch.testing.assert_close(ours.energy, theirs.energy, rtol=1e-5, atol=0)
+
+
+def _plan(f: torch.Tensor, reg: TotalVariation, noise: str = "gaussian") -> object:
+    term = data_term(noise)
+    ws = solver._Workspace(f, torch.full((f.shape[0], 1, 1, 1), 0.05), reg, term, None)
+    u, m, v = f.clone(), torch.zeros_like(f), torch.zeros_like(f)
+    rates = torch.full((f.shape[0],), 0.01)
+    active = torch.ones(f.shape[0], dtype=torch.bool)
+    return kernel.FusedSteps.plan(ws, u, m, v, rates, active, 0.8, 0.9, 1e-8)
+
+
+@needs_kernel
+def test_kernel_stays_out_of_what_it_does_not_cover() -> None:
+    image = TotalVariation("isotropic", "joint", DEFAULT_EPS, 2, None)
+    volume = TotalVariation("isotropic", "joint", DEFAULT_EPS, 3, None)
+    f = torch.rand(1, 3, 8, 9)
+    assert _plan(f, image) is not None
+    assert _plan(f.double(), image) is None
+    assert _plan(torch.rand(1, 1, 4, 8, 9), volume) is None
+    assert _plan(f, image, "poisson") is None
+
+
+def test_turned_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TVDENOISE_KERNEL", "0")
+    kernel._library.cache_clear()
+    try:
+        assert not kernel.available()
+        f = torch.rand(1, 3, 8, 9)
+        assert _plan(f, TotalVariation("isotropic", "joint", DEFAULT_EPS, 2, None)) is None
+    finally:
+        monkeypatch.undo()
+        kernel._library.cache_clear()

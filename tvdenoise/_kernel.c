@@ -1,0 +1,237 @@
+/*
+ * The Adam solver's iteration for 2-D total variation in one pass over memory (CPU).
+ *
+ * PyTorch computes an iteration of tvdenoise.solver as some twenty operations, each a pass
+ * over image-sized arrays. Here one pass, row by row, forms the differences of a row, its
+ * flux (the differences over the Huber-smoothed gradient magnitude, times half the weight),
+ * the energy gradient from the flux of this row and the one above, and Adam's update of
+ * the row, while the row and its neighbours are in the cache. The arithmetic is that of
+ * tvdenoise.solver._Workspace.gradient and torch._fused_adam_ in float32; only the order
+ * of a few additions differs.
+ *
+ * Images are (C, H, W) float32 planes. A chunk is a range of rows [r0, r1) of one image.
+ * Chunks of one image may run in parallel threads: the flux of the row above a chunk, and
+ * of a chunk's last row, depend on rows of the neighbouring chunk, which that chunk updates
+ * in place; they are computed from the values before the step (tvd_boundaries) before the
+ * chunks start, and given to both chunks.
+ *
+ * Loaded with ctypes (tvdenoise/kernel.py), which releases the GIL during a call; it is no
+ * Python extension module and uses no Python API.
+ */
+#include <math.h>
+#include <stddef.h>
+
+#define R __restrict__
+
+/* Build the hot functions for AVX2 + FMA as well as the baseline; the loader picks. */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define TVD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define TVD_CLONES
+#endif
+
+#if defined(_WIN32)
+#define TVD_EXPORT __declspec(dllexport)
+#else
+#define TVD_EXPORT __attribute__((visibility("default")))
+#endif
+
+enum { TVD_ISOTROPIC_JOINT = 0, TVD_ISOTROPIC_SEPARATE = 1, TVD_ANISOTROPIC = 2 };
+enum { TVD_GAUSSIAN = 0, TVD_IMPULSE = 1 };
+
+/* What all chunks of one step share. */
+typedef struct {
+    int tv;           /* TVD_ISOTROPIC_* or TVD_ANISOTROPIC */
+    int data;         /* TVD_GAUSSIAN or TVD_IMPULSE */
+    float data_scale; /* impulse: delta */
+    float eps;        /* Huber radius */
+    float ih, iw;     /* inverse spacing along H and W */
+    /* Adam's coefficients, rounded from double as torch._fused_adam_ rounds them. */
+    float beta1, beta1c, beta2, beta2c; /* beta and 1 - beta */
+    double decay;                       /* of the learning rates, decay^(k-1) */
+    double correction1;                 /* 1 - beta1^k */
+    float corr2;                        /* sqrt(1 - beta2^k) */
+    float adam_eps;
+} tvd_params;
+
+/* One range of rows of one image. */
+typedef struct {
+    float *u, *m, *v; /* the image's solver variable and Adam moments, (C, H, W) */
+    const float *f;   /* its data */
+    const float *observed; /* 1 where a value is observed, 0 where missing; NULL: all are */
+    int C, H, W;
+    int r0, r1;
+    float half_weight;
+    double rate;
+    /* Flux of row r0 - 1 (NULL when r0 == 0): C*W vertical values, then C*(W+1)
+       horizontal ones, each channel's led by a zero. */
+    const float *above;
+    /* Flux of row r1 - 1 in the same layout (NULL when r1 == H: computed here). */
+    const float *last;
+    /* Scratch: 3*C*W + C + W floats. */
+    float *work;
+} tvd_chunk;
+
+static size_t flux_size(int C, int W) { return (size_t)C * W + (size_t)C * (W + 1); }
+
+/* The flux of row i from u before the step: pv (C*W vertical), ph (C*(W+1) horizontal,
+   each channel's values after a leading zero); s is W floats of scratch. */
+TVD_CLONES
+static void row_flux(const float *R u, int C, int H, int W, int i, float hw,
+                     const tvd_params *p, float *R pv, float *R ph, float *R s) {
+    const size_t plane = (size_t)H * W;
+    const float eps = p->eps, eps2 = eps * eps, ih = p->ih, iw = p->iw;
+    for (int c = 0; c < C; c++) {
+        const float *R r = u + c * plane + (size_t)i * W;
+        float *R dv = pv + (size_t)c * W;
+        float *R dh = ph + (size_t)c * (W + 1) + 1;
+        dh[-1] = 0.f;
+        if (i < H - 1) {
+            const float *R n = r + W;
+            for (int j = 0; j < W; j++) dv[j] = (n[j] - r[j]) * ih;
+        } else {
+            for (int j = 0; j < W; j++) dv[j] = 0.f;
+        }
+        for (int j = 0; j < W - 1; j++) dh[j] = (r[j + 1] - r[j]) * iw;
+        dh[W - 1] = 0.f;
+    }
+    if (p->tv == TVD_ANISOTROPIC) {
+        /* Each difference over max(eps, |difference|). */
+        for (int c = 0; c < C; c++) {
+            float *R dv = pv + (size_t)c * W;
+            float *R dh = ph + (size_t)c * (W + 1) + 1;
+            for (int j = 0; j < W; j++) {
+                float a = fabsf(dv[j]), b = fabsf(dh[j]);
+                dv[j] = dv[j] / (a > eps ? a : eps) * hw * ih;
+                dh[j] = dh[j] / (b > eps ? b : eps) * hw * iw;
+            }
+        }
+        return;
+    }
+    const int groups = p->tv == TVD_ISOTROPIC_JOINT ? 1 : C;
+    const int per_group = C / groups;
+    for (int g = 0; g < groups; g++) {
+        for (int j = 0; j < W; j++) s[j] = 0.f;
+        /* Summed as PyTorch does: the vertical differences of every channel, then the
+           horizontal ones, so that ties (exact zeros of the gradient) stay ties. */
+        for (int c = g * per_group; c < (g + 1) * per_group; c++) {
+            const float *R dv = pv + (size_t)c * W;
+            for (int j = 0; j < W; j++) s[j] += dv[j] * dv[j];
+        }
+        for (int c = g * per_group; c < (g + 1) * per_group; c++) {
+            const float *R dh = ph + (size_t)c * (W + 1) + 1;
+            for (int j = 0; j < W; j++) s[j] += dh[j] * dh[j];
+        }
+        for (int j = 0; j < W; j++) {
+            float q = s[j] > eps2 ? s[j] : eps2;
+            s[j] = 1.f / sqrtf(q) * hw;
+        }
+        for (int c = g * per_group; c < (g + 1) * per_group; c++) {
+            float *R dv = pv + (size_t)c * W;
+            float *R dh = ph + (size_t)c * (W + 1) + 1;
+            for (int j = 0; j < W; j++) {
+                dv[j] = dv[j] * s[j] * ih;
+                dh[j] = dh[j] * s[j] * iw;
+            }
+        }
+    }
+}
+
+/* The energy gradient of one row of one channel and Adam's update of it; `impulse` and
+   `masked` are constants in each caller, so that each loop is compiled without the tests. */
+static inline __attribute__((always_inline)) void
+update_loop(float *R u, const float *R f, const float *R obs, float *R m, float *R v,
+            const float *R below, const float *R above, const float *R dh, int W, float step,
+            const tvd_params *p, const int impulse, const int masked) {
+    const float b1 = p->beta1, b1c = p->beta1c, b2 = p->beta2, b2c = p->beta2c;
+    const float corr2 = p->corr2, ae = p->adam_eps;
+    const float *R left = dh - 1; /* the leading zero */
+    for (int j = 0; j < W; j++) {
+        float r = u[j] - f[j];
+        if (impulse) {
+            r /= p->data_scale;
+            r = (r > 1.f ? 1.f : (r < -1.f ? -1.f : r)) * 0.5f;
+        }
+        if (masked) r *= obs[j]; /* no fidelity where a value is missing */
+        /* In the order of PyTorch's operations. */
+        float g = r - below[j] - dh[j] + above[j] + left[j];
+        float mm = m[j] * b1 + g * b1c;
+        float vv = v[j] * b2 + g * g * b2c;
+        m[j] = mm;
+        v[j] = vv;
+        u[j] = u[j] - step * mm / (sqrtf(vv) / corr2 + ae);
+    }
+}
+
+TVD_CLONES
+static void update_row(float *R u, const float *R f, const float *R obs, float *R m, float *R v,
+                       const float *R below, const float *R above, const float *R dh, int W,
+                       float step, const tvd_params *p) {
+    const int impulse = p->data == TVD_IMPULSE;
+    if (obs == NULL) {
+        if (impulse) update_loop(u, f, obs, m, v, below, above, dh, W, step, p, 1, 0);
+        else update_loop(u, f, obs, m, v, below, above, dh, W, step, p, 0, 0);
+    } else {
+        if (impulse) update_loop(u, f, obs, m, v, below, above, dh, W, step, p, 1, 1);
+        else update_loop(u, f, obs, m, v, below, above, dh, W, step, p, 0, 1);
+    }
+}
+
+static void copy(float *R dst, const float *R src, size_t n) {
+    for (size_t k = 0; k < n; k++) dst[k] = src[k];
+}
+
+/* Flux of the row above each chunk that has one, into its `above` buffer (before any chunk
+   of the step runs). */
+TVD_EXPORT void tvd_boundaries(int n, const tvd_chunk *chunks, const tvd_params *p) {
+    for (int k = 0; k < n; k++) {
+        const tvd_chunk *c = &chunks[k];
+        if (c->r0 == 0) continue;
+        float *out = (float *)c->above;
+        row_flux(c->u, c->C, c->H, c->W, c->r0 - 1, c->half_weight, p, out,
+                 out + (size_t)c->C * c->W, c->work);
+    }
+}
+
+/* One Adam step on the rows of each chunk, in order. */
+TVD_EXPORT void tvd_step(int n, const tvd_chunk *chunks, const tvd_params *p) {
+    for (int k = 0; k < n; k++) {
+        const tvd_chunk *c = &chunks[k];
+        const int C = c->C, H = c->H, W = c->W;
+        const size_t plane = (size_t)H * W, cw = (size_t)C * W;
+        float *a = c->work, *b = a + cw;            /* this row's and the row above's pv */
+        float *ph = b + cw, *s = ph + (size_t)C * (W + 1);
+        const float step = (float)(c->rate * p->decay / p->correction1);
+        if (c->above != NULL) {
+            copy(b, c->above, cw);
+        } else {
+            for (size_t q = 0; q < cw; q++) b[q] = 0.f;
+        }
+        for (int i = c->r0; i < c->r1; i++) {
+            const float *pv = a, *hz = ph;
+            if (i == c->r1 - 1 && c->last != NULL) {
+                pv = c->last;
+                hz = c->last + cw;
+            } else {
+                row_flux(c->u, C, H, W, i, c->half_weight, p, a, ph, s);
+            }
+            for (int ch = 0; ch < C; ch++) {
+                const size_t off = ch * plane + (size_t)i * W;
+                const float *obs = c->observed == NULL ? NULL : c->observed + off;
+                update_row(c->u + off, c->f + off, obs, c->m + off, c->v + off, pv + (size_t)ch * W,
+                           b + (size_t)ch * W, hz + (size_t)ch * (W + 1) + 1, W, step, p);
+            }
+            if (pv == a) {
+                float *t = a;
+                a = b;
+                b = t;
+            } else {
+                copy(b, pv, cw);
+            }
+        }
+    }
+}
+
+/* Floats of `work` a chunk needs, and of a boundary's flux buffer. */
+TVD_EXPORT size_t tvd_work_size(int C, int W) { return 2 * (size_t)C * W + (size_t)C * (W + 1) + W; }
+TVD_EXPORT size_t tvd_flux_size(int C, int W) { return flux_size(C, W); }

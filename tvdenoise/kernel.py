@@ -1,0 +1,251 @@
+"""The compiled CPU iteration of the Adam solver (``_kernel.c``), and where it applies.
+
+An iteration of :mod:`tvdenoise.solver` in PyTorch is some twenty operations, each a pass
+over image-sized arrays and, on several cores, a parallel region of its own. The compiled
+kernel makes one pass per iteration, row by row, with the rows of the batch shared out
+between ``torch.get_num_threads()`` threads: one parallel section per iteration. Energy
+checks, weights and everything else stay in PyTorch; the kernel replaces
+:meth:`~tvdenoise.solver._Workspace.gradient` and Adam's step, with the same arithmetic.
+
+It applies to 2-D total variation (any colour coupling and kind, with or without pixel
+spacing, with missing values or without) of float32 images on the CPU, for the data terms that
+declare a kernel form (:meth:`~tvdenoise.fidelity.DataTerm.kernel_form`). Everything else,
+and every machine where the kernel was not built (it is an optional part of the install),
+takes PyTorch's operations; the tests check that both give the same iterates. Setting the
+environment variable ``TVDENOISE_KERNEL=0`` turns the kernel off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .solver import _Workspace
+
+__all__ = ["FusedSteps", "available"]
+
+#: Values per thread, at least: below that one thread does all the work, since each more
+#: thread costs a boundary row and a hand-off per iteration.
+MIN_VALUES_PER_THREAD = 1 << 15
+
+_TV_CODES = {("isotropic", True): 0, ("isotropic", False): 1}
+_ANISOTROPIC = 2
+
+
+class _Params(ctypes.Structure):
+    _fields_ = [
+        ("tv", ctypes.c_int),
+        ("data", ctypes.c_int),
+        ("data_scale", ctypes.c_float),
+        ("eps", ctypes.c_float),
+        ("ih", ctypes.c_float),
+        ("iw", ctypes.c_float),
+        ("beta1", ctypes.c_float),
+        ("beta1c", ctypes.c_float),
+        ("beta2", ctypes.c_float),
+        ("beta2c", ctypes.c_float),
+        ("decay", ctypes.c_double),
+        ("correction1", ctypes.c_double),
+        ("corr2", ctypes.c_float),
+        ("adam_eps", ctypes.c_float),
+    ]
+
+
+class _Chunk(ctypes.Structure):
+    _fields_ = [
+        ("u", ctypes.c_void_p),
+        ("m", ctypes.c_void_p),
+        ("v", ctypes.c_void_p),
+        ("f", ctypes.c_void_p),
+        ("observed", ctypes.c_void_p),
+        ("C", ctypes.c_int),
+        ("H", ctypes.c_int),
+        ("W", ctypes.c_int),
+        ("r0", ctypes.c_int),
+        ("r1", ctypes.c_int),
+        ("half_weight", ctypes.c_float),
+        ("rate", ctypes.c_double),
+        ("above", ctypes.c_void_p),
+        ("last", ctypes.c_void_p),
+        ("work", ctypes.c_void_p),
+    ]
+
+
+@lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    """The built kernel beside this module, or ``None`` where it was not built."""
+    if os.environ.get("TVDENOISE_KERNEL", "1") == "0":
+        return None
+    here = Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"_kernel{suffix}"
+        if path.is_file():
+            try:
+                lib = ctypes.CDLL(str(path))
+            except OSError:
+                return None
+            chunks = ctypes.POINTER(_Chunk)
+            params = ctypes.POINTER(_Params)
+            for name in ("tvd_boundaries", "tvd_step"):
+                fn = getattr(lib, name)
+                fn.argtypes = [ctypes.c_int, chunks, params]
+                fn.restype = None
+            for name in ("tvd_work_size", "tvd_flux_size"):
+                fn = getattr(lib, name)
+                fn.argtypes = [ctypes.c_int, ctypes.c_int]
+                fn.restype = ctypes.c_size_t
+            return lib
+    return None
+
+
+def available() -> bool:
+    """Whether the compiled kernel is built and turned on."""
+    return _library() is not None
+
+
+@lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="tvdenoise")
+
+
+class FusedSteps:
+    """Adam's steps of one solve through the kernel, the batch's rows cut among threads.
+
+    Made by :meth:`plan` where the kernel applies; :meth:`step` then replaces the
+    gradient and the Adam step of one iteration, on the solver's own tensors.
+    """
+
+    def __init__(
+        self,
+        lib: ctypes.CDLL,
+        ws: _Workspace,
+        u: Tensor,
+        m: Tensor,
+        v: Tensor,
+        params: _Params,
+        betas: tuple[float, float],
+        rates: list[float],
+        active: list[bool],
+    ) -> None:
+        self._lib = lib
+        self._params = params
+        self._betas = betas
+        b, c, h, w = u.shape
+        half_weights = ws.half_weight.reshape(-1).tolist()
+        images = [i for i in range(b) if active[i]]
+        values = len(images) * c * h * w
+        threads = max(1, min(torch.get_num_threads(), values // MIN_VALUES_PER_THREAD))
+        # Cut the active images' rows, one after another, into `threads` equal parts.
+        total = len(images) * h
+        cuts = [round(total * t / threads) for t in range(threads + 1)]
+        work_size = lib.tvd_work_size(c, w)
+        flux_size = lib.tvd_flux_size(c, w)
+        self._buffers: list[Tensor] = []
+        parts: list[list[_Chunk]] = []
+        boundaries: list[_Chunk] = []
+        for t in range(threads):
+            work = u.new_empty(work_size)
+            self._buffers.append(work)
+            part: list[_Chunk] = []
+            row = cuts[t]
+            while row < cuts[t + 1]:
+                i, r = divmod(row, h)
+                r1 = min(h, r + cuts[t + 1] - row)
+                image = images[i]
+                chunk = _Chunk(
+                    u[image].data_ptr(),
+                    m[image].data_ptr(),
+                    v[image].data_ptr(),
+                    ws.f[image].data_ptr(),
+                    None if ws.observed is None else ws.observed[image].data_ptr(),
+                    c,
+                    h,
+                    w,
+                    r,
+                    r1,
+                    half_weights[image],
+                    rates[image],
+                    None,
+                    None,
+                    work.data_ptr(),
+                )
+                part.append(chunk)
+                row += r1 - r
+            parts.append(part)
+        # A chunk that starts inside an image shares the flux of the row above it with the
+        # chunk that ends there.
+        ends = {(ch.u, ch.r1): ch for part in parts for ch in part if ch.r1 < h}
+        for part in parts:
+            for ch in part:
+                if ch.r0 > 0:
+                    flux = u.new_empty(flux_size)
+                    self._buffers.append(flux)
+                    ch.above = flux.data_ptr()
+                    ends[(ch.u, ch.r0)].last = flux.data_ptr()
+                    boundaries.append(ch)
+        self._parts = [(len(p), (_Chunk * len(p))(*p)) for p in parts]
+        self._boundaries = (len(boundaries), (_Chunk * max(1, len(boundaries)))(*boundaries))
+        self._keep = (u, m, v, ws.f, ws.observed)
+
+    @classmethod
+    def plan(
+        cls,
+        ws: _Workspace,
+        u: Tensor,
+        m: Tensor,
+        v: Tensor,
+        rates: Tensor,
+        active: Tensor,
+        beta1: float,
+        beta2: float,
+        adam_eps: float,
+    ) -> FusedSteps | None:
+        """The kernel's steps for this solve, or ``None`` where the kernel does not apply."""
+        lib = _library()
+        form = ws.term.kernel_form()
+        reg = ws.reg
+        if (
+            lib is None
+            or form is None
+            or u.device.type != "cpu"
+            or u.dtype != torch.float32
+            or u.dim() != 4
+            or ws.term.floor is not None
+            or not (u.is_contiguous() and ws.f.is_contiguous())
+            or not (ws.observed is None or ws.observed.is_contiguous())
+            or u.shape[2] * u.shape[3] >= 1 << 31
+        ):
+            return None
+        tv = _ANISOTROPIC if reg.kind == "anisotropic" else _TV_CODES[(reg.kind, reg.joint)]
+        ih, iw = (1.0 if s is None else s for s in ws.inverse_spacing)
+        params = _Params(tv, form[0], form[1], reg.eps, ih, iw)
+        params.beta1, params.beta1c = beta1, 1 - beta1
+        params.beta2, params.beta2c = beta2, 1 - beta2
+        params.adam_eps = adam_eps
+        return cls(lib, ws, u, m, v, params, (beta1, beta2), rates.tolist(), active.tolist())
+
+    def step(self, k: int, decay: float) -> None:
+        """Adam's ``k``-th step (from 1), with the learning rates times ``decay``."""
+        p = self._params
+        p.decay = decay
+        p.correction1 = 1 - self._betas[0] ** k
+        p.corr2 = math.sqrt(1 - self._betas[1] ** k)
+        params = ctypes.byref(p)
+        count, chunks = self._boundaries
+        if count:
+            self._lib.tvd_boundaries(count, chunks, params)
+        (first_count, first), *rest = self._parts
+        pending = [_pool(len(rest)).submit(self._lib.tvd_step, n, part, params) for n, part in rest]
+        self._lib.tvd_step(first_count, first, params)
+        for job in pending:
+            job.result()
