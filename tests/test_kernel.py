@@ -48,8 +48,9 @@ def test_ci_builds_the_kernel() -> None:
 
 def _steps(
     f: torch.Tensor, weights: torch.Tensor, options: dict[str, Any], count: int, fused: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``count`` Adam steps from ``f`` by the kernel or by PyTorch's operations."""
+) -> tuple[tuple[torch.Tensor, ...], solver._Workspace, torch.Tensor]:
+    """``count`` Adam steps from ``f`` by the kernel or by PyTorch's operations: the
+    solver variable and Adam's moments, the workspace, and the variable again."""
     reg, term = solver.model(
         options.get("tv", "isotropic"),
         options.get("color", "joint"),
@@ -77,7 +78,7 @@ def _steps(
         else:
             grad = ws.gradient(u)
             solver._fused_step(u, grad, m, v, k, runs, 0.97 ** (k - 1), term.schedule.beta2)
-    return u, m, v
+    return (u, m, v), ws, u
 
 
 @needs_kernel
@@ -92,12 +93,36 @@ def test_steps_match_pytorch(
     generator = torch.Generator().manual_seed(sum(shape))
     f = torch.rand(shape, generator=generator)
     weights = torch.linspace(0.05, 0.2, shape[0])
-    ours = _steps(f, weights, options, 4, fused=True)
-    theirs = _steps(f, weights, options, 4, fused=False)
+    ours, _, _ = _steps(f, weights, options, 4, fused=True)
+    theirs, _, _ = _steps(f, weights, options, 4, fused=False)
     # Adam divides by the root of the squared gradients: where a gradient is near 0, one
     # rounding step apart becomes a few parts in a million of the step.
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("options", VARIANTS)
+def test_energy_matches_pytorch(
+    shape: tuple[int, ...], options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kernel, "MIN_VALUES_PER_THREAD", 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    generator = torch.Generator().manual_seed(sum(shape))
+    f = torch.rand(shape, generator=generator)
+    weights = torch.linspace(0.05, 0.2, shape[0])
+    _, ws, u = _steps(f, weights, options, 3, fused=True)
+    # The last image stopped: it keeps the energy it had.
+    previous = torch.full((shape[0],), -1.0)
+    active = torch.ones(shape[0], dtype=torch.bool)
+    active[-1] = shape[0] == 1
+    plan = kernel.FusedSteps.plan(
+        ws, u, torch.zeros_like(u), torch.zeros_like(u), weights, active, 0.8, 0.9, 1e-8
+    )
+    assert plan is not None
+    expected = torch.where(active, ws.energy(u), previous)
+    torch.testing.assert_close(plan.energy(previous), expected, rtol=2e-6, atol=1e-9)
 
 
 @needs_kernel

@@ -50,6 +50,7 @@ typedef struct {
     float beta1, beta1c, beta2, beta2c; /* beta and 1 - beta */
     double decay;                       /* of the learning rates, decay^(k-1) */
     double correction1;                 /* 1 - beta1^k */
+    int first;                          /* 1 on the first step: the moments are 0, unread */
     float corr2;                        /* sqrt(1 - beta2^k) */
     float adam_eps;
 } tvd_params;
@@ -74,13 +75,14 @@ typedef struct {
 
 static size_t flux_size(int C, int W) { return (size_t)C * W + (size_t)C * (W + 1); }
 
-/* The flux of row i from u before the step: pv (C*W vertical), ph (C*(W+1) horizontal,
-   each channel's values after a leading zero); s is W floats of scratch. */
+/* The differences of row i along H (pv, C*W; zero on the last row) and along W (ph,
+   C*(W+1): each channel's after a leading zero; the last is zero), times the inverse
+   spacing. */
 TVD_CLONES
-static void row_flux(const float *R u, int C, int H, int W, int i, float hw,
-                     const tvd_params *p, float *R pv, float *R ph, float *R s) {
+static void differences(const float *R u, int C, int H, int W, int i, const tvd_params *p,
+                        float *R pv, float *R ph) {
     const size_t plane = (size_t)H * W;
-    const float eps = p->eps, eps2 = eps * eps, ih = p->ih, iw = p->iw;
+    const float ih = p->ih, iw = p->iw;
     for (int c = 0; c < C; c++) {
         const float *R r = u + c * plane + (size_t)i * W;
         float *R dv = pv + (size_t)c * W;
@@ -95,6 +97,16 @@ static void row_flux(const float *R u, int C, int H, int W, int i, float hw,
         for (int j = 0; j < W - 1; j++) dh[j] = (r[j + 1] - r[j]) * iw;
         dh[W - 1] = 0.f;
     }
+}
+
+/* The flux of row i from u before the step: the differences over the Huber-smoothed
+   magnitude, times half the weight, in the layout of differences(); s is W floats of
+   scratch. */
+TVD_CLONES
+static void row_flux(const float *R u, int C, int H, int W, int i, float hw,
+                     const tvd_params *p, float *R pv, float *R ph, float *R s) {
+    const float eps = p->eps, eps2 = eps * eps, ih = p->ih, iw = p->iw;
+    differences(u, C, H, W, i, p, pv, ph);
     if (p->tv == TVD_ANISOTROPIC) {
         /* Each difference over max(eps, |difference|). */
         for (int c = 0; c < C; c++) {
@@ -218,6 +230,9 @@ TVD_EXPORT void tvd_step(int n, const tvd_chunk *chunks, const tvd_params *p) {
             for (int ch = 0; ch < C; ch++) {
                 const size_t off = ch * plane + (size_t)i * W;
                 const float *obs = c->observed == NULL ? NULL : c->observed + off;
+                if (p->first) {
+                    for (int j = 0; j < W; j++) c->m[off + j] = c->v[off + j] = 0.f;
+                }
                 update_row(c->u + off, c->f + off, obs, c->m + off, c->v + off, pv + (size_t)ch * W,
                            b + (size_t)ch * W, hz + (size_t)ch * (W + 1) + 1, W, step, p);
             }
@@ -229,6 +244,106 @@ TVD_EXPORT void tvd_step(int n, const tvd_chunk *chunks, const tvd_params *p) {
                 copy(b, pv, cw);
             }
         }
+    }
+}
+
+/* Sum of x[0..n) in eight lanes (so that it vectorises), then in double. */
+TVD_CLONES
+static double lane_sum(const float *R x, int n) {
+    float lanes[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        for (int l = 0; l < 8; l++) lanes[l] += x[j + l];
+    }
+    double total = 0.0;
+    for (int l = 0; l < 8; l++) total += lanes[l];
+    for (; j < n; j++) total += x[j];
+    return total;
+}
+
+/* huber(t) = t - eps / 2 above eps, t^2 / (2 eps) below, in place over x[0..n). */
+TVD_CLONES
+static void huber_row(float *R x, int n, float eps) {
+    const float half = 0.5f * eps, scale = 0.5f / eps;
+    for (int j = 0; j < n; j++) {
+        float t = x[j];
+        x[j] = t > eps ? t - half : t * t * scale;
+    }
+}
+
+/* The fidelity of one row of one channel, summed (out: W floats of scratch). */
+TVD_CLONES
+static double fidelity_row(const float *R u, const float *R f, const float *R obs,
+                           float *R out, int W, const tvd_params *p) {
+    const float delta = p->data_scale, scale = 0.5f / delta, half = 0.5f * delta;
+    if (p->data == TVD_IMPULSE) {
+        for (int j = 0; j < W; j++) {
+            float e = u[j] - f[j], a = fabsf(e);
+            out[j] = a <= delta ? e * e * scale : a - half;
+        }
+    } else {
+        for (int j = 0; j < W; j++) {
+            float e = u[j] - f[j];
+            out[j] = e * e;
+        }
+    }
+    if (obs != NULL) {
+        for (int j = 0; j < W; j++) out[j] *= obs[j];
+    }
+    return lane_sum(out, W);
+}
+
+/* The summed Huber total variation and the summed fidelity of each chunk's rows, into
+   out[2k] and out[2k + 1], from the current values (the step's boundary buffers are not
+   used; the chunk's work buffer holds a row's differences). */
+TVD_EXPORT void tvd_energy(int n, const tvd_chunk *chunks, const tvd_params *p, double *out) {
+    const float eps = p->eps;
+    for (int k = 0; k < n; k++) {
+        const tvd_chunk *c = &chunks[k];
+        const int C = c->C, H = c->H, W = c->W;
+        const size_t plane = (size_t)H * W, cw = (size_t)C * W;
+        float *dv = c->work, *ph = dv + cw, *s = ph + (size_t)C * (W + 1);
+        double tv = 0.0, fidelity = 0.0;
+        for (int i = c->r0; i < c->r1; i++) {
+            differences(c->u, C, H, W, i, p, dv, ph);
+            if (p->tv == TVD_ANISOTROPIC) {
+                for (int ch = 0; ch < C; ch++) {
+                    float *a = dv + (size_t)ch * W, *b = ph + (size_t)ch * (W + 1) + 1;
+                    for (int j = 0; j < W; j++) {
+                        a[j] = fabsf(a[j]);
+                        b[j] = fabsf(b[j]);
+                    }
+                    huber_row(a, W, eps);
+                    huber_row(b, W, eps);
+                    tv += lane_sum(a, W) + lane_sum(b, W);
+                }
+            } else {
+                /* Squared magnitudes summed as row_flux() sums them. */
+                const int groups = p->tv == TVD_ISOTROPIC_JOINT ? 1 : C;
+                const int per_group = C / groups;
+                for (int g = 0; g < groups; g++) {
+                    for (int j = 0; j < W; j++) s[j] = 0.f;
+                    for (int ch = g * per_group; ch < (g + 1) * per_group; ch++) {
+                        const float *a = dv + (size_t)ch * W;
+                        for (int j = 0; j < W; j++) s[j] += a[j] * a[j];
+                    }
+                    for (int ch = g * per_group; ch < (g + 1) * per_group; ch++) {
+                        const float *b = ph + (size_t)ch * (W + 1) + 1;
+                        for (int j = 0; j < W; j++) s[j] += b[j] * b[j];
+                    }
+                    for (int j = 0; j < W; j++) s[j] = sqrtf(s[j]);
+                    huber_row(s, W, eps);
+                    tv += lane_sum(s, W);
+                }
+            }
+            for (int ch = 0; ch < C; ch++) {
+                const size_t off = ch * plane + (size_t)i * W;
+                const float *obs = c->observed == NULL ? NULL : c->observed + off;
+                fidelity += fidelity_row(c->u + off, c->f + off, obs, dv, W, p);
+            }
+        }
+        out[2 * k] = tv;
+        out[2 * k + 1] = fidelity;
     }
 }
 

@@ -56,6 +56,7 @@ class _Params(ctypes.Structure):
         ("beta2c", ctypes.c_float),
         ("decay", ctypes.c_double),
         ("correction1", ctypes.c_double),
+        ("first", ctypes.c_int),
         ("corr2", ctypes.c_float),
         ("adam_eps", ctypes.c_float),
     ]
@@ -100,6 +101,8 @@ def _library() -> ctypes.CDLL | None:
                 fn = getattr(lib, name)
                 fn.argtypes = [ctypes.c_int, chunks, params]
                 fn.restype = None
+            lib.tvd_energy.argtypes = [ctypes.c_int, chunks, params, ctypes.c_void_p]
+            lib.tvd_energy.restype = None
             for name in ("tvd_work_size", "tvd_flux_size"):
                 fn = getattr(lib, name)
                 fn.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -194,6 +197,11 @@ class FusedSteps:
                     ends[(ch.u, ch.r0)].last = flux.data_ptr()
                     boundaries.append(ch)
         self._parts = [(len(p), (_Chunk * len(p))(*p)) for p in parts]
+        index = {u[image].data_ptr(): image for image in images}
+        self._owners = [[index[ch.u] for ch in part] for part in parts]
+        self._sums = [torch.zeros(2 * len(part), dtype=torch.float64) for part in parts]
+        self._half_weights = half_weights
+        self._values = c * h * w
         self._boundaries = (len(boundaries), (_Chunk * max(1, len(boundaries)))(*boundaries))
         self._keep = (u, m, v, ws.f, ws.observed)
 
@@ -234,11 +242,38 @@ class FusedSteps:
         params.adam_eps = adam_eps
         return cls(lib, ws, u, m, v, params, (beta1, beta2), rates.tolist(), active.tolist())
 
+    def energy(self, previous: Tensor) -> Tensor:
+        """The energy per image, as :meth:`~tvdenoise.solver._Workspace.energy` gives it;
+        images outside this plan (stopped) keep their ``previous`` value."""
+        params = ctypes.byref(self._params)
+        jobs = [
+            (count, chunks, params, sums.data_ptr())
+            for (count, chunks), sums in zip(self._parts, self._sums, strict=True)
+        ]
+        first, *rest = jobs
+        pending = [_pool(len(rest)).submit(self._lib.tvd_energy, *job) for job in rest]
+        self._lib.tvd_energy(*first)
+        for job in pending:
+            job.result()
+        tv: dict[int, float] = {}
+        fidelity: dict[int, float] = {}
+        for owners, sums in zip(self._owners, self._sums, strict=True):
+            values = sums.tolist()
+            for k, image in enumerate(owners):
+                tv[image] = tv.get(image, 0.0) + values[2 * k]
+                fidelity[image] = fidelity.get(image, 0.0) + values[2 * k + 1]
+        energy = previous.clone()
+        for image, total in tv.items():
+            weight = 2 * self._half_weights[image]
+            energy[image] = (fidelity[image] + weight * total) / self._values
+        return energy
+
     def step(self, k: int, decay: float) -> None:
         """Adam's ``k``-th step (from 1), with the learning rates times ``decay``."""
         p = self._params
         p.decay = decay
         p.correction1 = 1 - self._betas[0] ** k
+        p.first = k == 1
         p.corr2 = math.sqrt(1 - self._betas[1] ** k)
         params = ctypes.byref(p)
         count, chunks = self._boundaries

@@ -34,6 +34,7 @@ import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -158,10 +159,24 @@ class _Workspace:
         self.reg = reg
         self.eps = reg.eps
         self.inverse_spacing = reg.inverse_spacing()
-        self.diffs = [torch.zeros_like(f) for _ in reg.axes]
-        self.scratch = torch.empty_like(f)
-        shared = reg.joint and f.shape[1] > 1
-        self.norm = f.new_empty((f.shape[0], 1, *f.shape[2:])) if shared else None
+
+    # The buffers are made at first use: the compiled kernel (tvdenoise.kernel) needs none.
+    @cached_property
+    def diffs(self) -> list[Tensor]:
+        """One difference per spatial axis."""
+        return [torch.zeros_like(self.f) for _ in self.reg.axes]
+
+    @cached_property
+    def scratch(self) -> Tensor:
+        """A buffer the size of the image, which also receives the gradient."""
+        return torch.empty_like(self.f)
+
+    @cached_property
+    def norm(self) -> Tensor | None:
+        """The magnitude buffer of joint colour TV of several channels."""
+        f = self.f
+        shared = self.reg.joint and f.shape[1] > 1
+        return f.new_empty((f.shape[0], 1, *f.shape[2:])) if shared else None
 
     def variables(self, u: Tensor) -> Tensor:
         """TV has no variables besides ``u``."""
@@ -393,9 +408,10 @@ def run_solver(
     half_weight = (weights / 2).reshape(b, *([1] * (f.dim() - 1)))
     ws = _workspace(f, half_weight, reg, term, observed)
     x = ws.variables(u)
-    energy = ws.energy(x)
     if bool(active.any()):
-        _adam(x, ws, weights, active, iterations, energy, iteration, callback)
+        energy = _adam(x, ws, weights, active, iterations, iteration, callback)
+    else:
+        energy = ws.energy(x)
     restored = term.from_variable_(ws.image(x).contiguous())
     if clip:
         restored.clamp_(0.0, 1.0)
@@ -408,11 +424,11 @@ def _adam(
     weights: Tensor,
     active: Tensor,
     iterations: Tensor,
-    energy: Tensor,
     iteration: Iteration,
     callback: Callback | None,
-) -> None:
-    """Run Adam in place on the solver variable ``u``; updates ``iterations`` and ``energy``."""
+) -> Tensor:
+    """Run Adam in place on the solver variable ``u``; update ``iterations``, and return
+    the final energy per image."""
     schedule = ws.term.schedule
     max_iter, check_every, tol = iteration.max_iter, iteration.check_every, iteration.tol
     if iteration.lr is not None:
@@ -421,13 +437,21 @@ def _adam(
         base_lr = weights * schedule.lr_per_weight
     floor = ws.term.floor
     decay = schedule.final_lr_ratio ** (1.0 / max(max_iter - 1, 1))
-    m = torch.zeros_like(u)
-    v = torch.zeros_like(u)
+    # Adam's moments start at zero; the kernel's first step takes them as zero unread.
+    m = torch.empty_like(u)
+    v = torch.empty_like(u)
     runs = _runs(base_lr, active)
     # Counted where the images are: a copy to the host every iteration would make the
     # host wait for the device each time.
     steps = torch.zeros(active.shape, dtype=iterations.dtype, device=active.device)
     fused = _kernel(ws, u, m, v, base_lr, active, schedule.beta2)
+    if fused is None:
+        m.zero_()
+        v.zero_()
+        energy = ws.energy(u)
+    else:  # the stopping test compares energies summed one way, the kernel's
+        stopped = ws.energy(u) if not bool(active.all()) else u.new_zeros(active.shape)
+        energy = fused.energy(stopped)
     for k in range(1, max_iter + 1):
         if fused is not None:
             fused.step(k, decay ** (k - 1))
@@ -442,7 +466,7 @@ def _adam(
             ws.image(u).clamp_min_(floor)
         steps += active
         if k % check_every == 0 or k == max_iter:
-            new_energy = ws.energy(u)
+            new_energy = ws.energy(u) if fused is None else fused.energy(energy)
             change = (energy - new_energy).abs() / new_energy.abs().clamp_min(1e-12)
             energy.copy_(new_energy)
             if callback is not None:
@@ -455,6 +479,7 @@ def _adam(
                 runs = _runs(base_lr, active)
                 fused = _kernel(ws, u, m, v, base_lr, active, schedule.beta2)
     iterations += steps.to(iterations.device)
+    return energy
 
 
 def _kernel(
