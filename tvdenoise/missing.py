@@ -24,8 +24,18 @@ __all__ = ["FILL_ROUNDS", "check_finite", "observed_share", "split_missing"]
 FILL_ROUNDS = 32
 
 
+def _all_finite(x: Tensor) -> bool:
+    """Whether every value of ``x`` is finite, where one reduction can tell: a finite sum
+    has no NaN or infinity among its terms (one pass; a mask and a test of it are two
+    passes and a tensor). A sum that overflows says nothing, and ``False`` sends the caller
+    to its own test."""
+    return bool(torch.isfinite(x.sum())) if x.is_floating_point() else True
+
+
 def check_finite(image: Tensor, name: str = "image") -> None:
     """Raise ``ValueError`` if ``image`` holds an infinite value (NaN means missing)."""
+    if _all_finite(image):
+        return
     if bool(torch.isinf(image).any()):
         raise ValueError(
             f"{name} contains infinite values; mark missing values as NaN (or with mask=) "
@@ -47,6 +57,8 @@ def split_missing(f: Tensor) -> tuple[Tensor, Tensor | None]:
     Raises:
         ValueError: if every value of an image is missing.
     """
+    if _all_finite(f):
+        return f, None
     missing = torch.isnan(f)
     if not bool(missing.any()):
         return f, None
