@@ -9,8 +9,9 @@
  * tvdenoise.solver._Workspace.gradient and torch._fused_adam_ in float32; only the order
  * of a few additions differs.
  *
- * Images are (C, H, W) float32 planes. A chunk is a range of rows [r0, r1) of one image.
- * Chunks of one image may run in parallel threads: the flux of the row above a chunk, and
+ * Images are (C, H, W) float32 planes. A chunk is a range of rows [r0, r1) of one image;
+ * the calling threads take chunks from a shared counter. Chunks of one image may run in
+ * parallel: the flux of the row above a chunk, and
  * of a chunk's last row, depend on rows of the neighbouring chunk, which that chunk updates
  * in place; they are computed from the values before the step (tvd_boundaries) before the
  * chunks start, and given to both chunks.
@@ -205,9 +206,14 @@ TVD_EXPORT void tvd_boundaries(int n, const tvd_chunk *chunks, const tvd_params 
     }
 }
 
-/* One Adam step on the rows of each chunk, in order. */
-TVD_EXPORT void tvd_step(int n, const tvd_chunk *chunks, const tvd_params *p) {
-    for (int k = 0; k < n; k++) {
+/* The next chunk for the calling thread: threads take chunks from a shared counter, so
+   that one the system slows down takes fewer. */
+static int take(int *next) { return __atomic_fetch_add(next, 1, __ATOMIC_RELAXED); }
+
+/* One Adam step on the rows of the chunks, each taken by one of the threads that call this
+   with the same counter `next` (0 before the first). */
+TVD_EXPORT void tvd_step(int n, const tvd_chunk *chunks, const tvd_params *p, int *next) {
+    for (int k = take(next); k < n; k = take(next)) {
         const tvd_chunk *c = &chunks[k];
         const int C = c->C, H = c->H, W = c->W;
         const size_t plane = (size_t)H * W, cw = (size_t)C * W;
@@ -296,9 +302,10 @@ static double fidelity_row(const float *R u, const float *R f, const float *R ob
 /* The summed Huber total variation and the summed fidelity of each chunk's rows, into
    out[2k] and out[2k + 1], from the current values (the step's boundary buffers are not
    used; the chunk's work buffer holds a row's differences). */
-TVD_EXPORT void tvd_energy(int n, const tvd_chunk *chunks, const tvd_params *p, double *out) {
+TVD_EXPORT void tvd_energy(int n, const tvd_chunk *chunks, const tvd_params *p, double *out,
+                           int *next) {
     const float eps = p->eps;
-    for (int k = 0; k < n; k++) {
+    for (int k = take(next); k < n; k = take(next)) {
         const tvd_chunk *c = &chunks[k];
         const int C = c->C, H = c->H, W = c->W;
         const size_t plane = (size_t)H * W, cw = (size_t)C * W;

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import ctypes
 import importlib.machinery
+import itertools
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +39,9 @@ __all__ = ["FusedSteps", "available"]
 #: Values per thread, at least: below that one thread does all the work, since each more
 #: thread costs a boundary row and a hand-off per iteration.
 MIN_VALUES_PER_THREAD = 1 << 15
+#: Parts of the rows per thread: a thread that the system slows down (other work on its
+#: core, PyTorch's own threads still spinning after an operation) takes fewer of them.
+CHUNKS_PER_THREAD = 4
 
 _TV_CODES = {("isotropic", True): 0, ("isotropic", False): 1}
 _ANISOTROPIC = 2
@@ -97,12 +102,12 @@ def _library() -> ctypes.CDLL | None:
                 return None
             chunks = ctypes.POINTER(_Chunk)
             params = ctypes.POINTER(_Params)
-            for name in ("tvd_boundaries", "tvd_step"):
-                fn = getattr(lib, name)
-                fn.argtypes = [ctypes.c_int, chunks, params]
-                fn.restype = None
-            lib.tvd_energy.argtypes = [ctypes.c_int, chunks, params, ctypes.c_void_p]
-            lib.tvd_energy.restype = None
+            counter = ctypes.POINTER(ctypes.c_int)
+            lib.tvd_boundaries.argtypes = [ctypes.c_int, chunks, params]
+            lib.tvd_step.argtypes = [ctypes.c_int, chunks, params, counter]
+            lib.tvd_energy.argtypes = [ctypes.c_int, chunks, params, ctypes.c_void_p, counter]
+            for name in ("tvd_boundaries", "tvd_step", "tvd_energy"):
+                getattr(lib, name).restype = None
             for name in ("tvd_work_size", "tvd_flux_size"):
                 fn = getattr(lib, name)
                 fn.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -147,25 +152,27 @@ class FusedSteps:
         half_weights = ws.half_weight.reshape(-1).tolist()
         images = [i for i in range(b) if active[i]]
         values = len(images) * c * h * w
-        threads = max(1, min(torch.get_num_threads(), values // MIN_VALUES_PER_THREAD))
-        # Cut the active images' rows, one after another, into `threads` equal parts.
+        self._threads = max(1, min(torch.get_num_threads(), values // MIN_VALUES_PER_THREAD))
+        # The active images' rows, one after another, cut into CHUNKS_PER_THREAD parts per
+        # thread (and at the images' ends); threads take parts as they finish others.
         total = len(images) * h
-        cuts = [round(total * t / threads) for t in range(threads + 1)]
+        parts = self._threads * CHUNKS_PER_THREAD if self._threads > 1 else 1
+        cuts = sorted(
+            {round(total * t / parts) for t in range(parts + 1)}
+            | {i * h for i in range(len(images) + 1)}
+        )
         work_size = lib.tvd_work_size(c, w)
         flux_size = lib.tvd_flux_size(c, w)
         self._buffers: list[Tensor] = []
-        parts: list[list[_Chunk]] = []
-        boundaries: list[_Chunk] = []
-        for t in range(threads):
+        chunks: list[_Chunk] = []
+        owners: list[int] = []
+        for start, stop in itertools.pairwise(cuts):
+            i, r = divmod(start, h)
+            image = images[i]
             work = u.new_empty(work_size)
             self._buffers.append(work)
-            part: list[_Chunk] = []
-            row = cuts[t]
-            while row < cuts[t + 1]:
-                i, r = divmod(row, h)
-                r1 = min(h, r + cuts[t + 1] - row)
-                image = images[i]
-                chunk = _Chunk(
+            chunks.append(
+                _Chunk(
                     u[image].data_ptr(),
                     m[image].data_ptr(),
                     v[image].data_ptr(),
@@ -175,34 +182,31 @@ class FusedSteps:
                     h,
                     w,
                     r,
-                    r1,
+                    r + stop - start,
                     half_weights[image],
                     rates[image],
                     None,
                     None,
                     work.data_ptr(),
                 )
-                part.append(chunk)
-                row += r1 - r
-            parts.append(part)
+            )
+            owners.append(image)
         # A chunk that starts inside an image shares the flux of the row above it with the
-        # chunk that ends there.
-        ends = {(ch.u, ch.r1): ch for part in parts for ch in part if ch.r1 < h}
-        for part in parts:
-            for ch in part:
-                if ch.r0 > 0:
-                    flux = u.new_empty(flux_size)
-                    self._buffers.append(flux)
-                    ch.above = flux.data_ptr()
-                    ends[(ch.u, ch.r0)].last = flux.data_ptr()
-                    boundaries.append(ch)
-        self._parts = [(len(p), (_Chunk * len(p))(*p)) for p in parts]
-        index = {u[image].data_ptr(): image for image in images}
-        self._owners = [[index[ch.u] for ch in part] for part in parts]
-        self._sums = [torch.zeros(2 * len(part), dtype=torch.float64) for part in parts]
+        # chunk that ends there, its predecessor.
+        boundaries: list[_Chunk] = []
+        for before, chunk in itertools.pairwise(chunks):
+            if chunk.r0 > 0:
+                flux = u.new_empty(flux_size)
+                self._buffers.append(flux)
+                chunk.above = before.last = flux.data_ptr()
+                boundaries.append(chunk)
+        self._count = len(chunks)
+        self._chunks = (_Chunk * len(chunks))(*chunks)
+        self._boundaries = (len(boundaries), (_Chunk * max(1, len(boundaries)))(*boundaries))
+        self._owners = owners
+        self._sums = torch.zeros(2 * len(chunks), dtype=torch.float64)
         self._half_weights = half_weights
         self._values = c * h * w
-        self._boundaries = (len(boundaries), (_Chunk * max(1, len(boundaries)))(*boundaries))
         self._keep = (u, m, v, ws.f, ws.observed)
 
     @classmethod
@@ -242,26 +246,27 @@ class FusedSteps:
         params.adam_eps = adam_eps
         return cls(lib, ws, u, m, v, params, (beta1, beta2), rates.tolist(), active.tolist())
 
+    def _run(self, function: Callable[..., None], *args: object) -> None:
+        """``function(count, chunks, *args, next)`` on this plan's threads, which share out
+        the chunks through the counter ``next``."""
+        counter = ctypes.c_int(0)
+        call = (self._count, self._chunks, *args, ctypes.byref(counter))
+        extra = self._threads - 1
+        pending = [_pool(extra).submit(function, *call) for _ in range(extra)]
+        function(*call)
+        for job in pending:
+            job.result()
+
     def energy(self, previous: Tensor) -> Tensor:
         """The energy per image, as :meth:`~tvdenoise.solver._Workspace.energy` gives it;
         images outside this plan (stopped) keep their ``previous`` value."""
-        params = ctypes.byref(self._params)
-        jobs = [
-            (count, chunks, params, sums.data_ptr())
-            for (count, chunks), sums in zip(self._parts, self._sums, strict=True)
-        ]
-        first, *rest = jobs
-        pending = [_pool(len(rest)).submit(self._lib.tvd_energy, *job) for job in rest]
-        self._lib.tvd_energy(*first)
-        for job in pending:
-            job.result()
+        self._run(self._lib.tvd_energy, ctypes.byref(self._params), self._sums.data_ptr())
         tv: dict[int, float] = {}
         fidelity: dict[int, float] = {}
-        for owners, sums in zip(self._owners, self._sums, strict=True):
-            values = sums.tolist()
-            for k, image in enumerate(owners):
-                tv[image] = tv.get(image, 0.0) + values[2 * k]
-                fidelity[image] = fidelity.get(image, 0.0) + values[2 * k + 1]
+        sums = self._sums.tolist()
+        for k, image in enumerate(self._owners):
+            tv[image] = tv.get(image, 0.0) + sums[2 * k]
+            fidelity[image] = fidelity.get(image, 0.0) + sums[2 * k + 1]
         energy = previous.clone()
         for image, total in tv.items():
             weight = 2 * self._half_weights[image]
@@ -273,14 +278,10 @@ class FusedSteps:
         p = self._params
         p.decay = decay
         p.correction1 = 1 - self._betas[0] ** k
-        p.first = k == 1
         p.corr2 = math.sqrt(1 - self._betas[1] ** k)
+        p.first = k == 1
         params = ctypes.byref(p)
         count, chunks = self._boundaries
         if count:
             self._lib.tvd_boundaries(count, chunks, params)
-        (first_count, first), *rest = self._parts
-        pending = [_pool(len(rest)).submit(self._lib.tvd_step, n, part, params) for n, part in rest]
-        self._lib.tvd_step(first_count, first, params)
-        for job in pending:
-            job.result()
+        self._run(self._lib.tvd_step, params)
