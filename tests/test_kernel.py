@@ -125,6 +125,37 @@ def test_energy_matches_pytorch(
     torch.testing.assert_close(plan.energy(previous), expected, rtol=2e-6, atol=1e-9)
 
 
+@pytest.mark.skipif(
+    os.environ.get("CI") != "true" or platform.system() != "Linux",
+    reason="PyTorch's Linux builds load GNU OpenMP; elsewhere the kernel may use its own threads",
+)
+def test_kernel_finds_pytorchs_openmp_threads() -> None:
+    assert kernel._openmp_parallel() is not None
+
+
+@needs_kernel
+@pytest.mark.parametrize("options", [{}, {"missing": 0.2, "noise": "impulse"}])
+def test_openmp_and_own_threads_agree(
+    options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each part of the rows gives the same values whichever thread takes it: the steps and
+    the energy on the OpenMP runtime's threads and on the kernel's own are equal."""
+    monkeypatch.setattr(kernel, "MIN_VALUES_PER_THREAD", 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    f = torch.rand((2, 3, 45, 23), generator=torch.Generator().manual_seed(3))
+    weights = torch.tensor([0.05, 0.15])
+    results = []
+    for parallel in (kernel._openmp_parallel(), None):
+        monkeypatch.setattr(kernel, "_openmp_parallel", lambda parallel=parallel: parallel)
+        state, ws, u = _steps(f, weights, options, 4, fused=True)
+        active = torch.ones(2, dtype=torch.bool)
+        plan = kernel.FusedSteps.plan(ws, u, *state[1:], weights, active, 0.8, 0.9, 1e-8)
+        assert plan is not None
+        results.append((*state, plan.energy(torch.zeros(2))))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
 @needs_kernel
 @pytest.mark.parametrize("options", [*VARIANTS[:4], {"missing": 0.1}])
 def test_solve_matches_pytorch(options: dict[str, Any]) -> None:

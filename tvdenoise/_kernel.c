@@ -17,7 +17,9 @@
  * chunks start, and given to both chunks.
  *
  * Loaded with ctypes (tvdenoise/kernel.py), which releases the GIL during a call; it is no
- * Python extension module and uses no Python API.
+ * Python extension module and uses no Python API. The threads that share a step are either
+ * the caller's, each calling tvd_step with one counter, or those of the OpenMP runtime that
+ * PyTorch loaded (tvd_step_parallel), whose entry point the loader passes in.
  */
 #include <math.h>
 #include <stddef.h>
@@ -352,6 +354,44 @@ TVD_EXPORT void tvd_energy(int n, const tvd_chunk *chunks, const tvd_params *p, 
         out[2 * k] = tv;
         out[2 * k + 1] = fidelity;
     }
+}
+
+/* A parallel region of the OpenMP runtime: GOMP_parallel(fn, data, threads, flags), which GNU
+   libgomp (GCC 4.9 on) and LLVM's libomp both export. The kernel runs its threads there,
+   on PyTorch's own team, rather than on threads of its own: after each of its operations
+   PyTorch's threads go on spinning for their next region, and would take the cores that
+   threads of the kernel's own need. */
+typedef void (*tvd_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+
+typedef struct {
+    int n;
+    const tvd_chunk *chunks;
+    const tvd_params *p;
+    double *out;
+    int next;
+} tvd_job;
+
+static void step_job(void *arg) {
+    tvd_job *j = arg;
+    tvd_step(j->n, j->chunks, j->p, &j->next);
+}
+
+static void energy_job(void *arg) {
+    tvd_job *j = arg;
+    tvd_energy(j->n, j->chunks, j->p, j->out, &j->next);
+}
+
+/* tvd_step, and tvd_energy, on `threads` threads of a parallel region of `parallel`. */
+TVD_EXPORT void tvd_step_parallel(tvd_parallel_fn parallel, unsigned threads, int n,
+                                  const tvd_chunk *chunks, const tvd_params *p) {
+    tvd_job job = {n, chunks, p, NULL, 0};
+    parallel(step_job, &job, threads, 0);
+}
+
+TVD_EXPORT void tvd_energy_parallel(tvd_parallel_fn parallel, unsigned threads, int n,
+                                    const tvd_chunk *chunks, const tvd_params *p, double *out) {
+    tvd_job job = {n, chunks, p, out, 0};
+    parallel(energy_job, &job, threads, 0);
 }
 
 /* Floats of `work` a chunk needs, and of a boundary's flux buffer. */

@@ -3,7 +3,8 @@
 An iteration of :mod:`tvdenoise.solver` in PyTorch is some twenty operations, each a pass
 over image-sized arrays and, on several cores, a parallel region of its own. The compiled
 kernel makes one pass per iteration, row by row, with the rows of the batch shared out
-between ``torch.get_num_threads()`` threads: one parallel section per iteration. Energy
+between ``torch.get_num_threads()`` threads: one parallel section per iteration, on the
+threads of PyTorch's OpenMP runtime where it is found. Energy
 checks, weights and everything else stay in PyTorch; the kernel replaces
 :meth:`~tvdenoise.solver._Workspace.gradient` and Adam's step, with the same arithmetic.
 
@@ -106,7 +107,22 @@ def _library() -> ctypes.CDLL | None:
             lib.tvd_boundaries.argtypes = [ctypes.c_int, chunks, params]
             lib.tvd_step.argtypes = [ctypes.c_int, chunks, params, counter]
             lib.tvd_energy.argtypes = [ctypes.c_int, chunks, params, ctypes.c_void_p, counter]
-            for name in ("tvd_boundaries", "tvd_step", "tvd_energy"):
+            region = (ctypes.c_void_p, ctypes.c_uint)
+            lib.tvd_step_parallel.argtypes = [*region, ctypes.c_int, chunks, params]
+            lib.tvd_energy_parallel.argtypes = [
+                *region,
+                ctypes.c_int,
+                chunks,
+                params,
+                ctypes.c_void_p,
+            ]
+            for name in (
+                "tvd_boundaries",
+                "tvd_step",
+                "tvd_energy",
+                "tvd_step_parallel",
+                "tvd_energy_parallel",
+            ):
                 getattr(lib, name).restype = None
             for name in ("tvd_work_size", "tvd_flux_size"):
                 fn = getattr(lib, name)
@@ -119,6 +135,36 @@ def _library() -> ctypes.CDLL | None:
 def available() -> bool:
     """Whether the compiled kernel is built and turned on."""
     return _library() is not None
+
+
+#: The OpenMP runtimes whose ``GOMP_parallel`` the kernel can run its threads on.
+_OPENMP_RUNTIMES = ("libgomp", "libomp", "libiomp5")
+
+
+@lru_cache(maxsize=1)
+def _openmp_parallel() -> int | None:
+    """The address of ``GOMP_parallel`` in the OpenMP runtime that PyTorch loaded, or ``None``.
+
+    The kernel runs its threads in a parallel region of that runtime, on PyTorch's own
+    threads: after each operation these spin for a while waiting for the next region, and
+    threads of the kernel's own would have to compete with them for the cores. The runtime
+    is found among the libraries this process has mapped (Linux); elsewhere, or where
+    PyTorch was built without OpenMP, the kernel starts threads of its own.
+    """
+    maps = Path("/proc/self/maps")
+    if not maps.is_file():
+        return None
+    loaded = {line.split()[-1] for line in maps.read_text().splitlines() if "/" in line}
+    for path in sorted(loaded):
+        if Path(path).name.startswith(_OPENMP_RUNTIMES):
+            try:
+                function = ctypes.CDLL(path).GOMP_parallel
+            except (OSError, AttributeError):
+                continue
+            address = ctypes.cast(function, ctypes.c_void_p).value
+            if address is not None:
+                return address
+    return None
 
 
 @lru_cache(maxsize=4)
@@ -246,9 +292,16 @@ class FusedSteps:
         params.adam_eps = adam_eps
         return cls(lib, ws, u, m, v, params, (beta1, beta2), rates.tolist(), active.tolist())
 
-    def _run(self, function: Callable[..., None], *args: object) -> None:
-        """``function(count, chunks, *args, next)`` on this plan's threads, which share out
-        the chunks through the counter ``next``."""
+    def _run(self, name: str, *args: object) -> None:
+        """The kernel's ``name`` (``tvd_step`` or ``tvd_energy``) with ``(count, chunks,
+        *args)`` on this plan's threads, which share out the chunks: on the OpenMP runtime's
+        threads where it was found, else on threads of the kernel's own."""
+        parallel = _openmp_parallel() if self._threads > 1 else None
+        if parallel is not None:
+            run = getattr(self._lib, f"{name}_parallel")
+            run(parallel, self._threads, self._count, self._chunks, *args)
+            return
+        function: Callable[..., None] = getattr(self._lib, name)
         counter = ctypes.c_int(0)
         call = (self._count, self._chunks, *args, ctypes.byref(counter))
         extra = self._threads - 1
@@ -260,7 +313,7 @@ class FusedSteps:
     def energy(self, previous: Tensor) -> Tensor:
         """The energy per image, as :meth:`~tvdenoise.solver._Workspace.energy` gives it;
         images outside this plan (stopped) keep their ``previous`` value."""
-        self._run(self._lib.tvd_energy, ctypes.byref(self._params), self._sums.data_ptr())
+        self._run("tvd_energy", ctypes.byref(self._params), self._sums.data_ptr())
         tv: dict[int, float] = {}
         fidelity: dict[int, float] = {}
         sums = self._sums.tolist()
@@ -284,4 +337,4 @@ class FusedSteps:
         count, chunks = self._boundaries
         if count:
             self._lib.tvd_boundaries(count, chunks, params)
-        self._run(self._lib.tvd_step, params)
+        self._run("tvd_step", params)
