@@ -62,7 +62,6 @@ import torch.nn.functional as F
 
 from .clipping import variance_share
 from .filters import any_in_window, immerkaer_residual
-from .ragged import Packing
 
 __all__ = ["MIN_SIZE", "estimate_sigma"]
 
@@ -125,7 +124,7 @@ def _per_image(x: torch.Tensor, images: int) -> torch.Tensor:
 @dataclass(frozen=True)
 class _Patches:
     """The patches of the images of a batch on one grid, with what selects them: one row
-    per image. ``values`` ``(B, 64, N)``, each patch minus its mean; ``texture`` ``(B,
+    per image. ``values`` ``(B, 64, N)`` float64, each patch minus its mean; ``texture`` ``(B,
     N)``, its mean squared differences; ``unsaturated`` ``(B, N)``, no value at 0 or 1 in
     it; ``quarters`` ``(B, 4, N)``, the means of its four 4x4 quarters."""
 
@@ -178,7 +177,7 @@ class _Patches:
                 )
             )
         return cls(
-            torch.cat(values, dim=2),
+            torch.cat(values, dim=2).to(torch.float64),
             torch.cat(texture, dim=1),
             torch.cat(unsaturated, dim=1),
             torch.cat(quarters, dim=2).to(torch.float64),
@@ -197,13 +196,15 @@ class _Patches:
 
 def _noise_variance(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """``sigma**2`` per image by the spectrum rule on its kept patches (``values``
-    ``(B, 64, N)``, ``keep`` ``(B, N)``), ``(B,)`` float64; NaN where too few."""
+    ``(B, 64, N)`` float64, ``keep`` ``(B, N)``), ``(B,)`` float64; NaN where too few."""
     d = _PATCH * _PATCH
     kept = keep.sum(dim=1)
     # Rows with too few patches are computed on no more than two (a finite matrix).
     n = kept.clamp_min(2).to(torch.float64)
-    selected = Packing.of(keep).pack(values).to(torch.float64)
-    gram = selected @ selected.transpose(1, 2)
+    # The kept patches' sums of products, as one product over all of them with the others
+    # weighted 0: no copy of the kept ones, which the refinements choose anew each round.
+    selected = values * keep.unsqueeze(1)
+    gram = selected @ values.transpose(1, 2)
     mean = selected.sum(dim=2) / n.unsqueeze(1)
     outer = mean.unsqueeze(2) * mean.unsqueeze(1)
     covariance = (gram - n.view(-1, 1, 1) * outer) / (n.view(-1, 1, 1) - 1)
