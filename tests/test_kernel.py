@@ -36,6 +36,22 @@ VARIANTS: list[dict[str, Any]] = [
 ]
 # Odd sizes, a single row, a single column, and images whose rows are cut between threads.
 SHAPES = [(1, 3, 37, 31), (2, 1, 1, 9), (1, 2, 40, 1), (3, 3, 29, 41), (2, 1, 90, 17)]
+# Volumes: odd sizes, a single plane, a single row per plane, a single column, and volumes
+# whose planes are cut between threads (every plane a part of its own in the tests).
+VOLUME_SHAPES = [
+    (1, 1, 5, 7, 9),
+    (2, 3, 9, 6, 5),
+    (1, 2, 1, 8, 7),
+    (1, 2, 13, 1, 4),
+    (2, 1, 17, 3, 1),
+]
+
+
+def _for_volume(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with a spacing along the volumes' first axis too."""
+    if "spacing" not in options:
+        return options
+    return {**options, "spacing": (0.7, *options["spacing"])}
 
 
 @pytest.mark.skipif(
@@ -55,12 +71,12 @@ def _steps(
         options.get("tv", "isotropic"),
         options.get("color", "joint"),
         DEFAULT_EPS,
-        2,
+        f.dim() - 2,
         options.get("spacing"),
         options.get("noise", "gaussian"),
         None,
     )
-    half = (weights / 2).reshape(-1, 1, 1, 1)
+    half = (weights / 2).reshape(-1, *[1] * (f.dim() - 1))
     observed = None
     if "missing" in options:  # a fraction of the values missing
         generator = torch.Generator().manual_seed(5)
@@ -99,6 +115,46 @@ def test_steps_match_pytorch(
     # rounding step apart becomes a few parts in a million of the step.
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", VOLUME_SHAPES)
+@pytest.mark.parametrize("options", VARIANTS)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_volume_steps_match_pytorch(
+    shape: tuple[int, ...], options: dict[str, Any], threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kernel, "MIN_VALUES_PER_THREAD", 1)
+    monkeypatch.setattr(kernel, "MIN_PLANES_PER_CHUNK", 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    f = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)))
+    weights = torch.linspace(0.05, 0.2, shape[0])
+    ours, _, _ = _steps(f, weights, _for_volume(options), 4, fused=True)
+    theirs, _, _ = _steps(f, weights, _for_volume(options), 4, fused=False)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", VOLUME_SHAPES)
+@pytest.mark.parametrize("options", VARIANTS)
+def test_volume_energy_matches_pytorch(
+    shape: tuple[int, ...], options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kernel, "MIN_VALUES_PER_THREAD", 1)
+    monkeypatch.setattr(kernel, "MIN_PLANES_PER_CHUNK", 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    f = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)))
+    weights = torch.linspace(0.05, 0.2, shape[0])
+    _, ws, u = _steps(f, weights, _for_volume(options), 3, fused=True)
+    active = torch.ones(shape[0], dtype=torch.bool)
+    plan = kernel.FusedSteps.plan(
+        ws, u, torch.zeros_like(u), torch.zeros_like(u), weights, active, 0.8, 0.9, 1e-8
+    )
+    assert plan is not None
+    torch.testing.assert_close(
+        plan.energy(torch.zeros(shape[0])), ws.energy(u), rtol=2e-6, atol=1e-9
+    )
 
 
 @needs_kernel
@@ -176,9 +232,25 @@ def test_solve_matches_pytorch(options: dict[str, Any]) -> None:
     torch.testing.assert_close(ours.energy, theirs.energy, rtol=1e-5, atol=0)
 
 
+@needs_kernel
+@pytest.mark.parametrize("options", [{}, {"spacing": (2.0, 1.0, 1.0)}, {"tv": "anisotropic"}])
+def test_volume_solve_matches_pytorch(options: dict[str, Any]) -> None:
+    """Whole solves of a batch of stacks (two of them cut into parts) reach the same volumes."""
+    clean = torch.stack([piecewise_image(2, 24, 21, seed=s) for s in range(3)], dim=1)
+    noisy = add_noise(clean.expand(2, -1, -1, -1, -1).contiguous(), 0.1, seed=4)
+    weights = torch.tensor([0.15, 0.3])
+    ours = solver.solve(noisy, weights, spatial_dims=3, **options)
+    with without_kernel():
+        theirs = solver.solve(noisy, weights, spatial_dims=3, **options)
+    assert torch.equal(ours.iterations, theirs.iterations)
+    torch.testing.assert_close(ours.restored, theirs.restored, rtol=0, atol=2e-4)
+    torch.testing.assert_close(ours.energy, theirs.energy, rtol=1e-5, atol=0)
+
+
 def _plan(f: torch.Tensor, reg: TotalVariation, noise: str = "gaussian") -> object:
     term = data_term(noise)
-    ws = solver._Workspace(f, torch.full((f.shape[0], 1, 1, 1), 0.05), reg, term, None)
+    half = torch.full((f.shape[0], *[1] * (f.dim() - 1)), 0.05)
+    ws = solver._Workspace(f, half, reg, term, None)
     u, m, v = f.clone(), torch.zeros_like(f), torch.zeros_like(f)
     rates = torch.full((f.shape[0],), 0.01)
     active = torch.ones(f.shape[0], dtype=torch.bool)
@@ -191,8 +263,8 @@ def test_kernel_stays_out_of_what_it_does_not_cover() -> None:
     volume = TotalVariation("isotropic", "joint", DEFAULT_EPS, 3, None)
     f = torch.rand(1, 3, 8, 9)
     assert _plan(f, image) is not None
+    assert _plan(torch.rand(1, 1, 4, 8, 9), volume) is not None
     assert _plan(f.double(), image) is None
-    assert _plan(torch.rand(1, 1, 4, 8, 9), volume) is None
     assert _plan(f, image, "poisson") is None
 
 

@@ -1,5 +1,5 @@
 /*
- * The Adam solver's iteration for 2-D total variation in one pass over memory (CPU).
+ * The Adam solver's iteration for 2-D and 3-D total variation in one pass over memory (CPU).
  *
  * PyTorch computes an iteration of tvdenoise.solver as some twenty operations, each a pass
  * over image-sized arrays. Here one pass, row by row, forms the differences of a row, its
@@ -356,6 +356,285 @@ TVD_EXPORT void tvd_energy(int n, const tvd_chunk *chunks, const tvd_params *p, 
     }
 }
 
+/* ---------------------------------------------------------------------------------------
+ * Volumes: (C, D, H, W) float32, total variation over the three axes D, H, W. A chunk is a
+ * range of planes [z0, z1) of one volume, taken row by row in order. Updating a row in place
+ * is safe within a chunk: a row's flux reads the row, the row below it and the same row of
+ * the next plane, none of them updated yet. Across chunks it reads two planes that another
+ * thread updates: the flux of the plane before a chunk (whose D part the chunk's first plane
+ * needs) and of a chunk's last plane (which reads the next chunk's first plane) are computed
+ * from copies of those planes made before the step (tvd_boundaries3).
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    float *u, *m, *v;
+    const float *f;
+    const float *observed;
+    int C, D, H, W;
+    int z0, z1;
+    float half_weight;
+    double rate;
+    float iz;                /* inverse spacing along D (H and W: the params') */
+    float *before;           /* copy of plane z0 - 1, (C, H, W); NULL when z0 == 0 */
+    float *after;            /* copy of plane z1, (C, H, W); NULL when z1 == D */
+    float *work;             /* tvd_work_size3(C, H, W) floats */
+} tvd_chunk3;
+
+/* The flux of row y of a plane, (pz, py: C*W each; px: C*(W+1), each channel's led by a
+   zero), in the arithmetic of tvdenoise.solver._Workspace.gradient: differences along D, H,
+   W (the plane's channels `cs` apart, the next plane's `ns` apart; nxt NULL: the last plane),
+   their magnitude summed axis by axis, channel by channel. */
+TVD_CLONES
+static void row_flux3(const float *R cur, size_t cs, const float *R nxt, size_t ns, int C,
+                      int H, int W, int y, float hw, float iz, const tvd_params *p,
+                      float *R pz, float *R py, float *R px, float *R s) {
+    const float eps = p->eps, eps2 = eps * eps, ih = p->ih, iw = p->iw;
+    for (int c = 0; c < C; c++) {
+        const float *R r = cur + c * cs + (size_t)y * W;
+        float *R dz = pz + (size_t)c * W, *R dy = py + (size_t)c * W;
+        float *R dx = px + (size_t)c * (W + 1) + 1;
+        dx[-1] = 0.f;
+        if (nxt != NULL) {
+            const float *R n = nxt + c * ns + (size_t)y * W;
+            for (int j = 0; j < W; j++) dz[j] = (n[j] - r[j]) * iz;
+        } else {
+            for (int j = 0; j < W; j++) dz[j] = 0.f;
+        }
+        if (y < H - 1) {
+            const float *R n = r + W;
+            for (int j = 0; j < W; j++) dy[j] = (n[j] - r[j]) * ih;
+        } else {
+            for (int j = 0; j < W; j++) dy[j] = 0.f;
+        }
+        for (int j = 0; j < W - 1; j++) dx[j] = (r[j + 1] - r[j]) * iw;
+        dx[W - 1] = 0.f;
+    }
+    if (p->tv == TVD_ANISOTROPIC) {
+        for (int c = 0; c < C; c++) {
+            float *R dz = pz + (size_t)c * W, *R dy = py + (size_t)c * W;
+            float *R dx = px + (size_t)c * (W + 1) + 1;
+            for (int j = 0; j < W; j++) {
+                float a = fabsf(dz[j]), b = fabsf(dy[j]), d = fabsf(dx[j]);
+                dz[j] = dz[j] / (a > eps ? a : eps) * hw * iz;
+                dy[j] = dy[j] / (b > eps ? b : eps) * hw * ih;
+                dx[j] = dx[j] / (d > eps ? d : eps) * hw * iw;
+            }
+        }
+        return;
+    }
+    const int groups = p->tv == TVD_ISOTROPIC_JOINT ? 1 : C;
+    const int per_group = C / groups;
+    for (int g = 0; g < groups; g++) {
+        const int c0 = g * per_group, c1 = c0 + per_group;
+        for (int j = 0; j < W; j++) s[j] = 0.f;
+        for (int c = c0; c < c1; c++) {
+            const float *R d = pz + (size_t)c * W;
+            for (int j = 0; j < W; j++) s[j] += d[j] * d[j];
+        }
+        for (int c = c0; c < c1; c++) {
+            const float *R d = py + (size_t)c * W;
+            for (int j = 0; j < W; j++) s[j] += d[j] * d[j];
+        }
+        for (int c = c0; c < c1; c++) {
+            const float *R d = px + (size_t)c * (W + 1) + 1;
+            for (int j = 0; j < W; j++) s[j] += d[j] * d[j];
+        }
+        for (int j = 0; j < W; j++) {
+            float q = s[j] > eps2 ? s[j] : eps2;
+            s[j] = 1.f / sqrtf(q) * hw;
+        }
+        for (int c = c0; c < c1; c++) {
+            float *R dz = pz + (size_t)c * W, *R dy = py + (size_t)c * W;
+            float *R dx = px + (size_t)c * (W + 1) + 1;
+            for (int j = 0; j < W; j++) {
+                dz[j] = dz[j] * s[j] * iz;
+                dy[j] = dy[j] * s[j] * ih;
+                dx[j] = dx[j] * s[j] * iw;
+            }
+        }
+    }
+}
+
+/* The energy gradient of one row of one channel of a volume and Adam's update of it. */
+static inline __attribute__((always_inline)) void
+update_loop3(float *R u, const float *R f, const float *R obs, float *R m, float *R v,
+             const float *R pz, const float *R py, const float *R dx, const float *R prev,
+             const float *R above, int W, float step, const tvd_params *p, const int impulse,
+             const int masked) {
+    const float b1 = p->beta1, b1c = p->beta1c, b2 = p->beta2, b2c = p->beta2c;
+    const float corr2 = p->corr2, ae = p->adam_eps;
+    const float *R left = dx - 1; /* the leading zero */
+    for (int j = 0; j < W; j++) {
+        float r = u[j] - f[j];
+        if (impulse) {
+            r /= p->data_scale;
+            r = (r > 1.f ? 1.f : (r < -1.f ? -1.f : r)) * 0.5f;
+        }
+        if (masked) r *= obs[j];
+        float g = r - pz[j] - py[j] - dx[j] + prev[j] + above[j] + left[j];
+        float mm = m[j] * b1 + g * b1c;
+        float vv = v[j] * b2 + g * g * b2c;
+        m[j] = mm;
+        v[j] = vv;
+        u[j] = u[j] - step * mm / (sqrtf(vv) / corr2 + ae);
+    }
+}
+
+TVD_CLONES
+static void update_row3(float *R u, const float *R f, const float *R obs, float *R m,
+                        float *R v, const float *R pz, const float *R py, const float *R dx,
+                        const float *R prev, const float *R above, int W, float step,
+                        const tvd_params *p) {
+    const int impulse = p->data == TVD_IMPULSE;
+    if (obs == NULL) {
+        if (impulse) update_loop3(u, f, obs, m, v, pz, py, dx, prev, above, W, step, p, 1, 0);
+        else update_loop3(u, f, obs, m, v, pz, py, dx, prev, above, W, step, p, 0, 0);
+    } else {
+        if (impulse) update_loop3(u, f, obs, m, v, pz, py, dx, prev, above, W, step, p, 1, 1);
+        else update_loop3(u, f, obs, m, v, pz, py, dx, prev, above, W, step, p, 0, 1);
+    }
+}
+
+/* Copies of the planes next to each chunk boundary, before any chunk of the step runs. */
+TVD_EXPORT void tvd_boundaries3(int n, const tvd_chunk3 *chunks) {
+    for (int k = 0; k < n; k++) {
+        const tvd_chunk3 *c = &chunks[k];
+        const size_t plane = (size_t)c->H * c->W, volume = (size_t)c->D * plane;
+        for (int ch = 0; ch < c->C; ch++) {
+            if (c->before != NULL)
+                copy(c->before + ch * plane, c->u + ch * volume + (size_t)(c->z0 - 1) * plane,
+                     plane);
+            if (c->after != NULL)
+                copy(c->after + ch * plane, c->u + ch * volume + (size_t)c->z1 * plane, plane);
+        }
+    }
+}
+
+/* One Adam step on the planes of the chunks, shared out through `next` as tvd_step. */
+TVD_EXPORT void tvd_step3(int n, const tvd_chunk3 *chunks, const tvd_params *p, int *next) {
+    for (int k = take(next); k < n; k = take(next)) {
+        const tvd_chunk3 *c = &chunks[k];
+        const int C = c->C, D = c->D, H = c->H, W = c->W;
+        const size_t plane = (size_t)H * W, volume = (size_t)D * plane, cw = (size_t)C * W;
+        float *prev = c->work;                /* pz of the plane before, (C, H, W) */
+        float *pz = prev + (size_t)C * plane; /* this row's */
+        float *py = pz + cw, *above = py + cw, *px = above + cw;
+        float *s = px + (size_t)C * (W + 1);
+        const float step = (float)(c->rate * p->decay / p->correction1);
+        const float hw = c->half_weight;
+        /* The D flux of the plane before the chunk, from its copy and this chunk's first
+           plane (not updated yet). */
+        for (int y = 0; y < H; y++) {
+            if (c->before == NULL) {
+                for (int ch = 0; ch < C; ch++)
+                    for (int j = 0; j < W; j++) prev[ch * plane + (size_t)y * W + j] = 0.f;
+                continue;
+            }
+            row_flux3(c->before, plane, c->u + (size_t)c->z0 * plane, volume, C, H, W, y, hw,
+                      c->iz, p, pz, py, px, s);
+            for (int ch = 0; ch < C; ch++)
+                copy(prev + ch * plane + (size_t)y * W, pz + (size_t)ch * W, W);
+        }
+        for (int z = c->z0; z < c->z1; z++) {
+            const float *cur = c->u + (size_t)z * plane, *nxt = NULL;
+            size_t ns = volume;
+            if (z + 1 == c->z1 && c->after != NULL) {
+                nxt = c->after;
+                ns = plane;
+            } else if (z + 1 < D) {
+                nxt = c->u + (size_t)(z + 1) * plane;
+            }
+            for (size_t q = 0; q < cw; q++) above[q] = 0.f;
+            for (int y = 0; y < H; y++) {
+                row_flux3(cur, volume, nxt, ns, C, H, W, y, hw, c->iz, p, pz, py, px, s);
+                for (int ch = 0; ch < C; ch++) {
+                    const size_t off = ch * volume + (size_t)z * plane + (size_t)y * W;
+                    const float *obs = c->observed == NULL ? NULL : c->observed + off;
+                    float *before_row = prev + ch * plane + (size_t)y * W;
+                    if (p->first) {
+                        for (int j = 0; j < W; j++) c->m[off + j] = c->v[off + j] = 0.f;
+                    }
+                    update_row3(c->u + off, c->f + off, obs, c->m + off, c->v + off,
+                                pz + (size_t)ch * W, py + (size_t)ch * W,
+                                px + (size_t)ch * (W + 1) + 1, before_row,
+                                above + (size_t)ch * W, W, step, p);
+                    copy(before_row, pz + (size_t)ch * W, W);
+                }
+                float *t = py;
+                py = above;
+                above = t;
+            }
+        }
+    }
+}
+
+/* The summed Huber total variation and fidelity of each chunk's planes, as tvd_energy. */
+TVD_EXPORT void tvd_energy3(int n, const tvd_chunk3 *chunks, const tvd_params *p,
+                            double *out, int *next) {
+    const float eps = p->eps;
+    for (int k = take(next); k < n; k = take(next)) {
+        const tvd_chunk3 *c = &chunks[k];
+        const int C = c->C, D = c->D, H = c->H, W = c->W;
+        const size_t plane = (size_t)H * W, volume = (size_t)D * plane, cw = (size_t)C * W;
+        float *dz = c->work + (size_t)C * plane, *dy = dz + cw, *dx = dy + cw;
+        float *s = dx + (size_t)C * (W + 1);
+        double tv = 0.0, fidelity = 0.0;
+        for (int z = c->z0; z < c->z1; z++) {
+            for (int y = 0; y < H; y++) {
+                for (int ch = 0; ch < C; ch++) {
+                    const float *R r = c->u + ch * volume + (size_t)z * plane + (size_t)y * W;
+                    float *R a = dz + (size_t)ch * W, *R b = dy + (size_t)ch * W;
+                    float *R e = dx + (size_t)ch * (W + 1) + 1;
+                    for (int j = 0; j < W; j++) a[j] = z < D - 1 ? (r[j + plane] - r[j]) * c->iz : 0.f;
+                    for (int j = 0; j < W; j++) b[j] = y < H - 1 ? (r[j + W] - r[j]) * p->ih : 0.f;
+                    for (int j = 0; j < W - 1; j++) e[j] = (r[j + 1] - r[j]) * p->iw;
+                    e[W - 1] = 0.f;
+                }
+                if (p->tv == TVD_ANISOTROPIC) {
+                    for (int ch = 0; ch < C; ch++) {
+                        float *a = dz + (size_t)ch * W, *b = dy + (size_t)ch * W;
+                        float *e = dx + (size_t)ch * (W + 1) + 1;
+                        for (int j = 0; j < W; j++) {
+                            a[j] = fabsf(a[j]);
+                            b[j] = fabsf(b[j]);
+                            e[j] = fabsf(e[j]);
+                        }
+                        huber_row(a, W, eps);
+                        huber_row(b, W, eps);
+                        huber_row(e, W, eps);
+                        tv += lane_sum(a, W) + lane_sum(b, W) + lane_sum(e, W);
+                    }
+                } else {
+                    const int groups = p->tv == TVD_ISOTROPIC_JOINT ? 1 : C;
+                    const int per_group = C / groups;
+                    for (int g = 0; g < groups; g++) {
+                        const int c0 = g * per_group, c1 = c0 + per_group;
+                        for (int j = 0; j < W; j++) s[j] = 0.f;
+                        for (int ch = c0; ch < c1; ch++)
+                            for (int j = 0; j < W; j++) s[j] += dz[ch * W + j] * dz[ch * W + j];
+                        for (int ch = c0; ch < c1; ch++)
+                            for (int j = 0; j < W; j++) s[j] += dy[ch * W + j] * dy[ch * W + j];
+                        for (int ch = c0; ch < c1; ch++) {
+                            const float *e = dx + (size_t)ch * (W + 1) + 1;
+                            for (int j = 0; j < W; j++) s[j] += e[j] * e[j];
+                        }
+                        for (int j = 0; j < W; j++) s[j] = sqrtf(s[j]);
+                        huber_row(s, W, eps);
+                        tv += lane_sum(s, W);
+                    }
+                }
+                for (int ch = 0; ch < C; ch++) {
+                    const size_t off = ch * volume + (size_t)z * plane + (size_t)y * W;
+                    const float *obs = c->observed == NULL ? NULL : c->observed + off;
+                    fidelity += fidelity_row(c->u + off, c->f + off, obs, dz, W, p);
+                }
+            }
+        }
+        out[2 * k] = tv;
+        out[2 * k + 1] = fidelity;
+    }
+}
+
 /* A parallel region of the OpenMP runtime: GOMP_parallel(fn, data, threads, flags), which GNU
    libgomp (GCC 4.9 on) and LLVM's libomp both export. The kernel runs its threads there,
    on PyTorch's own team, rather than on threads of its own: after each of its operations
@@ -365,35 +644,44 @@ typedef void (*tvd_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
 
 typedef struct {
     int n;
-    const tvd_chunk *chunks;
+    const void *chunks;
     const tvd_params *p;
     double *out;
+    int volume; /* tvd_chunk3 chunks, else tvd_chunk */
     int next;
 } tvd_job;
 
 static void step_job(void *arg) {
     tvd_job *j = arg;
-    tvd_step(j->n, j->chunks, j->p, &j->next);
+    if (j->volume) tvd_step3(j->n, j->chunks, j->p, &j->next);
+    else tvd_step(j->n, j->chunks, j->p, &j->next);
 }
 
 static void energy_job(void *arg) {
     tvd_job *j = arg;
-    tvd_energy(j->n, j->chunks, j->p, j->out, &j->next);
+    if (j->volume) tvd_energy3(j->n, j->chunks, j->p, j->out, &j->next);
+    else tvd_energy(j->n, j->chunks, j->p, j->out, &j->next);
 }
 
-/* tvd_step, and tvd_energy, on `threads` threads of a parallel region of `parallel`. */
-TVD_EXPORT void tvd_step_parallel(tvd_parallel_fn parallel, unsigned threads, int n,
-                                  const tvd_chunk *chunks, const tvd_params *p) {
-    tvd_job job = {n, chunks, p, NULL, 0};
+/* tvd_step, and tvd_energy, on `threads` threads of a parallel region of `parallel`; with
+   `volume`, tvd_step3 and tvd_energy3 on tvd_chunk3 chunks. */
+TVD_EXPORT void tvd_step_parallel(tvd_parallel_fn parallel, unsigned threads, int volume, int n,
+                                  const void *chunks, const tvd_params *p) {
+    tvd_job job = {n, chunks, p, NULL, volume, 0};
     parallel(step_job, &job, threads, 0);
 }
 
-TVD_EXPORT void tvd_energy_parallel(tvd_parallel_fn parallel, unsigned threads, int n,
-                                    const tvd_chunk *chunks, const tvd_params *p, double *out) {
-    tvd_job job = {n, chunks, p, out, 0};
+TVD_EXPORT void tvd_energy_parallel(tvd_parallel_fn parallel, unsigned threads, int volume,
+                                    int n, const void *chunks, const tvd_params *p,
+                                    double *out) {
+    tvd_job job = {n, chunks, p, out, volume, 0};
     parallel(energy_job, &job, threads, 0);
 }
 
 /* Floats of `work` a chunk needs, and of a boundary's flux buffer. */
 TVD_EXPORT size_t tvd_work_size(int C, int W) { return 2 * (size_t)C * W + (size_t)C * (W + 1) + W; }
 TVD_EXPORT size_t tvd_flux_size(int C, int W) { return flux_size(C, W); }
+/* Floats of `work` a volume's chunk needs. */
+TVD_EXPORT size_t tvd_work_size3(int C, int H, int W) {
+    return (size_t)C * H * W + 3 * (size_t)C * W + (size_t)C * (W + 1) + W;
+}

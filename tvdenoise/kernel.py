@@ -2,14 +2,15 @@
 
 An iteration of :mod:`tvdenoise.solver` in PyTorch is some twenty operations, each a pass
 over image-sized arrays and, on several cores, a parallel region of its own. The compiled
-kernel makes one pass per iteration, row by row, with the rows of the batch shared out
-between ``torch.get_num_threads()`` threads: one parallel section per iteration, on the
-threads of PyTorch's OpenMP runtime where it is found. Energy
-checks, weights and everything else stay in PyTorch; the kernel replaces
+kernel makes one pass per iteration, row by row, with the rows of the batch (the planes of
+volumes) shared out between ``torch.get_num_threads()`` threads: one parallel section per
+iteration, on the threads of PyTorch's OpenMP runtime where it is found. Energy checks,
+weights and everything else stay in PyTorch; the kernel replaces
 :meth:`~tvdenoise.solver._Workspace.gradient` and Adam's step, with the same arithmetic.
 
-It applies to 2-D total variation (any colour coupling and kind, with or without pixel
-spacing, with missing values or without) of float32 images on the CPU, for the data terms that
+It applies to 2-D and 3-D total variation (any colour coupling and kind, with or without
+spacing, with missing values or without) of float32 images and volumes on the CPU, for the
+data terms that
 declare a kernel form (:meth:`~tvdenoise.fidelity.DataTerm.kernel_form`). Everything else,
 and every machine where the kernel was not built (it is an optional part of the install),
 takes PyTorch's operations; the tests check that both give the same iterates. Setting the
@@ -43,6 +44,8 @@ MIN_VALUES_PER_THREAD = 1 << 15
 #: Parts of the rows per thread: a thread that the system slows down (other work on its
 #: core, PyTorch's own threads still spinning after an operation) takes fewer of them.
 CHUNKS_PER_THREAD = 4
+#: Planes per part of a volume, at least.
+MIN_PLANES_PER_CHUNK = 4
 
 _TV_CODES = {("isotropic", True): 0, ("isotropic", False): 1}
 _ANISOTROPIC = 2
@@ -88,6 +91,28 @@ class _Chunk(ctypes.Structure):
     ]
 
 
+class _Chunk3(ctypes.Structure):
+    _fields_ = [
+        ("u", ctypes.c_void_p),
+        ("m", ctypes.c_void_p),
+        ("v", ctypes.c_void_p),
+        ("f", ctypes.c_void_p),
+        ("observed", ctypes.c_void_p),
+        ("C", ctypes.c_int),
+        ("D", ctypes.c_int),
+        ("H", ctypes.c_int),
+        ("W", ctypes.c_int),
+        ("z0", ctypes.c_int),
+        ("z1", ctypes.c_int),
+        ("half_weight", ctypes.c_float),
+        ("rate", ctypes.c_double),
+        ("iz", ctypes.c_float),
+        ("before", ctypes.c_void_p),
+        ("after", ctypes.c_void_p),
+        ("work", ctypes.c_void_p),
+    ]
+
+
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
     """The built kernel beside this module, or ``None`` where it was not built."""
@@ -107,19 +132,20 @@ def _library() -> ctypes.CDLL | None:
             lib.tvd_boundaries.argtypes = [ctypes.c_int, chunks, params]
             lib.tvd_step.argtypes = [ctypes.c_int, chunks, params, counter]
             lib.tvd_energy.argtypes = [ctypes.c_int, chunks, params, ctypes.c_void_p, counter]
-            region = (ctypes.c_void_p, ctypes.c_uint)
-            lib.tvd_step_parallel.argtypes = [*region, ctypes.c_int, chunks, params]
-            lib.tvd_energy_parallel.argtypes = [
-                *region,
-                ctypes.c_int,
-                chunks,
-                params,
-                ctypes.c_void_p,
-            ]
+            chunks3 = ctypes.POINTER(_Chunk3)
+            lib.tvd_boundaries3.argtypes = [ctypes.c_int, chunks3]
+            lib.tvd_step3.argtypes = [ctypes.c_int, chunks3, params, counter]
+            lib.tvd_energy3.argtypes = [ctypes.c_int, chunks3, params, ctypes.c_void_p, counter]
+            region = (ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+            lib.tvd_step_parallel.argtypes = [*region, params]
+            lib.tvd_energy_parallel.argtypes = [*region, params, ctypes.c_void_p]
             for name in (
                 "tvd_boundaries",
                 "tvd_step",
                 "tvd_energy",
+                "tvd_boundaries3",
+                "tvd_step3",
+                "tvd_energy3",
                 "tvd_step_parallel",
                 "tvd_energy_parallel",
             ):
@@ -128,6 +154,8 @@ def _library() -> ctypes.CDLL | None:
                 fn = getattr(lib, name)
                 fn.argtypes = [ctypes.c_int, ctypes.c_int]
                 fn.restype = ctypes.c_size_t
+            lib.tvd_work_size3.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+            lib.tvd_work_size3.restype = ctypes.c_size_t
             return lib
     return None
 
@@ -173,7 +201,8 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 
 class FusedSteps:
-    """Adam's steps of one solve through the kernel, the batch's rows cut among threads.
+    """Adam's steps of one solve through the kernel, the batch's rows (images) or planes
+    (volumes) cut among threads.
 
     Made by :meth:`plan` where the kernel applies; :meth:`step` then replaces the
     gradient and the Adam step of one iteration, on the solver's own tensors.
@@ -194,66 +223,92 @@ class FusedSteps:
         self._lib = lib
         self._params = params
         self._betas = betas
-        b, c, h, w = u.shape
+        self._volume = u.dim() == 5
+        b, c, *spatial = u.shape
         half_weights = ws.half_weight.reshape(-1).tolist()
         images = [i for i in range(b) if active[i]]
-        values = len(images) * c * h * w
+        values = len(images) * math.prod(u.shape[1:])
         self._threads = max(1, min(torch.get_num_threads(), values // MIN_VALUES_PER_THREAD))
-        # The active images' rows, one after another, cut into CHUNKS_PER_THREAD parts per
-        # thread (and at the images' ends); threads take parts as they finish others.
-        total = len(images) * h
+        # The active images' rows (planes of volumes), one after another, cut into
+        # CHUNKS_PER_THREAD parts per thread (and at the images' ends); threads take parts
+        # as they finish others. A volume's part holds at least MIN_PLANES_PER_CHUNK planes:
+        # each costs two plane copies and the flux of one more plane.
+        length = spatial[0]
+        total = len(images) * length
         parts = self._threads * CHUNKS_PER_THREAD if self._threads > 1 else 1
+        if self._volume:
+            parts = max(1, min(parts, total // MIN_PLANES_PER_CHUNK))
         cuts = sorted(
             {round(total * t / parts) for t in range(parts + 1)}
-            | {i * h for i in range(len(images) + 1)}
+            | {i * length for i in range(len(images) + 1)}
         )
-        work_size = lib.tvd_work_size(c, w)
-        flux_size = lib.tvd_flux_size(c, w)
+        ranges = [
+            (images[start // length], start % length, stop - start)
+            for start, stop in itertools.pairwise(cuts)
+        ]
         self._buffers: list[Tensor] = []
-        chunks: list[_Chunk] = []
-        owners: list[int] = []
-        for start, stop in itertools.pairwise(cuts):
-            i, r = divmod(start, h)
-            image = images[i]
-            work = u.new_empty(work_size)
-            self._buffers.append(work)
-            chunks.append(
-                _Chunk(
-                    u[image].data_ptr(),
-                    m[image].data_ptr(),
-                    v[image].data_ptr(),
-                    ws.f[image].data_ptr(),
-                    None if ws.observed is None else ws.observed[image].data_ptr(),
-                    c,
-                    h,
-                    w,
-                    r,
-                    r + stop - start,
-                    half_weights[image],
-                    rates[image],
-                    None,
-                    None,
-                    work.data_ptr(),
-                )
+        self._owners = [image for image, _, _ in ranges]
+        pointers = [
+            (
+                u[i].data_ptr(),
+                m[i].data_ptr(),
+                v[i].data_ptr(),
+                ws.f[i].data_ptr(),
+                None if ws.observed is None else ws.observed[i].data_ptr(),
             )
-            owners.append(image)
-        # A chunk that starts inside an image shares the flux of the row above it with the
-        # chunk that ends there, its predecessor.
-        boundaries: list[_Chunk] = []
-        for before, chunk in itertools.pairwise(chunks):
-            if chunk.r0 > 0:
-                flux = u.new_empty(flux_size)
-                self._buffers.append(flux)
-                chunk.above = before.last = flux.data_ptr()
-                boundaries.append(chunk)
-        self._count = len(chunks)
-        self._chunks = (_Chunk * len(chunks))(*chunks)
-        self._boundaries = (len(boundaries), (_Chunk * max(1, len(boundaries)))(*boundaries))
-        self._owners = owners
-        self._sums = torch.zeros(2 * len(chunks), dtype=torch.float64)
+            for i in range(b)
+        ]
+        if self._volume:
+            d, h, w = spatial
+            iz = 1.0 if ws.inverse_spacing[0] is None else ws.inverse_spacing[0]
+            work_size = lib.tvd_work_size3(c, h, w)
+            chunks3 = []
+            for image, z0, count in ranges:
+                work = self._buffer(u, work_size)
+                part = _Chunk3(*pointers[image], c, d, h, w, z0, z0 + count)
+                part.half_weight, part.rate, part.iz = half_weights[image], rates[image], iz
+                part.work = work
+                chunks3.append(part)
+            # A part that starts inside a volume reads a copy of the plane before it; the
+            # part before it, a copy of its first plane.
+            for previous, part in itertools.pairwise(chunks3):
+                if part.z0 > 0:
+                    part.before = self._buffer(u, c * h * w)
+                    previous.after = self._buffer(u, c * h * w)
+            self._chunks: ctypes.Array[_Chunk] | ctypes.Array[_Chunk3] = (_Chunk3 * len(chunks3))(
+                *chunks3
+            )
+            self._values = c * d * h * w
+        else:
+            h, w = spatial
+            work_size = lib.tvd_work_size(c, w)
+            flux_size = lib.tvd_flux_size(c, w)
+            chunks = []
+            for image, r, count in ranges:
+                work = self._buffer(u, work_size)
+                chunk = _Chunk(*pointers[image], c, h, w, r, r + count)
+                chunk.half_weight, chunk.rate, chunk.work = half_weights[image], rates[image], work
+                chunks.append(chunk)
+            # A chunk that starts inside an image shares the flux of the row above it with
+            # the chunk that ends there, its predecessor.
+            boundaries: list[_Chunk] = []
+            for before, chunk in itertools.pairwise(chunks):
+                if chunk.r0 > 0:
+                    chunk.above = before.last = self._buffer(u, flux_size)
+                    boundaries.append(chunk)
+            self._boundaries = (len(boundaries), (_Chunk * max(1, len(boundaries)))(*boundaries))
+            self._chunks = (_Chunk * len(chunks))(*chunks)
+            self._values = c * h * w
+        self._count = len(ranges)
+        self._sums = torch.zeros(2 * len(ranges), dtype=torch.float64)
         self._half_weights = half_weights
-        self._values = c * h * w
         self._keep = (u, m, v, ws.f, ws.observed)
+
+    def _buffer(self, like: Tensor, size: int) -> int:
+        """The address of a new float32 buffer of ``size`` values, kept with the plan."""
+        buffer = like.new_empty(size)
+        self._buffers.append(buffer)
+        return buffer.data_ptr()
 
     @classmethod
     def plan(
@@ -277,15 +332,14 @@ class FusedSteps:
             or form is None
             or u.device.type != "cpu"
             or u.dtype != torch.float32
-            or u.dim() != 4
             or ws.term.floor is not None
             or not (u.is_contiguous() and ws.f.is_contiguous())
             or not (ws.observed is None or ws.observed.is_contiguous())
-            or u.shape[2] * u.shape[3] >= 1 << 31
+            or math.prod(u.shape[1:]) >= 1 << 31
         ):
             return None
         tv = _ANISOTROPIC if reg.kind == "anisotropic" else _TV_CODES[(reg.kind, reg.joint)]
-        ih, iw = (1.0 if s is None else s for s in ws.inverse_spacing)
+        ih, iw = (1.0 if s is None else s for s in ws.inverse_spacing[-2:])
         params = _Params(tv, form[0], form[1], reg.eps, ih, iw)
         params.beta1, params.beta1c = beta1, 1 - beta1
         params.beta2, params.beta2c = beta2, 1 - beta2
@@ -299,9 +353,9 @@ class FusedSteps:
         parallel = _openmp_parallel() if self._threads > 1 else None
         if parallel is not None:
             run = getattr(self._lib, f"{name}_parallel")
-            run(parallel, self._threads, self._count, self._chunks, *args)
+            run(parallel, self._threads, self._volume, self._count, self._chunks, *args)
             return
-        function: Callable[..., None] = getattr(self._lib, name)
+        function: Callable[..., None] = getattr(self._lib, f"{name}3" if self._volume else name)
         counter = ctypes.c_int(0)
         call = (self._count, self._chunks, *args, ctypes.byref(counter))
         extra = self._threads - 1
@@ -334,7 +388,10 @@ class FusedSteps:
         p.corr2 = math.sqrt(1 - self._betas[1] ** k)
         p.first = k == 1
         params = ctypes.byref(p)
-        count, chunks = self._boundaries
-        if count:
-            self._lib.tvd_boundaries(count, chunks, params)
+        if self._volume:
+            self._lib.tvd_boundaries3(self._count, self._chunks)
+        else:
+            count, chunks = self._boundaries
+            if count:
+                self._lib.tvd_boundaries(count, chunks, params)
         self._run("tvd_step", params)
