@@ -40,13 +40,13 @@
 #endif
 
 enum { TVD_ISOTROPIC_JOINT = 0, TVD_ISOTROPIC_SEPARATE = 1, TVD_ANISOTROPIC = 2 };
-enum { TVD_GAUSSIAN = 0, TVD_IMPULSE = 1 };
+enum { TVD_GAUSSIAN = 0, TVD_IMPULSE = 1, TVD_POISSON = 2 };
 
 /* What all chunks of one step share. */
 typedef struct {
     int tv;           /* TVD_ISOTROPIC_* or TVD_ANISOTROPIC */
-    int data;         /* TVD_GAUSSIAN or TVD_IMPULSE */
-    float data_scale; /* impulse: delta */
+    int data;         /* TVD_GAUSSIAN, TVD_IMPULSE or TVD_POISSON */
+    float data_scale; /* impulse: delta; Poisson: the floor of u inside the logarithm */
     float eps;        /* Huber radius */
     float ih, iw;     /* inverse spacing along H and W */
     /* Adam's coefficients, rounded from double as torch._fused_adam_ rounds them. */
@@ -56,6 +56,7 @@ typedef struct {
     int first;                          /* 1 on the first step: the moments are 0, unread */
     float corr2;                        /* sqrt(1 - beta2^k) */
     float adam_eps;
+    float floor; /* Poisson: the least value of the solver variable x = sqrt(u) */
 } tvd_params;
 
 /* One range of rows of one image. */
@@ -152,43 +153,69 @@ static void row_flux(const float *R u, int C, int H, int W, int i, float hw,
     }
 }
 
-/* The energy gradient of one row of one channel and Adam's update of it; `impulse` and
-   `masked` are constants in each caller, so that each loop is compiled without the tests. */
+/* The data term's half gradient at x (DataTerm.half_gradient_), `data` a constant. */
+static inline __attribute__((always_inline)) float
+data_gradient(float x, float f, const tvd_params *p, const int data) {
+    if (data == TVD_POISSON) return (x - f / x) * 2.f; /* 2 (x - f / x) */
+    float r = x - f;
+    if (data == TVD_IMPULSE) {
+        r /= p->data_scale;
+        r = (r > 1.f ? 1.f : (r < -1.f ? -1.f : r)) * 0.5f;
+    }
+    return r;
+}
+
+/* The energy gradient of one row of one channel and Adam's update of it. `data`, `masked`
+   and `volume` are constants in each caller, so that each loop is compiled without the
+   tests. The flux of this row along H is `below`, of the row above `above`, along W `dh`
+   (after its leading zero); in a volume, along D `pz`, and of the plane before `prev`. */
 static inline __attribute__((always_inline)) void
 update_loop(float *R u, const float *R f, const float *R obs, float *R m, float *R v,
-            const float *R below, const float *R above, const float *R dh, int W, float step,
-            const tvd_params *p, const int impulse, const int masked) {
+            const float *R below, const float *R above, const float *R dh, const float *R pz,
+            const float *R prev, int W, float step, const tvd_params *p, const int data,
+            const int masked, const int volume) {
     const float b1 = p->beta1, b1c = p->beta1c, b2 = p->beta2, b2c = p->beta2c;
-    const float corr2 = p->corr2, ae = p->adam_eps;
+    const float corr2 = p->corr2, ae = p->adam_eps, floor = p->floor;
     const float *R left = dh - 1; /* the leading zero */
     for (int j = 0; j < W; j++) {
-        float r = u[j] - f[j];
-        if (impulse) {
-            r /= p->data_scale;
-            r = (r > 1.f ? 1.f : (r < -1.f ? -1.f : r)) * 0.5f;
-        }
+        const float x = u[j];
+        float r = data_gradient(x, f[j], p, data);
         if (masked) r *= obs[j]; /* no fidelity where a value is missing */
         /* In the order of PyTorch's operations. */
-        float g = r - below[j] - dh[j] + above[j] + left[j];
+        float g = volume ? r - pz[j] - below[j] - dh[j] + prev[j] + above[j] + left[j]
+                         : r - below[j] - dh[j] + above[j] + left[j];
+        if (data == TVD_POISSON) g *= x; /* DataTerm.precondition_ */
         float mm = m[j] * b1 + g * b1c;
         float vv = v[j] * b2 + g * g * b2c;
         m[j] = mm;
         v[j] = vv;
-        u[j] = u[j] - step * mm / (sqrtf(vv) / corr2 + ae);
+        float y = x - step * mm / (sqrtf(vv) / corr2 + ae);
+        if (data == TVD_POISSON) y = y < floor ? floor : y; /* the solver's clamp_min_ */
+        u[j] = y;
     }
 }
 
+#define TVD_UPDATE(data, masked, volume)                                                   \
+    update_loop(u, f, obs, m, v, below, above, dh, pz, prev, W, step, p, data, masked, volume)
+#define TVD_UPDATE_DATA(masked, volume)                                                    \
+    do {                                                                                   \
+        if (p->data == TVD_IMPULSE) TVD_UPDATE(TVD_IMPULSE, masked, volume);               \
+        else if (p->data == TVD_POISSON) TVD_UPDATE(TVD_POISSON, masked, volume);          \
+        else TVD_UPDATE(TVD_GAUSSIAN, masked, volume);                                     \
+    } while (0)
+
+/* update_loop() for the params' data term, with or without `obs`; `pz` NULL: an image. */
 TVD_CLONES
 static void update_row(float *R u, const float *R f, const float *R obs, float *R m, float *R v,
-                       const float *R below, const float *R above, const float *R dh, int W,
-                       float step, const tvd_params *p) {
-    const int impulse = p->data == TVD_IMPULSE;
-    if (obs == NULL) {
-        if (impulse) update_loop(u, f, obs, m, v, below, above, dh, W, step, p, 1, 0);
-        else update_loop(u, f, obs, m, v, below, above, dh, W, step, p, 0, 0);
+                       const float *R below, const float *R above, const float *R dh,
+                       const float *R pz, const float *R prev, int W, float step,
+                       const tvd_params *p) {
+    if (pz == NULL) {
+        if (obs == NULL) TVD_UPDATE_DATA(0, 0);
+        else TVD_UPDATE_DATA(1, 0);
     } else {
-        if (impulse) update_loop(u, f, obs, m, v, below, above, dh, W, step, p, 1, 1);
-        else update_loop(u, f, obs, m, v, below, above, dh, W, step, p, 0, 1);
+        if (obs == NULL) TVD_UPDATE_DATA(0, 1);
+        else TVD_UPDATE_DATA(1, 1);
     }
 }
 
@@ -242,7 +269,8 @@ TVD_EXPORT void tvd_step(int n, const tvd_chunk *chunks, const tvd_params *p, in
                     for (int j = 0; j < W; j++) c->m[off + j] = c->v[off + j] = 0.f;
                 }
                 update_row(c->u + off, c->f + off, obs, c->m + off, c->v + off, pv + (size_t)ch * W,
-                           b + (size_t)ch * W, hz + (size_t)ch * (W + 1) + 1, W, step, p);
+                           b + (size_t)ch * W, hz + (size_t)ch * (W + 1) + 1, NULL, NULL, W,
+                           step, p);
             }
             if (pv == a) {
                 float *t = a;
@@ -279,7 +307,8 @@ static void huber_row(float *R x, int n, float eps) {
     }
 }
 
-/* The fidelity of one row of one channel, summed (out: W floats of scratch). */
+/* The fidelity of one row of one channel, summed (out: W floats of scratch), as
+   DataTerm.variable_value computes it. */
 TVD_CLONES
 static double fidelity_row(const float *R u, const float *R f, const float *R obs,
                            float *R out, int W, const tvd_params *p) {
@@ -288,6 +317,14 @@ static double fidelity_row(const float *R u, const float *R f, const float *R ob
         for (int j = 0; j < W; j++) {
             float e = u[j] - f[j], a = fabsf(e);
             out[j] = a <= delta ? e * e * scale : a - half;
+        }
+    } else if (p->data == TVD_POISSON) {
+        /* The deviance of x^2: 2 (u - f + f log(f / max(u, floor))), no logarithm where
+           f = 0. */
+        for (int j = 0; j < W; j++) {
+            const float x = u[j], y = x * x, d = f[j];
+            const float t = d > 0.f ? d * logf(d / (y < delta ? delta : y)) : 0.f;
+            out[j] = 2.f * (y - d + t);
         }
     } else {
         for (int j = 0; j < W; j++) {
@@ -455,46 +492,6 @@ static void row_flux3(const float *R cur, size_t cs, const float *R nxt, size_t 
     }
 }
 
-/* The energy gradient of one row of one channel of a volume and Adam's update of it. */
-static inline __attribute__((always_inline)) void
-update_loop3(float *R u, const float *R f, const float *R obs, float *R m, float *R v,
-             const float *R pz, const float *R py, const float *R dx, const float *R prev,
-             const float *R above, int W, float step, const tvd_params *p, const int impulse,
-             const int masked) {
-    const float b1 = p->beta1, b1c = p->beta1c, b2 = p->beta2, b2c = p->beta2c;
-    const float corr2 = p->corr2, ae = p->adam_eps;
-    const float *R left = dx - 1; /* the leading zero */
-    for (int j = 0; j < W; j++) {
-        float r = u[j] - f[j];
-        if (impulse) {
-            r /= p->data_scale;
-            r = (r > 1.f ? 1.f : (r < -1.f ? -1.f : r)) * 0.5f;
-        }
-        if (masked) r *= obs[j];
-        float g = r - pz[j] - py[j] - dx[j] + prev[j] + above[j] + left[j];
-        float mm = m[j] * b1 + g * b1c;
-        float vv = v[j] * b2 + g * g * b2c;
-        m[j] = mm;
-        v[j] = vv;
-        u[j] = u[j] - step * mm / (sqrtf(vv) / corr2 + ae);
-    }
-}
-
-TVD_CLONES
-static void update_row3(float *R u, const float *R f, const float *R obs, float *R m,
-                        float *R v, const float *R pz, const float *R py, const float *R dx,
-                        const float *R prev, const float *R above, int W, float step,
-                        const tvd_params *p) {
-    const int impulse = p->data == TVD_IMPULSE;
-    if (obs == NULL) {
-        if (impulse) update_loop3(u, f, obs, m, v, pz, py, dx, prev, above, W, step, p, 1, 0);
-        else update_loop3(u, f, obs, m, v, pz, py, dx, prev, above, W, step, p, 0, 0);
-    } else {
-        if (impulse) update_loop3(u, f, obs, m, v, pz, py, dx, prev, above, W, step, p, 1, 1);
-        else update_loop3(u, f, obs, m, v, pz, py, dx, prev, above, W, step, p, 0, 1);
-    }
-}
-
 /* Copies of the planes next to each chunk boundary, before any chunk of the step runs. */
 TVD_EXPORT void tvd_boundaries3(int n, const tvd_chunk3 *chunks) {
     for (int k = 0; k < n; k++) {
@@ -554,10 +551,10 @@ TVD_EXPORT void tvd_step3(int n, const tvd_chunk3 *chunks, const tvd_params *p, 
                     if (p->first) {
                         for (int j = 0; j < W; j++) c->m[off + j] = c->v[off + j] = 0.f;
                     }
-                    update_row3(c->u + off, c->f + off, obs, c->m + off, c->v + off,
-                                pz + (size_t)ch * W, py + (size_t)ch * W,
-                                px + (size_t)ch * (W + 1) + 1, before_row,
-                                above + (size_t)ch * W, W, step, p);
+                    update_row(c->u + off, c->f + off, obs, c->m + off, c->v + off,
+                               py + (size_t)ch * W, above + (size_t)ch * W,
+                               px + (size_t)ch * (W + 1) + 1, pz + (size_t)ch * W, before_row,
+                               W, step, p);
                     copy(before_row, pz + (size_t)ch * W, W);
                 }
                 float *t = py;

@@ -292,7 +292,8 @@ class DataTerm:
 
     def kernel_form(self) -> tuple[int, float] | None:
         """This term in the compiled CPU iteration (:mod:`tvdenoise.kernel`): its code in
-        ``_kernel.c`` and one parameter, or ``None`` where the kernel lacks it."""
+        ``_kernel.c`` and one parameter, or ``None`` where the kernel lacks it. The kernel
+        applies :attr:`floor` itself, as the solver does after each step."""
         return None
 
     def check_data(self, f: Tensor) -> None:
@@ -428,6 +429,9 @@ class Poisson(DataTerm):
         # Below the floor the logarithm is frozen and the gradient is 2.
         log_active = (u > POISSON_FLOOR) & (f > 0)
         return 2 - torch.where(log_active, 2 * f / u.clamp_min(POISSON_FLOOR), 0.0)
+
+    def kernel_form(self) -> tuple[int, float]:
+        return 2, POISSON_FLOOR
 
     def check_data(self, f: Tensor) -> None:
         if bool((f < 0).any()):

@@ -10,8 +10,8 @@ weights and everything else stay in PyTorch; the kernel replaces
 
 It applies to 2-D and 3-D total variation (any colour coupling and kind, with or without
 spacing, with missing values or without) of float32 images and volumes on the CPU, for the
-data terms that
-declare a kernel form (:meth:`~tvdenoise.fidelity.DataTerm.kernel_form`). Everything else,
+data terms that declare a kernel form (:meth:`~tvdenoise.fidelity.DataTerm.kernel_form`:
+Gaussian, impulse and Poisson noise). Everything else,
 and every machine where the kernel was not built (it is an optional part of the install),
 takes PyTorch's operations; the tests check that both give the same iterates. Setting the
 environment variable ``TVDENOISE_KERNEL=0`` turns the kernel off.
@@ -68,6 +68,7 @@ class _Params(ctypes.Structure):
         ("first", ctypes.c_int),
         ("corr2", ctypes.c_float),
         ("adam_eps", ctypes.c_float),
+        ("floor", ctypes.c_float),
     ]
 
 
@@ -332,7 +333,6 @@ class FusedSteps:
             or form is None
             or u.device.type != "cpu"
             or u.dtype != torch.float32
-            or ws.term.floor is not None
             or not (u.is_contiguous() and ws.f.is_contiguous())
             or not (ws.observed is None or ws.observed.is_contiguous())
             or math.prod(u.shape[1:]) >= 1 << 31
@@ -344,6 +344,7 @@ class FusedSteps:
         params.beta1, params.beta1c = beta1, 1 - beta1
         params.beta2, params.beta2c = beta2, 1 - beta2
         params.adam_eps = adam_eps
+        params.floor = 0.0 if ws.term.floor is None else ws.term.floor
         return cls(lib, ws, u, m, v, params, (beta1, beta2), rates.tolist(), active.tolist())
 
     def _run(self, name: str, *args: object) -> None:
