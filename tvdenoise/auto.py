@@ -94,6 +94,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
@@ -424,9 +425,16 @@ def probes(like: Tensor, count: int, dtype: torch.dtype = torch.float32) -> Tens
     """``count`` Gaussian fields for every tile of ``like`` ``(T, C, *spatial)`` (one
     image's tiles), ``(P * T, C, *spatial)``: the same for every image, so that an image
     gets the same weight alone or in a batch."""
-    generator = torch.Generator().manual_seed(_PROBE_SEED)
     shape = (count * like.shape[0], *like.shape[1:])
-    return torch.randn(shape, generator=generator, dtype=dtype).to(like.device)
+    return _probe_fields(shape, dtype).to(like.device, copy=True)
+
+
+@lru_cache(maxsize=2)
+def _probe_fields(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """The fields of :func:`probes`, drawn once per shape: a folder of images of one size
+    draws them once, not once per image."""
+    generator = torch.Generator().manual_seed(_PROBE_SEED)
+    return torch.randn(shape, generator=generator, dtype=dtype)
 
 
 def per_image(values: Tensor, like: Tensor) -> Tensor:
