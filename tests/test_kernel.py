@@ -82,7 +82,7 @@ def _steps(
     observed = None
     if "missing" in options:  # a fraction of the values missing
         generator = torch.Generator().manual_seed(5)
-        observed = (torch.rand(f.shape, generator=generator) >= options["missing"]).float()
+        observed = (torch.rand(f.shape, generator=generator) >= options["missing"]).to(f.dtype)
     ws = solver._Workspace(f, half, reg, term, observed)
     u, m, v = f.clone(), torch.zeros_like(f), torch.zeros_like(f)
     rates = weights * term.schedule.lr_per_weight
@@ -119,6 +119,32 @@ def test_steps_match_pytorch(
     # rounding step apart becomes a few parts in a million of the step.
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [*SHAPES[:3], *VOLUME_SHAPES[:3]])
+@pytest.mark.parametrize("options", VARIANTS)
+def test_float64_steps_and_energy_match_pytorch(
+    shape: tuple[int, ...], options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel's float64 build, on images and volumes cut between threads."""
+    monkeypatch.setattr(kernel, "MIN_VALUES_PER_THREAD", 1)
+    monkeypatch.setattr(kernel, "MIN_PLANES_PER_CHUNK", 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    generator = torch.Generator().manual_seed(sum(shape))
+    f = torch.rand(shape, generator=generator, dtype=torch.float64)
+    weights = torch.linspace(0.05, 0.2, shape[0], dtype=torch.float64)
+    options = _for_volume(options) if len(shape) == 5 else options
+    ours, ws, u = _steps(f, weights, options, 4, fused=True)
+    theirs, _, _ = _steps(f, weights, options, 4, fused=False)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.dtype == torch.float64
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    active = torch.ones(shape[0], dtype=torch.bool)
+    plan = kernel.FusedSteps.plan(ws, u, *ours[1:], weights, active, 0.8, 0.9, 1e-8)
+    assert plan is not None
+    energy = plan.energy(torch.zeros(shape[0], dtype=torch.float64))
+    torch.testing.assert_close(energy, ws.energy(u), rtol=1e-13, atol=1e-15)
 
 
 @needs_kernel
@@ -270,7 +296,8 @@ def test_kernel_stays_out_of_what_it_does_not_cover() -> None:
     f = torch.rand(1, 3, 8, 9)
     assert _plan(f, image) is not None
     assert _plan(torch.rand(1, 1, 4, 8, 9), volume) is not None
-    assert _plan(f.double(), image) is None
+    assert _plan(f.double(), image) is not None
+    assert _plan(f.half(), image) is None
 
 
 def test_turned_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

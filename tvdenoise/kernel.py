@@ -9,7 +9,8 @@ weights and everything else stay in PyTorch; the kernel replaces
 :meth:`~tvdenoise.solver._Workspace.gradient` and Adam's step, with the same arithmetic.
 
 It applies to 2-D and 3-D total variation (any colour coupling and kind, with or without
-spacing, with missing values or without) of float32 images and volumes on the CPU, for the
+spacing, with missing values or without) of float32 and float64 images and volumes on the
+CPU, for the
 data terms that declare a kernel form (:meth:`~tvdenoise.fidelity.DataTerm.kernel_form`:
 Gaussian, impulse and Poisson noise). Everything else,
 and every machine where the kernel was not built (it is an optional part of the install),
@@ -26,6 +27,7 @@ import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,67 +53,108 @@ _TV_CODES = {("isotropic", True): 0, ("isotropic", False): 1}
 _ANISOTROPIC = 2
 
 
-class _Params(ctypes.Structure):
-    _fields_ = [
-        ("tv", ctypes.c_int),
-        ("data", ctypes.c_int),
-        ("data_scale", ctypes.c_float),
-        ("eps", ctypes.c_float),
-        ("ih", ctypes.c_float),
-        ("iw", ctypes.c_float),
-        ("beta1", ctypes.c_float),
-        ("beta1c", ctypes.c_float),
-        ("beta2", ctypes.c_float),
-        ("beta2c", ctypes.c_float),
-        ("decay", ctypes.c_double),
-        ("correction1", ctypes.c_double),
-        ("first", ctypes.c_int),
-        ("corr2", ctypes.c_float),
-        ("adam_eps", ctypes.c_float),
-        ("floor", ctypes.c_float),
-    ]
+@dataclass(frozen=True)
+class _Types:
+    """The kernel in one floating-point type: its functions' suffix and its structures."""
+
+    suffix: str
+    params: type[ctypes.Structure]
+    chunk: type[ctypes.Structure]
+    chunk3: type[ctypes.Structure]
 
 
-class _Chunk(ctypes.Structure):
-    _fields_ = [
-        ("u", ctypes.c_void_p),
-        ("m", ctypes.c_void_p),
-        ("v", ctypes.c_void_p),
-        ("f", ctypes.c_void_p),
-        ("observed", ctypes.c_void_p),
-        ("C", ctypes.c_int),
-        ("H", ctypes.c_int),
-        ("W", ctypes.c_int),
-        ("r0", ctypes.c_int),
-        ("r1", ctypes.c_int),
-        ("half_weight", ctypes.c_float),
-        ("rate", ctypes.c_double),
-        ("above", ctypes.c_void_p),
-        ("last", ctypes.c_void_p),
-        ("work", ctypes.c_void_p),
-    ]
+def _types(real: type[ctypes.c_float] | type[ctypes.c_double], suffix: str) -> _Types:
+    """The structures of ``_kernel_body.h`` with ``real`` as the C type ``real``."""
+
+    class Params(ctypes.Structure):
+        _fields_ = [
+            ("tv", ctypes.c_int),
+            ("data", ctypes.c_int),
+            ("data_scale", real),
+            ("eps", real),
+            ("ih", real),
+            ("iw", real),
+            ("beta1", real),
+            ("beta1c", real),
+            ("beta2", real),
+            ("beta2c", real),
+            ("decay", ctypes.c_double),
+            ("correction1", ctypes.c_double),
+            ("first", ctypes.c_int),
+            ("corr2", real),
+            ("adam_eps", real),
+            ("floor", real),
+        ]
+
+    class Chunk(ctypes.Structure):
+        _fields_ = [
+            ("u", ctypes.c_void_p),
+            ("m", ctypes.c_void_p),
+            ("v", ctypes.c_void_p),
+            ("f", ctypes.c_void_p),
+            ("observed", ctypes.c_void_p),
+            ("C", ctypes.c_int),
+            ("H", ctypes.c_int),
+            ("W", ctypes.c_int),
+            ("r0", ctypes.c_int),
+            ("r1", ctypes.c_int),
+            ("half_weight", real),
+            ("rate", ctypes.c_double),
+            ("above", ctypes.c_void_p),
+            ("last", ctypes.c_void_p),
+            ("work", ctypes.c_void_p),
+        ]
+
+    class Chunk3(ctypes.Structure):
+        _fields_ = [
+            ("u", ctypes.c_void_p),
+            ("m", ctypes.c_void_p),
+            ("v", ctypes.c_void_p),
+            ("f", ctypes.c_void_p),
+            ("observed", ctypes.c_void_p),
+            ("C", ctypes.c_int),
+            ("D", ctypes.c_int),
+            ("H", ctypes.c_int),
+            ("W", ctypes.c_int),
+            ("z0", ctypes.c_int),
+            ("z1", ctypes.c_int),
+            ("half_weight", real),
+            ("rate", ctypes.c_double),
+            ("iz", real),
+            ("before", ctypes.c_void_p),
+            ("after", ctypes.c_void_p),
+            ("work", ctypes.c_void_p),
+        ]
+
+    return _Types(suffix, Params, Chunk, Chunk3)
 
 
-class _Chunk3(ctypes.Structure):
-    _fields_ = [
-        ("u", ctypes.c_void_p),
-        ("m", ctypes.c_void_p),
-        ("v", ctypes.c_void_p),
-        ("f", ctypes.c_void_p),
-        ("observed", ctypes.c_void_p),
-        ("C", ctypes.c_int),
-        ("D", ctypes.c_int),
-        ("H", ctypes.c_int),
-        ("W", ctypes.c_int),
-        ("z0", ctypes.c_int),
-        ("z1", ctypes.c_int),
-        ("half_weight", ctypes.c_float),
-        ("rate", ctypes.c_double),
-        ("iz", ctypes.c_float),
-        ("before", ctypes.c_void_p),
-        ("after", ctypes.c_void_p),
-        ("work", ctypes.c_void_p),
-    ]
+#: The kernel's types: it is built for float32 and float64.
+_TYPES = {
+    torch.float32: _types(ctypes.c_float, "f32"),
+    torch.float64: _types(ctypes.c_double, "f64"),
+}
+
+
+def _declare(lib: ctypes.CDLL, types: _Types, counter: type[ctypes._Pointer[ctypes.c_int]]) -> None:
+    """The argument types of the kernel's functions in one floating-point type."""
+    chunks, chunks3 = ctypes.POINTER(types.chunk), ctypes.POINTER(types.chunk3)
+    params = ctypes.POINTER(types.params)
+    region = (ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+    signatures: dict[str, list[type[ctypes._CData]]] = {
+        "tvd_boundaries": [ctypes.c_int, chunks, params],
+        "tvd_step": [ctypes.c_int, chunks, params, counter],
+        "tvd_energy": [ctypes.c_int, chunks, params, ctypes.c_void_p, counter],
+        "tvd_boundaries3": [ctypes.c_int, chunks3],
+        "tvd_step3": [ctypes.c_int, chunks3, params, counter],
+        "tvd_energy3": [ctypes.c_int, chunks3, params, ctypes.c_void_p, counter],
+        "tvd_step_parallel": [*region, params],
+        "tvd_energy_parallel": [*region, params, ctypes.c_void_p],
+    }
+    for name, argtypes in signatures.items():
+        function = getattr(lib, f"{name}_{types.suffix}")
+        function.argtypes = argtypes
+        function.restype = None
 
 
 @lru_cache(maxsize=1)
@@ -127,30 +170,9 @@ def _library() -> ctypes.CDLL | None:
                 lib = ctypes.CDLL(str(path))
             except OSError:
                 return None
-            chunks = ctypes.POINTER(_Chunk)
-            params = ctypes.POINTER(_Params)
             counter = ctypes.POINTER(ctypes.c_int)
-            lib.tvd_boundaries.argtypes = [ctypes.c_int, chunks, params]
-            lib.tvd_step.argtypes = [ctypes.c_int, chunks, params, counter]
-            lib.tvd_energy.argtypes = [ctypes.c_int, chunks, params, ctypes.c_void_p, counter]
-            chunks3 = ctypes.POINTER(_Chunk3)
-            lib.tvd_boundaries3.argtypes = [ctypes.c_int, chunks3]
-            lib.tvd_step3.argtypes = [ctypes.c_int, chunks3, params, counter]
-            lib.tvd_energy3.argtypes = [ctypes.c_int, chunks3, params, ctypes.c_void_p, counter]
-            region = (ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
-            lib.tvd_step_parallel.argtypes = [*region, params]
-            lib.tvd_energy_parallel.argtypes = [*region, params, ctypes.c_void_p]
-            for name in (
-                "tvd_boundaries",
-                "tvd_step",
-                "tvd_energy",
-                "tvd_boundaries3",
-                "tvd_step3",
-                "tvd_energy3",
-                "tvd_step_parallel",
-                "tvd_energy_parallel",
-            ):
-                getattr(lib, name).restype = None
+            for types in _TYPES.values():
+                _declare(lib, types, counter)
             for name in ("tvd_work_size", "tvd_flux_size"):
                 fn = getattr(lib, name)
                 fn.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -216,7 +238,7 @@ class FusedSteps:
         u: Tensor,
         m: Tensor,
         v: Tensor,
-        params: _Params,
+        params: ctypes.Structure,
         betas: tuple[float, float],
         rates: list[float],
         active: list[bool],
@@ -225,6 +247,8 @@ class FusedSteps:
         self._params = params
         self._betas = betas
         self._volume = u.dim() == 5
+        types = _TYPES[u.dtype]
+        self._suffix = types.suffix
         b, c, *spatial = u.shape
         half_weights = ws.half_weight.reshape(-1).tolist()
         images = [i for i in range(b) if active[i]]
@@ -266,7 +290,7 @@ class FusedSteps:
             chunks3 = []
             for image, z0, count in ranges:
                 work = self._buffer(u, work_size)
-                part = _Chunk3(*pointers[image], c, d, h, w, z0, z0 + count)
+                part = types.chunk3(*pointers[image], c, d, h, w, z0, z0 + count)
                 part.half_weight, part.rate, part.iz = half_weights[image], rates[image], iz
                 part.work = work
                 chunks3.append(part)
@@ -276,9 +300,7 @@ class FusedSteps:
                 if part.z0 > 0:
                     part.before = self._buffer(u, c * h * w)
                     previous.after = self._buffer(u, c * h * w)
-            self._chunks: ctypes.Array[_Chunk] | ctypes.Array[_Chunk3] = (_Chunk3 * len(chunks3))(
-                *chunks3
-            )
+            self._chunks: ctypes.Array[ctypes.Structure] = (types.chunk3 * len(chunks3))(*chunks3)
             self._values = c * d * h * w
         else:
             h, w = spatial
@@ -287,18 +309,21 @@ class FusedSteps:
             chunks = []
             for image, r, count in ranges:
                 work = self._buffer(u, work_size)
-                chunk = _Chunk(*pointers[image], c, h, w, r, r + count)
+                chunk = types.chunk(*pointers[image], c, h, w, r, r + count)
                 chunk.half_weight, chunk.rate, chunk.work = half_weights[image], rates[image], work
                 chunks.append(chunk)
             # A chunk that starts inside an image shares the flux of the row above it with
             # the chunk that ends there, its predecessor.
-            boundaries: list[_Chunk] = []
+            boundaries: list[ctypes.Structure] = []
             for before, chunk in itertools.pairwise(chunks):
                 if chunk.r0 > 0:
                     chunk.above = before.last = self._buffer(u, flux_size)
                     boundaries.append(chunk)
-            self._boundaries = (len(boundaries), (_Chunk * max(1, len(boundaries)))(*boundaries))
-            self._chunks = (_Chunk * len(chunks))(*chunks)
+            self._boundaries = (
+                len(boundaries),
+                (types.chunk * max(1, len(boundaries)))(*boundaries),
+            )
+            self._chunks = (types.chunk * len(chunks))(*chunks)
             self._values = c * h * w
         self._count = len(ranges)
         self._sums = torch.zeros(2 * len(ranges), dtype=torch.float64)
@@ -306,7 +331,7 @@ class FusedSteps:
         self._keep = (u, m, v, ws.f, ws.observed)
 
     def _buffer(self, like: Tensor, size: int) -> int:
-        """The address of a new float32 buffer of ``size`` values, kept with the plan."""
+        """The address of a new buffer of ``size`` values of ``like``'s type, kept with the plan."""
         buffer = like.new_empty(size)
         self._buffers.append(buffer)
         return buffer.data_ptr()
@@ -332,15 +357,17 @@ class FusedSteps:
             lib is None
             or form is None
             or u.device.type != "cpu"
-            or u.dtype != torch.float32
+            or u.dtype not in _TYPES
             or not (u.is_contiguous() and ws.f.is_contiguous())
+            or ws.f.dtype != u.dtype
             or not (ws.observed is None or ws.observed.is_contiguous())
+            or not (ws.observed is None or ws.observed.dtype == u.dtype)
             or math.prod(u.shape[1:]) >= 1 << 31
         ):
             return None
         tv = _ANISOTROPIC if reg.kind == "anisotropic" else _TV_CODES[(reg.kind, reg.joint)]
         ih, iw = (1.0 if s is None else s for s in ws.inverse_spacing[-2:])
-        params = _Params(tv, form[0], form[1], reg.eps, ih, iw)
+        params = _TYPES[u.dtype].params(tv, form[0], form[1], reg.eps, ih, iw)
         params.beta1, params.beta1c = beta1, 1 - beta1
         params.beta2, params.beta2c = beta2, 1 - beta2
         params.adam_eps = adam_eps
@@ -353,10 +380,11 @@ class FusedSteps:
         threads where it was found, else on threads of the kernel's own."""
         parallel = _openmp_parallel() if self._threads > 1 else None
         if parallel is not None:
-            run = getattr(self._lib, f"{name}_parallel")
+            run = getattr(self._lib, f"{name}_parallel_{self._suffix}")
             run(parallel, self._threads, self._volume, self._count, self._chunks, *args)
             return
-        function: Callable[..., None] = getattr(self._lib, f"{name}3" if self._volume else name)
+        kind = f"{name}3" if self._volume else name
+        function: Callable[..., None] = getattr(self._lib, f"{kind}_{self._suffix}")
         counter = ctypes.c_int(0)
         call = (self._count, self._chunks, *args, ctypes.byref(counter))
         extra = self._threads - 1
@@ -390,9 +418,9 @@ class FusedSteps:
         p.first = k == 1
         params = ctypes.byref(p)
         if self._volume:
-            self._lib.tvd_boundaries3(self._count, self._chunks)
+            getattr(self._lib, f"tvd_boundaries3_{self._suffix}")(self._count, self._chunks)
         else:
             count, chunks = self._boundaries
             if count:
-                self._lib.tvd_boundaries(count, chunks, params)
+                getattr(self._lib, f"tvd_boundaries_{self._suffix}")(count, chunks, params)
         self._run("tvd_step", params)

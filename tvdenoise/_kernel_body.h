@@ -1,0 +1,631 @@
+/*
+ * The body of the compiled iteration (_kernel.c), in one floating-point type: included once
+ * for float32 and once for float64, with `real` that type and RS(name) the name with the
+ * type's suffix (name_f32, name_f64). <tgmath.h> makes sqrt, fabs and log those of `real`.
+ */
+
+/* What all chunks of one step share. */
+typedef struct {
+    int tv;           /* TVD_ISOTROPIC_* or TVD_ANISOTROPIC */
+    int data;         /* TVD_GAUSSIAN, TVD_IMPULSE or TVD_POISSON */
+    real data_scale; /* impulse: delta; Poisson: the floor of u inside the logarithm */
+    real eps;        /* Huber radius */
+    real ih, iw;     /* inverse spacing along H and W */
+    /* Adam's coefficients, rounded from double as torch._fused_adam_ rounds them. */
+    real beta1, beta1c, beta2, beta2c; /* beta and 1 - beta */
+    double decay;                       /* of the learning rates, decay^(k-1) */
+    double correction1;                 /* 1 - beta1^k */
+    int first;                          /* 1 on the first step: the moments are 0, unread */
+    real corr2;                        /* sqrt(1 - beta2^k) */
+    real adam_eps;
+    real floor; /* Poisson: the least value of the solver variable x = sqrt(u) */
+} RS(tvd_params);
+
+/* One range of rows of one image. */
+typedef struct {
+    real *u, *m, *v; /* the image's solver variable and Adam moments, (C, H, W) */
+    const real *f;   /* its data */
+    const real *observed; /* 1 where a value is observed, 0 where missing; NULL: all are */
+    int C, H, W;
+    int r0, r1;
+    real half_weight;
+    double rate;
+    /* Flux of row r0 - 1 (NULL when r0 == 0): C*W vertical values, then C*(W+1)
+       horizontal ones, each channel's led by a zero. */
+    const real *above;
+    /* Flux of row r1 - 1 in the same layout (NULL when r1 == H: computed here). */
+    const real *last;
+    /* Scratch: 3*C*W + C + W floats. */
+    real *work;
+} RS(tvd_chunk);
+
+
+/* The differences of row i along H (pv, C*W; zero on the last row) and along W (ph,
+   C*(W+1): each channel's after a leading zero; the last is zero), times the inverse
+   spacing. */
+TVD_CLONES
+static void RS(row_differences)(const real *R u, int C, int H, int W, int i, const RS(tvd_params) *p,
+                        real *R pv, real *R ph) {
+    const size_t plane = (size_t)H * W;
+    const real ih = p->ih, iw = p->iw;
+    for (int c = 0; c < C; c++) {
+        const real *R r = u + c * plane + (size_t)i * W;
+        real *R dv = pv + (size_t)c * W;
+        real *R dh = ph + (size_t)c * (W + 1) + 1;
+        dh[-1] = 0.f;
+        if (i < H - 1) {
+            const real *R n = r + W;
+            for (int j = 0; j < W; j++) dv[j] = (n[j] - r[j]) * ih;
+        } else {
+            for (int j = 0; j < W; j++) dv[j] = 0.f;
+        }
+        for (int j = 0; j < W - 1; j++) dh[j] = (r[j + 1] - r[j]) * iw;
+        dh[W - 1] = 0.f;
+    }
+}
+
+/* The flux of row i from u before the step: the differences over the Huber-smoothed
+   magnitude, times half the weight, in the layout of row_differences(); s is W floats of
+   scratch. */
+TVD_CLONES
+static void RS(row_flux)(const real *R u, int C, int H, int W, int i, real hw,
+                     const RS(tvd_params) *p, real *R pv, real *R ph, real *R s) {
+    const real eps = p->eps, eps2 = eps * eps, ih = p->ih, iw = p->iw;
+    RS(row_differences)(u, C, H, W, i, p, pv, ph);
+    if (p->tv == TVD_ANISOTROPIC) {
+        /* Each difference over max(eps, |difference|). */
+        for (int c = 0; c < C; c++) {
+            real *R dv = pv + (size_t)c * W;
+            real *R dh = ph + (size_t)c * (W + 1) + 1;
+            for (int j = 0; j < W; j++) {
+                real a = fabs(dv[j]), b = fabs(dh[j]);
+                dv[j] = dv[j] / (a > eps ? a : eps) * hw * ih;
+                dh[j] = dh[j] / (b > eps ? b : eps) * hw * iw;
+            }
+        }
+        return;
+    }
+    const int groups = p->tv == TVD_ISOTROPIC_JOINT ? 1 : C;
+    const int per_group = C / groups;
+    for (int g = 0; g < groups; g++) {
+        for (int j = 0; j < W; j++) s[j] = 0.f;
+        /* Summed as PyTorch does: the vertical differences of every channel, then the
+           horizontal ones, so that ties (exact zeros of the gradient) stay ties. */
+        for (int c = g * per_group; c < (g + 1) * per_group; c++) {
+            const real *R dv = pv + (size_t)c * W;
+            for (int j = 0; j < W; j++) s[j] += dv[j] * dv[j];
+        }
+        for (int c = g * per_group; c < (g + 1) * per_group; c++) {
+            const real *R dh = ph + (size_t)c * (W + 1) + 1;
+            for (int j = 0; j < W; j++) s[j] += dh[j] * dh[j];
+        }
+        for (int j = 0; j < W; j++) {
+            real q = s[j] > eps2 ? s[j] : eps2;
+            s[j] = 1.f / sqrt(q) * hw;
+        }
+        for (int c = g * per_group; c < (g + 1) * per_group; c++) {
+            real *R dv = pv + (size_t)c * W;
+            real *R dh = ph + (size_t)c * (W + 1) + 1;
+            for (int j = 0; j < W; j++) {
+                dv[j] = dv[j] * s[j] * ih;
+                dh[j] = dh[j] * s[j] * iw;
+            }
+        }
+    }
+}
+
+/* The data term's half gradient at x (DataTerm.half_gradient_), `data` a constant. */
+static inline __attribute__((always_inline)) real
+RS(data_gradient)(real x, real f, const RS(tvd_params) *p, const int data) {
+    if (data == TVD_POISSON) return (x - f / x) * 2.f; /* 2 (x - f / x) */
+    real r = x - f;
+    if (data == TVD_IMPULSE) {
+        r /= p->data_scale;
+        r = (r > 1.f ? 1.f : (r < -1.f ? -1.f : r)) * 0.5f;
+    }
+    return r;
+}
+
+/* The energy gradient of one row of one channel and Adam's update of it. `data`, `masked`
+   and `volume` are constants in each caller, so that each loop is compiled without the
+   tests. The flux of this row along H is `below`, of the row above `above`, along W `dh`
+   (after its leading zero); in a volume, along D `pz`, and of the plane before `prev`. */
+static inline __attribute__((always_inline)) void
+RS(update_loop)(real *R u, const real *R f, const real *R obs, real *R m, real *R v,
+            const real *R below, const real *R above, const real *R dh, const real *R pz,
+            const real *R prev, int W, real step, const RS(tvd_params) *p, const int data,
+            const int masked, const int volume) {
+    const real b1 = p->beta1, b1c = p->beta1c, b2 = p->beta2, b2c = p->beta2c;
+    const real corr2 = p->corr2, ae = p->adam_eps, floor = p->floor;
+    const real *R left = dh - 1; /* the leading zero */
+    for (int j = 0; j < W; j++) {
+        const real x = u[j];
+        real r = RS(data_gradient)(x, f[j], p, data);
+        if (masked) r *= obs[j]; /* no fidelity where a value is missing */
+        /* In the order of PyTorch's operations. */
+        real g = volume ? r - pz[j] - below[j] - dh[j] + prev[j] + above[j] + left[j]
+                         : r - below[j] - dh[j] + above[j] + left[j];
+        if (data == TVD_POISSON) g *= x; /* DataTerm.precondition_ */
+        real mm = m[j] * b1 + g * b1c;
+        real vv = v[j] * b2 + g * g * b2c;
+        m[j] = mm;
+        v[j] = vv;
+        real y = x - step * mm / (sqrt(vv) / corr2 + ae);
+        if (data == TVD_POISSON) y = y < floor ? floor : y; /* the solver's clamp_min_ */
+        u[j] = y;
+    }
+}
+
+#define TVD_UPDATE(data, masked, volume)                                                   \
+    RS(update_loop)(u, f, obs, m, v, below, above, dh, pz, prev, W, step, p, data, masked, volume)
+#define TVD_UPDATE_DATA(masked, volume)                                                    \
+    do {                                                                                   \
+        if (p->data == TVD_IMPULSE) TVD_UPDATE(TVD_IMPULSE, masked, volume);               \
+        else if (p->data == TVD_POISSON) TVD_UPDATE(TVD_POISSON, masked, volume);          \
+        else TVD_UPDATE(TVD_GAUSSIAN, masked, volume);                                     \
+    } while (0)
+
+/* update_loop() for the params' data term, with or without `obs`; `pz` NULL: an image. */
+TVD_CLONES
+static void RS(update_row)(real *R u, const real *R f, const real *R obs, real *R m, real *R v,
+                       const real *R below, const real *R above, const real *R dh,
+                       const real *R pz, const real *R prev, int W, real step,
+                       const RS(tvd_params) *p) {
+    if (pz == NULL) {
+        if (obs == NULL) TVD_UPDATE_DATA(0, 0);
+        else TVD_UPDATE_DATA(1, 0);
+    } else {
+        if (obs == NULL) TVD_UPDATE_DATA(0, 1);
+        else TVD_UPDATE_DATA(1, 1);
+    }
+}
+
+static void RS(copy_n)(real *R dst, const real *R src, size_t n) {
+    for (size_t k = 0; k < n; k++) dst[k] = src[k];
+}
+
+/* Flux of the row above each chunk that has one, into its `above` buffer (before any chunk
+   of the step runs). */
+TVD_EXPORT void RS(tvd_boundaries)(int n, const RS(tvd_chunk) *chunks, const RS(tvd_params) *p) {
+    for (int k = 0; k < n; k++) {
+        const RS(tvd_chunk) *c = &chunks[k];
+        if (c->r0 == 0) continue;
+        real *out = (real *)c->above;
+        RS(row_flux)(c->u, c->C, c->H, c->W, c->r0 - 1, c->half_weight, p, out,
+                 out + (size_t)c->C * c->W, c->work);
+    }
+}
+
+
+/* One Adam step on the rows of the chunks, each taken by one of the threads that call this
+   with the same counter `next` (0 before the first). */
+TVD_EXPORT void RS(tvd_step)(int n, const RS(tvd_chunk) *chunks, const RS(tvd_params) *p, int *next) {
+    for (int k = take(next); k < n; k = take(next)) {
+        const RS(tvd_chunk) *c = &chunks[k];
+        const int C = c->C, H = c->H, W = c->W;
+        const size_t plane = (size_t)H * W, cw = (size_t)C * W;
+        real *a = c->work, *b = a + cw;            /* this row's and the row above's pv */
+        real *ph = b + cw, *s = ph + (size_t)C * (W + 1);
+        const real step = (real)(c->rate * p->decay / p->correction1);
+        if (c->above != NULL) {
+            RS(copy_n)(b, c->above, cw);
+        } else {
+            for (size_t q = 0; q < cw; q++) b[q] = 0.f;
+        }
+        for (int i = c->r0; i < c->r1; i++) {
+            const real *pv = a, *hz = ph;
+            if (i == c->r1 - 1 && c->last != NULL) {
+                pv = c->last;
+                hz = c->last + cw;
+            } else {
+                RS(row_flux)(c->u, C, H, W, i, c->half_weight, p, a, ph, s);
+            }
+            for (int ch = 0; ch < C; ch++) {
+                const size_t off = ch * plane + (size_t)i * W;
+                const real *obs = c->observed == NULL ? NULL : c->observed + off;
+                if (p->first) {
+                    for (int j = 0; j < W; j++) c->m[off + j] = c->v[off + j] = 0.f;
+                }
+                RS(update_row)(c->u + off, c->f + off, obs, c->m + off, c->v + off, pv + (size_t)ch * W,
+                           b + (size_t)ch * W, hz + (size_t)ch * (W + 1) + 1, NULL, NULL, W,
+                           step, p);
+            }
+            if (pv == a) {
+                real *t = a;
+                a = b;
+                b = t;
+            } else {
+                RS(copy_n)(b, pv, cw);
+            }
+        }
+    }
+}
+
+/* Sum of x[0..n) in eight lanes (so that it vectorises), then in double. */
+TVD_CLONES
+static double RS(lane_sum)(const real *R x, int n) {
+    real lanes[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        for (int l = 0; l < 8; l++) lanes[l] += x[j + l];
+    }
+    double total = 0.0;
+    for (int l = 0; l < 8; l++) total += lanes[l];
+    for (; j < n; j++) total += x[j];
+    return total;
+}
+
+/* huber(t) = t - eps / 2 above eps, t^2 / (2 eps) below, in place over x[0..n). */
+TVD_CLONES
+static void RS(huber_row)(real *R x, int n, real eps) {
+    const real half = 0.5f * eps, scale = 0.5f / eps;
+    for (int j = 0; j < n; j++) {
+        real t = x[j];
+        x[j] = t > eps ? t - half : t * t * scale;
+    }
+}
+
+/* The fidelity of one row of one channel, summed (out: W floats of scratch), as
+   DataTerm.variable_value computes it. */
+TVD_CLONES
+static double RS(fidelity_row)(const real *R u, const real *R f, const real *R obs,
+                           real *R out, int W, const RS(tvd_params) *p) {
+    const real delta = p->data_scale, scale = 0.5f / delta, half = 0.5f * delta;
+    if (p->data == TVD_IMPULSE) {
+        for (int j = 0; j < W; j++) {
+            real e = u[j] - f[j], a = fabs(e);
+            out[j] = a <= delta ? e * e * scale : a - half;
+        }
+    } else if (p->data == TVD_POISSON) {
+        /* The deviance of x^2: 2 (u - f + f log(f / max(u, floor))), no logarithm where
+           f = 0. */
+        for (int j = 0; j < W; j++) {
+            const real x = u[j], y = x * x, d = f[j];
+            const real t = d > 0.f ? d * log(d / (y < delta ? delta : y)) : 0.f;
+            out[j] = 2.f * (y - d + t);
+        }
+    } else {
+        for (int j = 0; j < W; j++) {
+            real e = u[j] - f[j];
+            out[j] = e * e;
+        }
+    }
+    if (obs != NULL) {
+        for (int j = 0; j < W; j++) out[j] *= obs[j];
+    }
+    return RS(lane_sum)(out, W);
+}
+
+/* The summed Huber total variation and the summed fidelity of each chunk's rows, into
+   out[2k] and out[2k + 1], from the current values (the step's boundary buffers are not
+   used; the chunk's work buffer holds a row's differences). */
+TVD_EXPORT void RS(tvd_energy)(int n, const RS(tvd_chunk) *chunks, const RS(tvd_params) *p, double *out,
+                           int *next) {
+    const real eps = p->eps;
+    for (int k = take(next); k < n; k = take(next)) {
+        const RS(tvd_chunk) *c = &chunks[k];
+        const int C = c->C, H = c->H, W = c->W;
+        const size_t plane = (size_t)H * W, cw = (size_t)C * W;
+        real *dv = c->work, *ph = dv + cw, *s = ph + (size_t)C * (W + 1);
+        double tv = 0.0, fidelity = 0.0;
+        for (int i = c->r0; i < c->r1; i++) {
+            RS(row_differences)(c->u, C, H, W, i, p, dv, ph);
+            if (p->tv == TVD_ANISOTROPIC) {
+                for (int ch = 0; ch < C; ch++) {
+                    real *a = dv + (size_t)ch * W, *b = ph + (size_t)ch * (W + 1) + 1;
+                    for (int j = 0; j < W; j++) {
+                        a[j] = fabs(a[j]);
+                        b[j] = fabs(b[j]);
+                    }
+                    RS(huber_row)(a, W, eps);
+                    RS(huber_row)(b, W, eps);
+                    tv += RS(lane_sum)(a, W) + RS(lane_sum)(b, W);
+                }
+            } else {
+                /* Squared magnitudes summed as row_flux() sums them. */
+                const int groups = p->tv == TVD_ISOTROPIC_JOINT ? 1 : C;
+                const int per_group = C / groups;
+                for (int g = 0; g < groups; g++) {
+                    for (int j = 0; j < W; j++) s[j] = 0.f;
+                    for (int ch = g * per_group; ch < (g + 1) * per_group; ch++) {
+                        const real *a = dv + (size_t)ch * W;
+                        for (int j = 0; j < W; j++) s[j] += a[j] * a[j];
+                    }
+                    for (int ch = g * per_group; ch < (g + 1) * per_group; ch++) {
+                        const real *b = ph + (size_t)ch * (W + 1) + 1;
+                        for (int j = 0; j < W; j++) s[j] += b[j] * b[j];
+                    }
+                    for (int j = 0; j < W; j++) s[j] = sqrt(s[j]);
+                    RS(huber_row)(s, W, eps);
+                    tv += RS(lane_sum)(s, W);
+                }
+            }
+            for (int ch = 0; ch < C; ch++) {
+                const size_t off = ch * plane + (size_t)i * W;
+                const real *obs = c->observed == NULL ? NULL : c->observed + off;
+                fidelity += RS(fidelity_row)(c->u + off, c->f + off, obs, dv, W, p);
+            }
+        }
+        out[2 * k] = tv;
+        out[2 * k + 1] = fidelity;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Volumes: (C, D, H, W) float32, total variation over the three axes D, H, W. A chunk is a
+ * range of planes [z0, z1) of one volume, taken row by row in order. Updating a row in place
+ * is safe within a chunk: a row's flux reads the row, the row below it and the same row of
+ * the next plane, none of them updated yet. Across chunks it reads two planes that another
+ * thread updates: the flux of the plane before a chunk (whose D part the chunk's first plane
+ * needs) and of a chunk's last plane (which reads the next chunk's first plane) are computed
+ * from copies of those planes made before the step (tvd_boundaries3).
+ * ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    real *u, *m, *v;
+    const real *f;
+    const real *observed;
+    int C, D, H, W;
+    int z0, z1;
+    real half_weight;
+    double rate;
+    real iz;                /* inverse spacing along D (H and W: the params') */
+    real *before;           /* copy of plane z0 - 1, (C, H, W); NULL when z0 == 0 */
+    real *after;            /* copy of plane z1, (C, H, W); NULL when z1 == D */
+    real *work;             /* tvd_work_size3(C, H, W) floats */
+} RS(tvd_chunk3);
+
+/* The flux of row y of a plane, (pz, py: C*W each; px: C*(W+1), each channel's led by a
+   zero), in the arithmetic of tvdenoise.solver._Workspace.gradient: differences along D, H,
+   W (the plane's channels `cs` apart, the next plane's `ns` apart; nxt NULL: the last plane),
+   their magnitude summed axis by axis, channel by channel. */
+TVD_CLONES
+static void RS(row_flux3)(const real *R cur, size_t cs, const real *R nxt, size_t ns, int C,
+                      int H, int W, int y, real hw, real iz, const RS(tvd_params) *p,
+                      real *R pz, real *R py, real *R px, real *R s) {
+    const real eps = p->eps, eps2 = eps * eps, ih = p->ih, iw = p->iw;
+    for (int c = 0; c < C; c++) {
+        const real *R r = cur + c * cs + (size_t)y * W;
+        real *R dz = pz + (size_t)c * W, *R dy = py + (size_t)c * W;
+        real *R dx = px + (size_t)c * (W + 1) + 1;
+        dx[-1] = 0.f;
+        if (nxt != NULL) {
+            const real *R n = nxt + c * ns + (size_t)y * W;
+            for (int j = 0; j < W; j++) dz[j] = (n[j] - r[j]) * iz;
+        } else {
+            for (int j = 0; j < W; j++) dz[j] = 0.f;
+        }
+        if (y < H - 1) {
+            const real *R n = r + W;
+            for (int j = 0; j < W; j++) dy[j] = (n[j] - r[j]) * ih;
+        } else {
+            for (int j = 0; j < W; j++) dy[j] = 0.f;
+        }
+        for (int j = 0; j < W - 1; j++) dx[j] = (r[j + 1] - r[j]) * iw;
+        dx[W - 1] = 0.f;
+    }
+    if (p->tv == TVD_ANISOTROPIC) {
+        for (int c = 0; c < C; c++) {
+            real *R dz = pz + (size_t)c * W, *R dy = py + (size_t)c * W;
+            real *R dx = px + (size_t)c * (W + 1) + 1;
+            for (int j = 0; j < W; j++) {
+                real a = fabs(dz[j]), b = fabs(dy[j]), d = fabs(dx[j]);
+                dz[j] = dz[j] / (a > eps ? a : eps) * hw * iz;
+                dy[j] = dy[j] / (b > eps ? b : eps) * hw * ih;
+                dx[j] = dx[j] / (d > eps ? d : eps) * hw * iw;
+            }
+        }
+        return;
+    }
+    const int groups = p->tv == TVD_ISOTROPIC_JOINT ? 1 : C;
+    const int per_group = C / groups;
+    for (int g = 0; g < groups; g++) {
+        const int c0 = g * per_group, c1 = c0 + per_group;
+        for (int j = 0; j < W; j++) s[j] = 0.f;
+        for (int c = c0; c < c1; c++) {
+            const real *R d = pz + (size_t)c * W;
+            for (int j = 0; j < W; j++) s[j] += d[j] * d[j];
+        }
+        for (int c = c0; c < c1; c++) {
+            const real *R d = py + (size_t)c * W;
+            for (int j = 0; j < W; j++) s[j] += d[j] * d[j];
+        }
+        for (int c = c0; c < c1; c++) {
+            const real *R d = px + (size_t)c * (W + 1) + 1;
+            for (int j = 0; j < W; j++) s[j] += d[j] * d[j];
+        }
+        for (int j = 0; j < W; j++) {
+            real q = s[j] > eps2 ? s[j] : eps2;
+            s[j] = 1.f / sqrt(q) * hw;
+        }
+        for (int c = c0; c < c1; c++) {
+            real *R dz = pz + (size_t)c * W, *R dy = py + (size_t)c * W;
+            real *R dx = px + (size_t)c * (W + 1) + 1;
+            for (int j = 0; j < W; j++) {
+                dz[j] = dz[j] * s[j] * iz;
+                dy[j] = dy[j] * s[j] * ih;
+                dx[j] = dx[j] * s[j] * iw;
+            }
+        }
+    }
+}
+
+/* Copies of the planes next to each chunk boundary, before any chunk of the step runs. */
+TVD_EXPORT void RS(tvd_boundaries3)(int n, const RS(tvd_chunk3) *chunks) {
+    for (int k = 0; k < n; k++) {
+        const RS(tvd_chunk3) *c = &chunks[k];
+        const size_t plane = (size_t)c->H * c->W, volume = (size_t)c->D * plane;
+        for (int ch = 0; ch < c->C; ch++) {
+            if (c->before != NULL)
+                RS(copy_n)(c->before + ch * plane, c->u + ch * volume + (size_t)(c->z0 - 1) * plane,
+                     plane);
+            if (c->after != NULL)
+                RS(copy_n)(c->after + ch * plane, c->u + ch * volume + (size_t)c->z1 * plane, plane);
+        }
+    }
+}
+
+/* One Adam step on the planes of the chunks, shared out through `next` as tvd_step. */
+TVD_EXPORT void RS(tvd_step3)(int n, const RS(tvd_chunk3) *chunks, const RS(tvd_params) *p, int *next) {
+    for (int k = take(next); k < n; k = take(next)) {
+        const RS(tvd_chunk3) *c = &chunks[k];
+        const int C = c->C, D = c->D, H = c->H, W = c->W;
+        const size_t plane = (size_t)H * W, volume = (size_t)D * plane, cw = (size_t)C * W;
+        real *prev = c->work;                /* pz of the plane before, (C, H, W) */
+        real *pz = prev + (size_t)C * plane; /* this row's */
+        real *py = pz + cw, *above = py + cw, *px = above + cw;
+        real *s = px + (size_t)C * (W + 1);
+        const real step = (real)(c->rate * p->decay / p->correction1);
+        const real hw = c->half_weight;
+        /* The D flux of the plane before the chunk, from its copy and this chunk's first
+           plane (not updated yet). */
+        for (int y = 0; y < H; y++) {
+            if (c->before == NULL) {
+                for (int ch = 0; ch < C; ch++)
+                    for (int j = 0; j < W; j++) prev[ch * plane + (size_t)y * W + j] = 0.f;
+                continue;
+            }
+            RS(row_flux3)(c->before, plane, c->u + (size_t)c->z0 * plane, volume, C, H, W, y, hw,
+                      c->iz, p, pz, py, px, s);
+            for (int ch = 0; ch < C; ch++)
+                RS(copy_n)(prev + ch * plane + (size_t)y * W, pz + (size_t)ch * W, W);
+        }
+        for (int z = c->z0; z < c->z1; z++) {
+            const real *cur = c->u + (size_t)z * plane, *nxt = NULL;
+            size_t ns = volume;
+            if (z + 1 == c->z1 && c->after != NULL) {
+                nxt = c->after;
+                ns = plane;
+            } else if (z + 1 < D) {
+                nxt = c->u + (size_t)(z + 1) * plane;
+            }
+            for (size_t q = 0; q < cw; q++) above[q] = 0.f;
+            for (int y = 0; y < H; y++) {
+                RS(row_flux3)(cur, volume, nxt, ns, C, H, W, y, hw, c->iz, p, pz, py, px, s);
+                for (int ch = 0; ch < C; ch++) {
+                    const size_t off = ch * volume + (size_t)z * plane + (size_t)y * W;
+                    const real *obs = c->observed == NULL ? NULL : c->observed + off;
+                    real *before_row = prev + ch * plane + (size_t)y * W;
+                    if (p->first) {
+                        for (int j = 0; j < W; j++) c->m[off + j] = c->v[off + j] = 0.f;
+                    }
+                    RS(update_row)(c->u + off, c->f + off, obs, c->m + off, c->v + off,
+                               py + (size_t)ch * W, above + (size_t)ch * W,
+                               px + (size_t)ch * (W + 1) + 1, pz + (size_t)ch * W, before_row,
+                               W, step, p);
+                    RS(copy_n)(before_row, pz + (size_t)ch * W, W);
+                }
+                real *t = py;
+                py = above;
+                above = t;
+            }
+        }
+    }
+}
+
+/* The summed Huber total variation and fidelity of each chunk's planes, as tvd_energy. */
+TVD_EXPORT void RS(tvd_energy3)(int n, const RS(tvd_chunk3) *chunks, const RS(tvd_params) *p,
+                            double *out, int *next) {
+    const real eps = p->eps;
+    for (int k = take(next); k < n; k = take(next)) {
+        const RS(tvd_chunk3) *c = &chunks[k];
+        const int C = c->C, D = c->D, H = c->H, W = c->W;
+        const size_t plane = (size_t)H * W, volume = (size_t)D * plane, cw = (size_t)C * W;
+        real *dz = c->work + (size_t)C * plane, *dy = dz + cw, *dx = dy + cw;
+        real *s = dx + (size_t)C * (W + 1);
+        double tv = 0.0, fidelity = 0.0;
+        for (int z = c->z0; z < c->z1; z++) {
+            for (int y = 0; y < H; y++) {
+                for (int ch = 0; ch < C; ch++) {
+                    const real *R r = c->u + ch * volume + (size_t)z * plane + (size_t)y * W;
+                    real *R a = dz + (size_t)ch * W, *R b = dy + (size_t)ch * W;
+                    real *R e = dx + (size_t)ch * (W + 1) + 1;
+                    for (int j = 0; j < W; j++) a[j] = z < D - 1 ? (r[j + plane] - r[j]) * c->iz : 0.f;
+                    for (int j = 0; j < W; j++) b[j] = y < H - 1 ? (r[j + W] - r[j]) * p->ih : 0.f;
+                    for (int j = 0; j < W - 1; j++) e[j] = (r[j + 1] - r[j]) * p->iw;
+                    e[W - 1] = 0.f;
+                }
+                if (p->tv == TVD_ANISOTROPIC) {
+                    for (int ch = 0; ch < C; ch++) {
+                        real *a = dz + (size_t)ch * W, *b = dy + (size_t)ch * W;
+                        real *e = dx + (size_t)ch * (W + 1) + 1;
+                        for (int j = 0; j < W; j++) {
+                            a[j] = fabs(a[j]);
+                            b[j] = fabs(b[j]);
+                            e[j] = fabs(e[j]);
+                        }
+                        RS(huber_row)(a, W, eps);
+                        RS(huber_row)(b, W, eps);
+                        RS(huber_row)(e, W, eps);
+                        tv += RS(lane_sum)(a, W) + RS(lane_sum)(b, W) + RS(lane_sum)(e, W);
+                    }
+                } else {
+                    const int groups = p->tv == TVD_ISOTROPIC_JOINT ? 1 : C;
+                    const int per_group = C / groups;
+                    for (int g = 0; g < groups; g++) {
+                        const int c0 = g * per_group, c1 = c0 + per_group;
+                        for (int j = 0; j < W; j++) s[j] = 0.f;
+                        for (int ch = c0; ch < c1; ch++)
+                            for (int j = 0; j < W; j++) s[j] += dz[ch * W + j] * dz[ch * W + j];
+                        for (int ch = c0; ch < c1; ch++)
+                            for (int j = 0; j < W; j++) s[j] += dy[ch * W + j] * dy[ch * W + j];
+                        for (int ch = c0; ch < c1; ch++) {
+                            const real *e = dx + (size_t)ch * (W + 1) + 1;
+                            for (int j = 0; j < W; j++) s[j] += e[j] * e[j];
+                        }
+                        for (int j = 0; j < W; j++) s[j] = sqrt(s[j]);
+                        RS(huber_row)(s, W, eps);
+                        tv += RS(lane_sum)(s, W);
+                    }
+                }
+                for (int ch = 0; ch < C; ch++) {
+                    const size_t off = ch * volume + (size_t)z * plane + (size_t)y * W;
+                    const real *obs = c->observed == NULL ? NULL : c->observed + off;
+                    fidelity += RS(fidelity_row)(c->u + off, c->f + off, obs, dz, W, p);
+                }
+            }
+        }
+        out[2 * k] = tv;
+        out[2 * k + 1] = fidelity;
+    }
+}
+
+
+typedef struct {
+    int n;
+    const void *chunks;
+    const RS(tvd_params) *p;
+    double *out;
+    int volume; /* tvd_chunk3 chunks, else tvd_chunk */
+    int next;
+} RS(tvd_job);
+
+static void RS(step_job)(void *arg) {
+    RS(tvd_job) *j = arg;
+    if (j->volume) RS(tvd_step3)(j->n, j->chunks, j->p, &j->next);
+    else RS(tvd_step)(j->n, j->chunks, j->p, &j->next);
+}
+
+static void RS(energy_job)(void *arg) {
+    RS(tvd_job) *j = arg;
+    if (j->volume) RS(tvd_energy3)(j->n, j->chunks, j->p, j->out, &j->next);
+    else RS(tvd_energy)(j->n, j->chunks, j->p, j->out, &j->next);
+}
+
+/* tvd_step, and tvd_energy, on `threads` threads of a parallel region of `parallel`; with
+   `volume`, tvd_step3 and tvd_energy3 on tvd_chunk3 chunks. */
+TVD_EXPORT void RS(tvd_step_parallel)(tvd_parallel_fn parallel, unsigned threads, int volume, int n,
+                                  const void *chunks, const RS(tvd_params) *p) {
+    RS(tvd_job) job = {n, chunks, p, NULL, volume, 0};
+    parallel(RS(step_job), &job, threads, 0);
+}
+
+TVD_EXPORT void RS(tvd_energy_parallel)(tvd_parallel_fn parallel, unsigned threads, int volume,
+                                    int n, const void *chunks, const RS(tvd_params) *p,
+                                    double *out) {
+    RS(tvd_job) job = {n, chunks, p, out, volume, 0};
+    parallel(RS(energy_job), &job, threads, 0);
+}
+
+#undef TVD_UPDATE
+#undef TVD_UPDATE_DATA
