@@ -40,47 +40,83 @@ typedef struct {
 } RS(tvd_chunk);
 
 
-/* The differences of row i along H (pv, C*W; zero on the last row) and along W (ph,
-   C*(W+1): each channel's after a leading zero; the last is zero), times the inverse
-   spacing. */
+/* The differences of row y of a plane, times the inverse spacing: along H (dy, C*W; zero on
+   the last row), along W (dx, C*(W+1): each channel's after a leading zero; the last is
+   zero) and, for a volume (dz not NULL), along D (dz, C*W; zero where nxt, the same row of
+   the next plane, is NULL). The plane's channels are `cs` apart, the next plane's `ns`. */
 TVD_CLONES
-static void RS(row_differences)(const real *R u, int C, int H, int W, int i, const RS(tvd_params) *p,
-                        real *R pv, real *R ph) {
-    const size_t plane = (size_t)H * W;
+static void RS(row_differences)(const real *R cur, size_t cs, const real *R nxt, size_t ns,
+                                int C, int H, int W, int y, real iz, const RS(tvd_params) *p,
+                                real *R dz, real *R dy, real *R dx) {
     const real ih = p->ih, iw = p->iw;
     for (int c = 0; c < C; c++) {
-        const real *R r = u + c * plane + (size_t)i * W;
-        real *R dv = pv + (size_t)c * W;
-        real *R dh = ph + (size_t)c * (W + 1) + 1;
-        dh[-1] = 0.f;
-        if (i < H - 1) {
-            const real *R n = r + W;
-            for (int j = 0; j < W; j++) dv[j] = (n[j] - r[j]) * ih;
-        } else {
-            for (int j = 0; j < W; j++) dv[j] = 0.f;
+        const real *R r = cur + c * cs + (size_t)y * W;
+        real *R a = dy + (size_t)c * W;
+        real *R b = dx + (size_t)c * (W + 1) + 1;
+        b[-1] = 0.f;
+        if (dz != NULL) {
+            real *R d = dz + (size_t)c * W;
+            if (nxt != NULL) {
+                const real *R n = nxt + c * ns + (size_t)y * W;
+                for (int j = 0; j < W; j++) d[j] = (n[j] - r[j]) * iz;
+            } else {
+                for (int j = 0; j < W; j++) d[j] = 0.f;
+            }
         }
-        for (int j = 0; j < W - 1; j++) dh[j] = (r[j + 1] - r[j]) * iw;
-        dh[W - 1] = 0.f;
+        if (y < H - 1) {
+            const real *R n = r + W;
+            for (int j = 0; j < W; j++) a[j] = (n[j] - r[j]) * ih;
+        } else {
+            for (int j = 0; j < W; j++) a[j] = 0.f;
+        }
+        for (int j = 0; j < W - 1; j++) b[j] = (r[j + 1] - r[j]) * iw;
+        b[W - 1] = 0.f;
     }
 }
 
-/* The flux of row i from u before the step: the differences over the Huber-smoothed
-   magnitude, times half the weight, in the layout of row_differences(); s is W floats of
-   scratch. */
+/* The squared magnitude of the differences of channels [c0, c1) of a row, into s (W
+   values), summed as PyTorch does: axis by axis, channel by channel, so that ties (exact
+   zeros of the gradient) stay ties. */
+static inline __attribute__((always_inline)) void
+RS(squared_magnitude)(const real *R dz, const real *R dy, const real *R dx, int c0, int c1,
+                      int W, real *R s) {
+    for (int j = 0; j < W; j++) s[j] = 0.f;
+    for (int c = c0; dz != NULL && c < c1; c++) {
+        const real *R d = dz + (size_t)c * W;
+        for (int j = 0; j < W; j++) s[j] += d[j] * d[j];
+    }
+    for (int c = c0; c < c1; c++) {
+        const real *R d = dy + (size_t)c * W;
+        for (int j = 0; j < W; j++) s[j] += d[j] * d[j];
+    }
+    for (int c = c0; c < c1; c++) {
+        const real *R d = dx + (size_t)c * (W + 1) + 1;
+        for (int j = 0; j < W; j++) s[j] += d[j] * d[j];
+    }
+}
+
+/* The flux from the differences of row_differences(), in place: each difference over the
+   Huber-smoothed magnitude (isotropic: of all channels' differences, or of each channel's;
+   anisotropic: its own), times half the weight and the inverse spacing again, as
+   tvdenoise.solver._Workspace.gradient computes it; s is W values of scratch. */
 TVD_CLONES
-static void RS(row_flux)(const real *R u, int C, int H, int W, int i, real hw,
-                     const RS(tvd_params) *p, real *R pv, real *R ph, real *R s) {
+static void RS(flux)(real *R dz, real *R dy, real *R dx, int C, int W, real hw, real iz,
+                     const RS(tvd_params) *p, real *R s) {
     const real eps = p->eps, eps2 = eps * eps, ih = p->ih, iw = p->iw;
-    RS(row_differences)(u, C, H, W, i, p, pv, ph);
     if (p->tv == TVD_ANISOTROPIC) {
-        /* Each difference over max(eps, |difference|). */
         for (int c = 0; c < C; c++) {
-            real *R dv = pv + (size_t)c * W;
-            real *R dh = ph + (size_t)c * (W + 1) + 1;
+            real *R a = dy + (size_t)c * W, *R b = dx + (size_t)c * (W + 1) + 1;
+            if (dz != NULL) {
+                real *R d = dz + (size_t)c * W;
+                for (int j = 0; j < W; j++) {
+                    real e = fabs(d[j]);
+                    d[j] = d[j] / (e > eps ? e : eps) * hw * iz;
+                }
+            }
             for (int j = 0; j < W; j++) {
-                real a = fabs(dv[j]), b = fabs(dh[j]);
-                dv[j] = dv[j] / (a > eps ? a : eps) * hw * ih;
-                dh[j] = dh[j] / (b > eps ? b : eps) * hw * iw;
+                real e = fabs(a[j]), f = fabs(b[j]);
+                a[j] = a[j] / (e > eps ? e : eps) * hw * ih;
+                b[j] = b[j] / (f > eps ? f : eps) * hw * iw;
             }
         }
         return;
@@ -88,30 +124,32 @@ static void RS(row_flux)(const real *R u, int C, int H, int W, int i, real hw,
     const int groups = p->tv == TVD_ISOTROPIC_JOINT ? 1 : C;
     const int per_group = C / groups;
     for (int g = 0; g < groups; g++) {
-        for (int j = 0; j < W; j++) s[j] = 0.f;
-        /* Summed as PyTorch does: the vertical differences of every channel, then the
-           horizontal ones, so that ties (exact zeros of the gradient) stay ties. */
-        for (int c = g * per_group; c < (g + 1) * per_group; c++) {
-            const real *R dv = pv + (size_t)c * W;
-            for (int j = 0; j < W; j++) s[j] += dv[j] * dv[j];
-        }
-        for (int c = g * per_group; c < (g + 1) * per_group; c++) {
-            const real *R dh = ph + (size_t)c * (W + 1) + 1;
-            for (int j = 0; j < W; j++) s[j] += dh[j] * dh[j];
-        }
+        const int c0 = g * per_group, c1 = c0 + per_group;
+        RS(squared_magnitude)(dz, dy, dx, c0, c1, W, s);
         for (int j = 0; j < W; j++) {
             real q = s[j] > eps2 ? s[j] : eps2;
             s[j] = 1.f / sqrt(q) * hw;
         }
-        for (int c = g * per_group; c < (g + 1) * per_group; c++) {
-            real *R dv = pv + (size_t)c * W;
-            real *R dh = ph + (size_t)c * (W + 1) + 1;
+        for (int c = c0; c < c1; c++) {
+            real *R a = dy + (size_t)c * W, *R b = dx + (size_t)c * (W + 1) + 1;
+            if (dz != NULL) {
+                real *R d = dz + (size_t)c * W;
+                for (int j = 0; j < W; j++) d[j] = d[j] * s[j] * iz;
+            }
             for (int j = 0; j < W; j++) {
-                dv[j] = dv[j] * s[j] * ih;
-                dh[j] = dh[j] * s[j] * iw;
+                a[j] = a[j] * s[j] * ih;
+                b[j] = b[j] * s[j] * iw;
             }
         }
     }
+}
+
+/* The flux of row i of an image (C, H, W) from u before the step, in the layout of
+   row_differences(): pv along H, ph along W. */
+static void RS(row_flux)(const real *R u, int C, int H, int W, int i, real hw,
+                         const RS(tvd_params) *p, real *R pv, real *R ph, real *R s) {
+    RS(row_differences)(u, (size_t)H * W, NULL, 0, C, H, W, i, 1.f, p, NULL, pv, ph);
+    RS(flux)(NULL, pv, ph, C, W, hw, 1.f, p, s);
 }
 
 /* The data term's half gradient at x (DataTerm.half_gradient_), `data` a constant. */
@@ -296,12 +334,49 @@ static double RS(fidelity_row)(const real *R u, const real *R f, const real *R o
     return RS(lane_sum)(out, W);
 }
 
+/* The summed Huber total variation of one row from its differences (row_differences();
+   dz NULL: an image), as total_variation sums it; overwrites them, and s (W values). */
+static double RS(tv_row)(real *R dz, real *R dy, real *R dx, int C, int W,
+                         const RS(tvd_params) *p, real *R s) {
+    const real eps = p->eps;
+    double tv = 0.0;
+    if (p->tv == TVD_ANISOTROPIC) {
+        for (int c = 0; c < C; c++) {
+            real *R a = dy + (size_t)c * W, *R b = dx + (size_t)c * (W + 1) + 1;
+            double t = 0.0;
+            if (dz != NULL) {
+                real *R d = dz + (size_t)c * W;
+                for (int j = 0; j < W; j++) d[j] = fabs(d[j]);
+                RS(huber_row)(d, W, eps);
+                t = RS(lane_sum)(d, W);
+            }
+            for (int j = 0; j < W; j++) {
+                a[j] = fabs(a[j]);
+                b[j] = fabs(b[j]);
+            }
+            RS(huber_row)(a, W, eps);
+            RS(huber_row)(b, W, eps);
+            tv += t + RS(lane_sum)(a, W) + RS(lane_sum)(b, W);
+        }
+        return tv;
+    }
+    const int groups = p->tv == TVD_ISOTROPIC_JOINT ? 1 : C;
+    const int per_group = C / groups;
+    for (int g = 0; g < groups; g++) {
+        const int c0 = g * per_group, c1 = c0 + per_group;
+        RS(squared_magnitude)(dz, dy, dx, c0, c1, W, s);
+        for (int j = 0; j < W; j++) s[j] = sqrt(s[j]);
+        RS(huber_row)(s, W, eps);
+        tv += RS(lane_sum)(s, W);
+    }
+    return tv;
+}
+
 /* The summed Huber total variation and the summed fidelity of each chunk's rows, into
    out[2k] and out[2k + 1], from the current values (the step's boundary buffers are not
    used; the chunk's work buffer holds a row's differences). */
-TVD_EXPORT void RS(tvd_energy)(int n, const RS(tvd_chunk) *chunks, const RS(tvd_params) *p, double *out,
-                           int *next) {
-    const real eps = p->eps;
+TVD_EXPORT void RS(tvd_energy)(int n, const RS(tvd_chunk) *chunks, const RS(tvd_params) *p,
+                               double *out, int *next) {
     for (int k = take(next); k < n; k = take(next)) {
         const RS(tvd_chunk) *c = &chunks[k];
         const int C = c->C, H = c->H, W = c->W;
@@ -309,37 +384,8 @@ TVD_EXPORT void RS(tvd_energy)(int n, const RS(tvd_chunk) *chunks, const RS(tvd_
         real *dv = c->work, *ph = dv + cw, *s = ph + (size_t)C * (W + 1);
         double tv = 0.0, fidelity = 0.0;
         for (int i = c->r0; i < c->r1; i++) {
-            RS(row_differences)(c->u, C, H, W, i, p, dv, ph);
-            if (p->tv == TVD_ANISOTROPIC) {
-                for (int ch = 0; ch < C; ch++) {
-                    real *a = dv + (size_t)ch * W, *b = ph + (size_t)ch * (W + 1) + 1;
-                    for (int j = 0; j < W; j++) {
-                        a[j] = fabs(a[j]);
-                        b[j] = fabs(b[j]);
-                    }
-                    RS(huber_row)(a, W, eps);
-                    RS(huber_row)(b, W, eps);
-                    tv += RS(lane_sum)(a, W) + RS(lane_sum)(b, W);
-                }
-            } else {
-                /* Squared magnitudes summed as row_flux() sums them. */
-                const int groups = p->tv == TVD_ISOTROPIC_JOINT ? 1 : C;
-                const int per_group = C / groups;
-                for (int g = 0; g < groups; g++) {
-                    for (int j = 0; j < W; j++) s[j] = 0.f;
-                    for (int ch = g * per_group; ch < (g + 1) * per_group; ch++) {
-                        const real *a = dv + (size_t)ch * W;
-                        for (int j = 0; j < W; j++) s[j] += a[j] * a[j];
-                    }
-                    for (int ch = g * per_group; ch < (g + 1) * per_group; ch++) {
-                        const real *b = ph + (size_t)ch * (W + 1) + 1;
-                        for (int j = 0; j < W; j++) s[j] += b[j] * b[j];
-                    }
-                    for (int j = 0; j < W; j++) s[j] = sqrt(s[j]);
-                    RS(huber_row)(s, W, eps);
-                    tv += RS(lane_sum)(s, W);
-                }
-            }
+            RS(row_differences)(c->u, plane, NULL, 0, C, H, W, i, 1.f, p, NULL, dv, ph);
+            tv += RS(tv_row)(NULL, dv, ph, C, W, p, s);
             for (int ch = 0; ch < C; ch++) {
                 const size_t off = ch * plane + (size_t)i * W;
                 const real *obs = c->observed == NULL ? NULL : c->observed + off;
@@ -375,79 +421,13 @@ typedef struct {
     real *work;             /* tvd_work_size3(C, H, W) floats */
 } RS(tvd_chunk3);
 
-/* The flux of row y of a plane, (pz, py: C*W each; px: C*(W+1), each channel's led by a
-   zero), in the arithmetic of tvdenoise.solver._Workspace.gradient: differences along D, H,
-   W (the plane's channels `cs` apart, the next plane's `ns` apart; nxt NULL: the last plane),
-   their magnitude summed axis by axis, channel by channel. */
-TVD_CLONES
+/* The flux of row y of a plane of a volume (pz, py: C*W each; px: C*(W+1)), from the plane
+   (channels `cs` apart) and the same row of the next plane (`ns` apart; NULL: the last). */
 static void RS(row_flux3)(const real *R cur, size_t cs, const real *R nxt, size_t ns, int C,
-                      int H, int W, int y, real hw, real iz, const RS(tvd_params) *p,
-                      real *R pz, real *R py, real *R px, real *R s) {
-    const real eps = p->eps, eps2 = eps * eps, ih = p->ih, iw = p->iw;
-    for (int c = 0; c < C; c++) {
-        const real *R r = cur + c * cs + (size_t)y * W;
-        real *R dz = pz + (size_t)c * W, *R dy = py + (size_t)c * W;
-        real *R dx = px + (size_t)c * (W + 1) + 1;
-        dx[-1] = 0.f;
-        if (nxt != NULL) {
-            const real *R n = nxt + c * ns + (size_t)y * W;
-            for (int j = 0; j < W; j++) dz[j] = (n[j] - r[j]) * iz;
-        } else {
-            for (int j = 0; j < W; j++) dz[j] = 0.f;
-        }
-        if (y < H - 1) {
-            const real *R n = r + W;
-            for (int j = 0; j < W; j++) dy[j] = (n[j] - r[j]) * ih;
-        } else {
-            for (int j = 0; j < W; j++) dy[j] = 0.f;
-        }
-        for (int j = 0; j < W - 1; j++) dx[j] = (r[j + 1] - r[j]) * iw;
-        dx[W - 1] = 0.f;
-    }
-    if (p->tv == TVD_ANISOTROPIC) {
-        for (int c = 0; c < C; c++) {
-            real *R dz = pz + (size_t)c * W, *R dy = py + (size_t)c * W;
-            real *R dx = px + (size_t)c * (W + 1) + 1;
-            for (int j = 0; j < W; j++) {
-                real a = fabs(dz[j]), b = fabs(dy[j]), d = fabs(dx[j]);
-                dz[j] = dz[j] / (a > eps ? a : eps) * hw * iz;
-                dy[j] = dy[j] / (b > eps ? b : eps) * hw * ih;
-                dx[j] = dx[j] / (d > eps ? d : eps) * hw * iw;
-            }
-        }
-        return;
-    }
-    const int groups = p->tv == TVD_ISOTROPIC_JOINT ? 1 : C;
-    const int per_group = C / groups;
-    for (int g = 0; g < groups; g++) {
-        const int c0 = g * per_group, c1 = c0 + per_group;
-        for (int j = 0; j < W; j++) s[j] = 0.f;
-        for (int c = c0; c < c1; c++) {
-            const real *R d = pz + (size_t)c * W;
-            for (int j = 0; j < W; j++) s[j] += d[j] * d[j];
-        }
-        for (int c = c0; c < c1; c++) {
-            const real *R d = py + (size_t)c * W;
-            for (int j = 0; j < W; j++) s[j] += d[j] * d[j];
-        }
-        for (int c = c0; c < c1; c++) {
-            const real *R d = px + (size_t)c * (W + 1) + 1;
-            for (int j = 0; j < W; j++) s[j] += d[j] * d[j];
-        }
-        for (int j = 0; j < W; j++) {
-            real q = s[j] > eps2 ? s[j] : eps2;
-            s[j] = 1.f / sqrt(q) * hw;
-        }
-        for (int c = c0; c < c1; c++) {
-            real *R dz = pz + (size_t)c * W, *R dy = py + (size_t)c * W;
-            real *R dx = px + (size_t)c * (W + 1) + 1;
-            for (int j = 0; j < W; j++) {
-                dz[j] = dz[j] * s[j] * iz;
-                dy[j] = dy[j] * s[j] * ih;
-                dx[j] = dx[j] * s[j] * iw;
-            }
-        }
-    }
+                          int H, int W, int y, real hw, real iz, const RS(tvd_params) *p,
+                          real *R pz, real *R py, real *R px, real *R s) {
+    RS(row_differences)(cur, cs, nxt, ns, C, H, W, y, iz, p, pz, py, px);
+    RS(flux)(pz, py, px, C, W, hw, iz, p, s);
 }
 
 /* Copies of the planes next to each chunk boundary, before any chunk of the step runs. */
@@ -525,8 +505,7 @@ TVD_EXPORT void RS(tvd_step3)(int n, const RS(tvd_chunk3) *chunks, const RS(tvd_
 
 /* The summed Huber total variation and fidelity of each chunk's planes, as tvd_energy. */
 TVD_EXPORT void RS(tvd_energy3)(int n, const RS(tvd_chunk3) *chunks, const RS(tvd_params) *p,
-                            double *out, int *next) {
-    const real eps = p->eps;
+                                double *out, int *next) {
     for (int k = take(next); k < n; k = take(next)) {
         const RS(tvd_chunk3) *c = &chunks[k];
         const int C = c->C, D = c->D, H = c->H, W = c->W;
@@ -535,49 +514,11 @@ TVD_EXPORT void RS(tvd_energy3)(int n, const RS(tvd_chunk3) *chunks, const RS(tv
         real *s = dx + (size_t)C * (W + 1);
         double tv = 0.0, fidelity = 0.0;
         for (int z = c->z0; z < c->z1; z++) {
+            const real *cur = c->u + (size_t)z * plane;
+            const real *nxt = z + 1 < D ? cur + plane : NULL;
             for (int y = 0; y < H; y++) {
-                for (int ch = 0; ch < C; ch++) {
-                    const real *R r = c->u + ch * volume + (size_t)z * plane + (size_t)y * W;
-                    real *R a = dz + (size_t)ch * W, *R b = dy + (size_t)ch * W;
-                    real *R e = dx + (size_t)ch * (W + 1) + 1;
-                    for (int j = 0; j < W; j++) a[j] = z < D - 1 ? (r[j + plane] - r[j]) * c->iz : 0.f;
-                    for (int j = 0; j < W; j++) b[j] = y < H - 1 ? (r[j + W] - r[j]) * p->ih : 0.f;
-                    for (int j = 0; j < W - 1; j++) e[j] = (r[j + 1] - r[j]) * p->iw;
-                    e[W - 1] = 0.f;
-                }
-                if (p->tv == TVD_ANISOTROPIC) {
-                    for (int ch = 0; ch < C; ch++) {
-                        real *a = dz + (size_t)ch * W, *b = dy + (size_t)ch * W;
-                        real *e = dx + (size_t)ch * (W + 1) + 1;
-                        for (int j = 0; j < W; j++) {
-                            a[j] = fabs(a[j]);
-                            b[j] = fabs(b[j]);
-                            e[j] = fabs(e[j]);
-                        }
-                        RS(huber_row)(a, W, eps);
-                        RS(huber_row)(b, W, eps);
-                        RS(huber_row)(e, W, eps);
-                        tv += RS(lane_sum)(a, W) + RS(lane_sum)(b, W) + RS(lane_sum)(e, W);
-                    }
-                } else {
-                    const int groups = p->tv == TVD_ISOTROPIC_JOINT ? 1 : C;
-                    const int per_group = C / groups;
-                    for (int g = 0; g < groups; g++) {
-                        const int c0 = g * per_group, c1 = c0 + per_group;
-                        for (int j = 0; j < W; j++) s[j] = 0.f;
-                        for (int ch = c0; ch < c1; ch++)
-                            for (int j = 0; j < W; j++) s[j] += dz[ch * W + j] * dz[ch * W + j];
-                        for (int ch = c0; ch < c1; ch++)
-                            for (int j = 0; j < W; j++) s[j] += dy[ch * W + j] * dy[ch * W + j];
-                        for (int ch = c0; ch < c1; ch++) {
-                            const real *e = dx + (size_t)ch * (W + 1) + 1;
-                            for (int j = 0; j < W; j++) s[j] += e[j] * e[j];
-                        }
-                        for (int j = 0; j < W; j++) s[j] = sqrt(s[j]);
-                        RS(huber_row)(s, W, eps);
-                        tv += RS(lane_sum)(s, W);
-                    }
-                }
+                RS(row_differences)(cur, volume, nxt, volume, C, H, W, y, c->iz, p, dz, dy, dx);
+                tv += RS(tv_row)(dz, dy, dx, C, W, p, s);
                 for (int ch = 0; ch < C; ch++) {
                     const size_t off = ch * volume + (size_t)z * plane + (size_t)y * W;
                     const real *obs = c->observed == NULL ? NULL : c->observed + off;
@@ -589,7 +530,6 @@ TVD_EXPORT void RS(tvd_energy3)(int n, const RS(tvd_chunk3) *chunks, const RS(tv
         out[2 * k + 1] = fidelity;
     }
 }
-
 
 typedef struct {
     int n;

@@ -86,13 +86,12 @@ def _types(real: type[ctypes.c_float] | type[ctypes.c_double], suffix: str) -> _
             ("floor", real),
         ]
 
+    # An image's solver variable, Adam's moments, data and observed mask.
+    arrays = [(name, ctypes.c_void_p) for name in ("u", "m", "v", "f", "observed")]
+
     class Chunk(ctypes.Structure):
         _fields_ = [
-            ("u", ctypes.c_void_p),
-            ("m", ctypes.c_void_p),
-            ("v", ctypes.c_void_p),
-            ("f", ctypes.c_void_p),
-            ("observed", ctypes.c_void_p),
+            *arrays,
             ("C", ctypes.c_int),
             ("H", ctypes.c_int),
             ("W", ctypes.c_int),
@@ -107,11 +106,7 @@ def _types(real: type[ctypes.c_float] | type[ctypes.c_double], suffix: str) -> _
 
     class Chunk3(ctypes.Structure):
         _fields_ = [
-            ("u", ctypes.c_void_p),
-            ("m", ctypes.c_void_p),
-            ("v", ctypes.c_void_p),
-            ("f", ctypes.c_void_p),
-            ("observed", ctypes.c_void_p),
+            *arrays,
             ("C", ctypes.c_int),
             ("D", ctypes.c_int),
             ("H", ctypes.c_int),
