@@ -156,9 +156,11 @@ def test_a_worker_killed_mid_write_is_replaced_and_its_file_retried(
 
 @pytest.mark.slow
 def test_an_interrupted_run_cancels_the_rest_and_leaves_whole_files(tmp_path: Path) -> None:
+    # More files than the cluster is sent at first (16): however fast the workers finish
+    # what they were sent, the files after those are sent only as records arrive.
     jobs = [
         Job(write_image(tmp_path / "in" / f"{i}.png", seed=i), tmp_path / "out" / f"{i}.png")
-        for i in range(10)
+        for i in range(40)
     ]
     records: list[Record] = []
 
