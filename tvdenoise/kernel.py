@@ -296,7 +296,6 @@ class FusedSteps:
                     part.before = self._buffer(u, c * h * w)
                     previous.after = self._buffer(u, c * h * w)
             self._chunks: ctypes.Array[ctypes.Structure] = (types.chunk3 * len(chunks3))(*chunks3)
-            self._values = c * d * h * w
         else:
             h, w = spatial
             work_size = lib.tvd_work_size(c, w)
@@ -319,7 +318,7 @@ class FusedSteps:
                 (types.chunk * max(1, len(boundaries)))(*boundaries),
             )
             self._chunks = (types.chunk * len(chunks))(*chunks)
-            self._values = c * h * w
+        self._values = math.prod(u.shape[1:])
         self._count = len(ranges)
         self._sums = torch.zeros(2 * len(ranges), dtype=torch.float64)
         self._half_weights = half_weights
