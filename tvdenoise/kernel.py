@@ -201,7 +201,8 @@ def _openmp_parallel() -> int | None:
     if not maps.is_file():
         return None
     loaded = {line.split()[-1] for line in maps.read_text().splitlines() if "/" in line}
-    for path in sorted(loaded):
+    # PyTorch's own first (torch/lib, torch.libs), where another library brought a second.
+    for path in sorted(loaded, key=lambda path: ("torch" not in path, path)):
         if Path(path).name.startswith(_OPENMP_RUNTIMES):
             try:
                 function = ctypes.CDLL(path).GOMP_parallel
