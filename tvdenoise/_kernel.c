@@ -4,18 +4,18 @@
  * PyTorch computes an iteration of tvdenoise.solver as some twenty operations, each a pass
  * over image-sized arrays. Here one pass, row by row, forms the differences of a row, its
  * flux (the differences over the Huber-smoothed gradient magnitude, times half the weight),
- * the energy gradient from the flux of this row and the one above, and Adam's update of
- * the row, while the row and its neighbours are in the cache. The arithmetic is that of
- * tvdenoise.solver._Workspace.gradient and torch._fused_adam_, in float32 or float64 (the body,
- * _kernel_body.h, is compiled once for each); only the order
- * of a few additions differs.
+ * the energy gradient from the flux of this row and the one above (in a volume, also of the
+ * same row of the plane before), and Adam's update of the row, while the row and its
+ * neighbours are in the cache. The arithmetic is that of tvdenoise.solver._Workspace.gradient
+ * and torch._fused_adam_, in float32 or float64: the body, _kernel_body.h, is compiled once
+ * for each type. Only the order of a few additions differs.
  *
- * Images are (C, H, W) planes. A chunk is a range of rows [r0, r1) of one image;
- * the calling threads take chunks from a shared counter. Chunks of one image may run in
- * parallel: the flux of the row above a chunk, and
- * of a chunk's last row, depend on rows of the neighbouring chunk, which that chunk updates
- * in place; they are computed from the values before the step (tvd_boundaries) before the
- * chunks start, and given to both chunks.
+ * Images are (C, H, W) planes. A chunk is a range of rows [r0, r1) of one image; the
+ * threads take chunks from a shared counter. Chunks of one image may run in parallel: the
+ * flux of the row above a chunk, and of a chunk's last row, depend on rows of the
+ * neighbouring chunk, which that chunk updates in place; they are computed from the values
+ * before the step (tvd_boundaries) before the chunks start, and given to both chunks.
+ * Volumes are cut into ranges of planes in the same way (tvd_step3; see the body).
  *
  * Loaded with ctypes (tvdenoise/kernel.py), which releases the GIL during a call; it is no
  * Python extension module and uses no Python API. The threads that share a step are either
@@ -69,10 +69,10 @@ typedef void (*tvd_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
 #undef real
 #undef RS
 
-/* Floats of `work` a chunk needs, and of a boundary's flux buffer. */
+/* Values of `work` a chunk needs, and of a boundary's flux buffer. */
 TVD_EXPORT size_t tvd_work_size(int C, int W) { return 2 * (size_t)C * W + (size_t)C * (W + 1) + W; }
 TVD_EXPORT size_t tvd_flux_size(int C, int W) { return flux_size(C, W); }
-/* Floats of `work` a volume's chunk needs. */
+/* Values of `work` a volume's chunk needs. */
 TVD_EXPORT size_t tvd_work_size3(int C, int H, int W) {
     return (size_t)C * H * W + 3 * (size_t)C * W + (size_t)C * (W + 1) + W;
 }

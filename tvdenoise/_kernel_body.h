@@ -35,7 +35,7 @@ typedef struct {
     const real *above;
     /* Flux of row r1 - 1 in the same layout (NULL when r1 == H: computed here). */
     const real *last;
-    /* Scratch: 3*C*W + C + W floats. */
+    /* Scratch: tvd_work_size(C, W) values. */
     real *work;
 } RS(tvd_chunk);
 
@@ -303,7 +303,7 @@ static void RS(huber_row)(real *R x, int n, real eps) {
     }
 }
 
-/* The fidelity of one row of one channel, summed (out: W floats of scratch), as
+/* The fidelity of one row of one channel, summed (out: W values of scratch), as
    DataTerm.variable_value computes it. */
 TVD_CLONES
 static double RS(fidelity_row)(const real *R u, const real *R f, const real *R obs,
@@ -418,7 +418,7 @@ typedef struct {
     real iz;                /* inverse spacing along D (H and W: the params') */
     real *before;           /* copy of plane z0 - 1, (C, H, W); NULL when z0 == 0 */
     real *after;            /* copy of plane z1, (C, H, W); NULL when z1 == D */
-    real *work;             /* tvd_work_size3(C, H, W) floats */
+    real *work;             /* tvd_work_size3(C, H, W) values */
 } RS(tvd_chunk3);
 
 /* The flux of row y of a plane of a volume (pz, py: C*W each; px: C*(W+1)), from the plane
