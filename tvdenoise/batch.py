@@ -463,7 +463,7 @@ def run_jobs(
 ) -> None:
     """Restore many files, stacking images of one shape into batches.
 
-    Reading runs ahead on two threads and writing behind on one, while the solver runs
+    Reading runs ahead on two threads and writing behind on two, while the solver runs
     on the calling thread. Loaded files wait in a window of ``2 * batch_size``: files whose
     solver images (2-D images, or the slices or volumes of a stack) share a shape and
     spacing form a group, solved ``batch_size`` images at a time as soon as it holds that
@@ -492,7 +492,9 @@ def run_jobs(
     writes: deque[Future[Record]] = deque()
     groups: dict[tuple[Any, ...], list[_Loaded]] = {}  # insertion order = age
     readers = ThreadPoolExecutor(2, thread_name_prefix="tvdenoise-read")
-    writer = ThreadPoolExecutor(1, thread_name_prefix="tvdenoise-write")
+    # Two writers, so that a batch's files are encoded two at a time: the last batch's
+    # files do not queue behind one thread while the solver, finished, leaves cores idle.
+    writer = ThreadPoolExecutor(2, thread_name_prefix="tvdenoise-write")
 
     def waiting() -> int:
         return sum(len(group) for group in groups.values())
