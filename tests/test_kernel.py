@@ -220,16 +220,27 @@ def test_kernel_finds_pytorchs_openmp_threads() -> None:
 
 
 @needs_kernel
-@pytest.mark.parametrize("options", [{}, {"missing": 0.2, "noise": "impulse"}])
+@pytest.mark.parametrize(
+    ("shape", "dtype", "options"),
+    [
+        ((2, 3, 45, 23), torch.float32, {}),
+        ((2, 3, 45, 23), torch.float32, {"missing": 0.2, "noise": "impulse"}),
+        ((2, 2, 9, 12, 7), torch.float64, {"noise": "poisson"}),
+    ],
+)
 def test_openmp_and_own_threads_agree(
-    options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    options: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Each part of the rows gives the same values whichever thread takes it: the steps and
-    the energy on the OpenMP runtime's threads and on the kernel's own are equal."""
+    """Each part of the rows (planes) gives the same values whichever thread takes it: the
+    steps and the energy on the OpenMP runtime's threads and on the kernel's own are equal."""
     monkeypatch.setattr(kernel, "MIN_VALUES_PER_THREAD", 1)
+    monkeypatch.setattr(kernel, "MIN_PLANES_PER_CHUNK", 1)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
-    f = torch.rand((2, 3, 45, 23), generator=torch.Generator().manual_seed(3))
-    weights = torch.tensor([0.05, 0.15])
+    f = torch.rand(shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    weights = torch.tensor([0.05, 0.15], dtype=dtype)
     results = []
     for parallel in (kernel._openmp_parallel(), None):
         monkeypatch.setattr(kernel, "_openmp_parallel", lambda parallel=parallel: parallel)
@@ -237,7 +248,7 @@ def test_openmp_and_own_threads_agree(
         active = torch.ones(2, dtype=torch.bool)
         plan = kernel.FusedSteps.plan(ws, u, *state[1:], weights, active, 0.8, 0.9, 1e-8)
         assert plan is not None
-        results.append((*state, plan.energy(torch.zeros(2))))
+        results.append((*state, plan.energy(torch.zeros(2, dtype=torch.float64))))
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
 
