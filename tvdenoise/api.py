@@ -33,7 +33,7 @@ from .colour import (
 from .convert import ChannelAxis, Image, Mask, to_working
 from .defaults import MIN_TILE, RegulariserName
 from .fidelity import DataTerm, NoiseModel, data_term
-from .missing import check_finite
+from .missing import all_finite, check_finite
 from .noise_weight import PHOTON_ESTIMATORS, poisson_estimators
 from .solver import (
     DEFAULT_EPS,
@@ -344,10 +344,9 @@ def _restore_opponent(
     u = torch.cat([p.restored for p in parts], dim=1)
     # The data plus the change taken back to RGB: exactly the data where nothing changed
     # (weight 0); where a pixel is missing, the values the total variation filled in.
-    restored = f + from_opponent(u - g)
-    missing = torch.isnan(restored)
-    if bool(missing.any()):
-        restored = torch.where(missing, from_opponent(u), restored)
+    restored = from_opponent(u - g).add_(f)
+    if not all_finite(restored):
+        restored = torch.where(torch.isnan(restored), from_opponent(u), restored)
     restored.clamp_(0.0, 1.0)
     # Both energies are means over their values: one brightness and two colour channels.
     total = (parts[0].energy + 2 * parts[1].energy) / 3

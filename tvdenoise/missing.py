@@ -18,13 +18,13 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["FILL_ROUNDS", "check_finite", "observed_share", "split_missing"]
+__all__ = ["FILL_ROUNDS", "all_finite", "check_finite", "observed_share", "split_missing"]
 
 #: Rounds of the neighbour-mean fill before the rest of a hole takes the observed mean.
 FILL_ROUNDS = 32
 
 
-def _all_finite(x: Tensor) -> bool:
+def all_finite(x: Tensor) -> bool:
     """Whether every value of ``x`` is finite, where one reduction can tell: a finite sum
     has no NaN or infinity among its terms (one pass; a mask and a test of it are two
     passes and a tensor). A sum that overflows says nothing, and ``False`` sends the caller
@@ -34,7 +34,7 @@ def _all_finite(x: Tensor) -> bool:
 
 def check_finite(image: Tensor, name: str = "image") -> None:
     """Raise ``ValueError`` if ``image`` holds an infinite value (NaN means missing)."""
-    if _all_finite(image):
+    if all_finite(image):
         return
     if bool(torch.isinf(image).any()):
         raise ValueError(
@@ -57,7 +57,7 @@ def split_missing(f: Tensor) -> tuple[Tensor, Tensor | None]:
     Raises:
         ValueError: if every value of an image is missing.
     """
-    if _all_finite(f):
+    if all_finite(f):
         return f, None
     missing = torch.isnan(f)
     if not bool(missing.any()):
