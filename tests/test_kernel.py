@@ -49,9 +49,10 @@ VOLUME_SHAPES = [
 ]
 
 
-def _for_volume(options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` with a spacing along the volumes' first axis too."""
-    if "spacing" not in options:
+def _for_shape(options: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
+    """``options`` for images or volumes of ``shape``: a volume's spacing gets its first
+    axis too."""
+    if len(shape) == 4 or "spacing" not in options:
         return options
     return {**options, "spacing": (0.7, *options["spacing"])}
 
@@ -102,17 +103,19 @@ def _steps(
 
 
 @needs_kernel
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", [*SHAPES, *VOLUME_SHAPES])
 @pytest.mark.parametrize("options", VARIANTS)
 @pytest.mark.parametrize("threads", [1, 3])
 def test_steps_match_pytorch(
     shape: tuple[int, ...], options: dict[str, Any], threads: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(kernel, "MIN_VALUES_PER_THREAD", 1)
+    monkeypatch.setattr(kernel, "MIN_PLANES_PER_CHUNK", 1)
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     generator = torch.Generator().manual_seed(sum(shape))
     f = torch.rand(shape, generator=generator)
     weights = torch.linspace(0.05, 0.2, shape[0])
+    options = _for_shape(options, shape)
     ours, _, _ = _steps(f, weights, options, 4, fused=True)
     theirs, _, _ = _steps(f, weights, options, 4, fused=False)
     # Adam divides by the root of the squared gradients: where a gradient is near 0, one
@@ -134,7 +137,7 @@ def test_float64_steps_and_energy_match_pytorch(
     generator = torch.Generator().manual_seed(sum(shape))
     f = torch.rand(shape, generator=generator, dtype=torch.float64)
     weights = torch.linspace(0.05, 0.2, shape[0], dtype=torch.float64)
-    options = _for_volume(options) if len(shape) == 5 else options
+    options = _for_shape(options, shape)
     ours, ws, u = _steps(f, weights, options, 4, fused=True)
     theirs, _, _ = _steps(f, weights, options, 4, fused=False)
     for a, b in zip(ours, theirs, strict=True):
@@ -148,56 +151,18 @@ def test_float64_steps_and_energy_match_pytorch(
 
 
 @needs_kernel
-@pytest.mark.parametrize("shape", VOLUME_SHAPES)
-@pytest.mark.parametrize("options", VARIANTS)
-@pytest.mark.parametrize("threads", [1, 3])
-def test_volume_steps_match_pytorch(
-    shape: tuple[int, ...], options: dict[str, Any], threads: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(kernel, "MIN_VALUES_PER_THREAD", 1)
-    monkeypatch.setattr(kernel, "MIN_PLANES_PER_CHUNK", 1)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    f = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)))
-    weights = torch.linspace(0.05, 0.2, shape[0])
-    ours, _, _ = _steps(f, weights, _for_volume(options), 4, fused=True)
-    theirs, _, _ = _steps(f, weights, _for_volume(options), 4, fused=False)
-    for a, b in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
-@needs_kernel
-@pytest.mark.parametrize("shape", VOLUME_SHAPES)
-@pytest.mark.parametrize("options", VARIANTS)
-def test_volume_energy_matches_pytorch(
-    shape: tuple[int, ...], options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(kernel, "MIN_VALUES_PER_THREAD", 1)
-    monkeypatch.setattr(kernel, "MIN_PLANES_PER_CHUNK", 1)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
-    f = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)))
-    weights = torch.linspace(0.05, 0.2, shape[0])
-    _, ws, u = _steps(f, weights, _for_volume(options), 3, fused=True)
-    active = torch.ones(shape[0], dtype=torch.bool)
-    plan = kernel.FusedSteps.plan(
-        ws, u, torch.zeros_like(u), torch.zeros_like(u), weights, active, 0.8, 0.9, 1e-8
-    )
-    assert plan is not None
-    torch.testing.assert_close(
-        plan.energy(torch.zeros(shape[0])), ws.energy(u), rtol=2e-6, atol=1e-9
-    )
-
-
-@needs_kernel
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", [*SHAPES, *VOLUME_SHAPES])
 @pytest.mark.parametrize("options", VARIANTS)
 def test_energy_matches_pytorch(
     shape: tuple[int, ...], options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(kernel, "MIN_VALUES_PER_THREAD", 1)
+    monkeypatch.setattr(kernel, "MIN_PLANES_PER_CHUNK", 1)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
     generator = torch.Generator().manual_seed(sum(shape))
     f = torch.rand(shape, generator=generator)
     weights = torch.linspace(0.05, 0.2, shape[0])
+    options = _for_shape(options, shape)
     _, ws, u = _steps(f, weights, options, 3, fused=True)
     # The last image stopped: it keeps the energy it had.
     previous = torch.full((shape[0],), -1.0)
