@@ -29,27 +29,27 @@ from helpers import run_cli, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Runs the command in-process the way the console script or ``python -m`` does, then
-# prints the exit code, the heavy modules that were imported, torch's thread count and
-# the OpenMP spin setting, as JSON on the last line of stderr.
+# Runs the command in-process the way the console script or ``python -m`` does. The
+# command ends the process itself, after running the ``atexit`` handlers: one prints the
+# heavy modules that were imported, torch's thread count and the OpenMP spin setting, as
+# JSON on the last line of stderr. The exit code is the process's.
 _PROBE = """
-import json, os, runpy, sys
+import atexit, json, os, runpy, sys
 how, args = sys.argv[1], sys.argv[2:]
 sys.argv = ["tvdenoise", *args]
-try:
-    if how == "module":
-        runpy.run_module("tvdenoise", run_name="__main__", alter_sys=True)
-    else:
-        from tvdenoise.cli import main
-        main()
-    code = 0
-except SystemExit as exc:
-    code = exc.code
-heavy = sorted(m for m in ("torch", "numpy", "PIL", "tqdm", "tifffile") if m in sys.modules)
-threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
-report = {"code": code, "heavy": heavy, "threads": threads,
-          "spin": os.environ.get("GOMP_SPINCOUNT")}
-print(json.dumps(report), file=sys.stderr)
+
+def report():
+    heavy = sorted(m for m in ("torch", "numpy", "PIL", "tqdm", "tifffile") if m in sys.modules)
+    threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+    report = {"heavy": heavy, "threads": threads, "spin": os.environ.get("GOMP_SPINCOUNT")}
+    print(json.dumps(report), file=sys.stderr)
+
+atexit.register(report)
+if how == "module":
+    runpy.run_module("tvdenoise", run_name="__main__", alter_sys=True)
+else:
+    from tvdenoise.__main__ import main
+    main()
 """
 
 
@@ -88,7 +88,7 @@ def _run_probe(
         env=environ,
     )
     *messages, report = done.stderr.splitlines()
-    return json.loads(report), done.stdout, "\n".join(messages)
+    return json.loads(report) | {"code": done.returncode}, done.stdout, "\n".join(messages)
 
 
 def _probe(how: str, *args: str, cwd: Path = ROOT) -> tuple[int, list[str], str, str]:
