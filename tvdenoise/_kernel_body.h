@@ -297,9 +297,9 @@ static double RS(lane_sum)(const real *R x, int n) {
 TVD_CLONES
 static void RS(huber_row)(real *R x, int n, real eps) {
     const real half = 0.5f * eps, scale = 0.5f / eps;
-    for (int j = 0; j < n; j++) {
-        real t = x[j];
-        x[j] = t > eps ? t - half : t * t * scale;
+    for (int j = 0; j < n; j++) { /* both sides computed: a select, which vectorises */
+        const real t = x[j], above = t - half, below = t * t * scale;
+        x[j] = t > eps ? above : below;
     }
 }
 
@@ -311,8 +311,8 @@ static double RS(fidelity_row)(const real *R u, const real *R f, const real *R o
     const real delta = p->data_scale, scale = 0.5f / delta, half = 0.5f * delta;
     if (p->data == TVD_IMPULSE) {
         for (int j = 0; j < W; j++) {
-            real e = u[j] - f[j], a = fabs(e);
-            out[j] = a <= delta ? e * e * scale : a - half;
+            const real e = u[j] - f[j], a = fabs(e), inside = e * e * scale, outside = a - half;
+            out[j] = a <= delta ? inside : outside;
         }
     } else if (p->data == TVD_POISSON) {
         /* The deviance of x^2: 2 (u - f + f log(f / max(u, floor))), no logarithm where
@@ -336,6 +336,7 @@ static double RS(fidelity_row)(const real *R u, const real *R f, const real *R o
 
 /* The summed Huber total variation of one row from its differences (row_differences();
    dz NULL: an image), as total_variation sums it; overwrites them, and s (W values). */
+TVD_CLONES
 static double RS(tv_row)(real *R dz, real *R dy, real *R dx, int C, int W,
                          const RS(tvd_params) *p, real *R s) {
     const real eps = p->eps;
