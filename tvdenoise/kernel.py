@@ -268,7 +268,7 @@ class FusedSteps:
             for start, stop in itertools.pairwise(cuts)
         ]
         self._buffers: list[Tensor] = []
-        self._owners = [image for image, _, _ in ranges]
+        owners = [image for image, _, _ in ranges]
         pointers = [
             (
                 u[i].data_ptr(),
@@ -322,7 +322,10 @@ class FusedSteps:
         self._values = math.prod(u.shape[1:])
         self._count = len(ranges)
         self._sums = torch.zeros(2 * len(ranges), dtype=torch.float64)
-        self._half_weights = half_weights
+        self._owners = owners
+        self._images = images
+        self._image_index = torch.tensor(images)
+        self._weights = [2 * half_weights[i] for i in images]
         self._keep = (u, m, v, ws.f, ws.observed)
 
     def _buffer(self, like: Tensor, size: int) -> int:
@@ -392,16 +395,20 @@ class FusedSteps:
         """The energy per image, as :meth:`~tvdenoise.solver._Workspace.energy` gives it;
         images outside this plan (stopped) keep their ``previous`` value."""
         self._run("tvd_energy", ctypes.byref(self._params), self._sums.data_ptr())
-        tv: dict[int, float] = {}
-        fidelity: dict[int, float] = {}
         sums = self._sums.tolist()
-        for k, image in enumerate(self._owners):
-            tv[image] = tv.get(image, 0.0) + sums[2 * k]
-            fidelity[image] = fidelity.get(image, 0.0) + sums[2 * k + 1]
+        tv = [0.0] * len(previous)
+        fidelity = [0.0] * len(previous)
+        for k, image in enumerate(self._owners):  # in the chunks' order
+            tv[image] += sums[2 * k]
+            fidelity[image] += sums[2 * k + 1]
+        values = [
+            (fidelity[i] + weight * tv[i]) / self._values
+            for i, weight in zip(self._images, self._weights, strict=True)
+        ]
+        if len(values) == len(previous):
+            return torch.tensor(values, dtype=previous.dtype)
         energy = previous.clone()
-        for image, total in tv.items():
-            weight = 2 * self._half_weights[image]
-            energy[image] = (fidelity[image] + weight * total) / self._values
+        energy[self._image_index] = torch.tensor(values, dtype=previous.dtype)
         return energy
 
     def step(self, k: int, decay: float) -> None:

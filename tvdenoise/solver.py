@@ -444,6 +444,7 @@ def _adam(
     # Counted where the images are: a copy to the host every iteration would make the
     # host wait for the device each time.
     steps = torch.zeros(active.shape, dtype=iterations.dtype, device=active.device)
+    counted = 0  # the iterations added to `steps`, at each check
     fused = _kernel(ws, u, m, v, base_lr, active, schedule.beta2)
     if fused is None:
         m.zero_()
@@ -464,8 +465,9 @@ def _adam(
             _batched_step(u, grad, m, v, k, rates, decay ** (k - 1), schedule.beta2)
         if floor is not None:
             ws.image(u).clamp_min_(floor)
-        steps += active
         if k % check_every == 0 or k == max_iter:
+            steps += active * (k - counted)
+            counted = k
             new_energy = ws.energy(u) if fused is None else fused.energy(energy)
             change = (energy - new_energy).abs() / new_energy.abs().clamp_min(1e-12)
             energy.copy_(new_energy)
