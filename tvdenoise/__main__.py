@@ -8,7 +8,8 @@ When the command is done, the process ends without the interpreter's teardown: o
 PyTorch is loaded, finalising its modules takes longer than denoising a small image (the
 start-up figures of ``benchmarks/bench_speed.py``). Everything a normal exit does that
 anyone can observe still happens first: the outputs are already written and closed,
-``atexit`` handlers run (Dask's, logging's) and stdout and stderr are flushed.
+``atexit`` handlers run (Dask's, logging's) and stdout and stderr are flushed. Under a
+profiler or tracer, or with threads still running, the exit is the ordinary one.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def _end(code: str | int | None) -> None:
         for thread in threading.enumerate()
         if thread is not threading.main_thread() and not thread.daemon
     ]
-    if others:  # the interpreter joins them: exit the ordinary way
+    # Other threads are joined by the interpreter; a profiler or tracer (cProfile,
+    # coverage) writes its results after the program returns: exit the ordinary way.
+    if others or sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(code)
     if code is None:
         status = 0
