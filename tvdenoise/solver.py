@@ -452,7 +452,9 @@ def _adam(
         energy = ws.energy(u)
     else:  # the stopping test compares energies summed one way, the kernel's
         stopped = ws.energy(u) if not bool(active.all()) else u.new_zeros(active.shape)
-        energy = fused.energy(stopped)
+        # Without a check before the last iteration (the weight search's solves) the
+        # first energy is compared with nothing.
+        energy = fused.energy(stopped) if check_every < max_iter else stopped
     for k in range(1, max_iter + 1):
         if fused is not None:
             fused.step(k, decay ** (k - 1))
@@ -474,7 +476,7 @@ def _adam(
             if callback is not None:
                 callback(k, energy)
             done = (change < tol).to(active.device)
-            if bool((active & done).any()):
+            if k < max_iter and bool((active & done).any()):
                 active &= ~done
                 if not bool(active.any()):
                     break
