@@ -91,21 +91,9 @@ def test_dark_image_estimate_models_the_clipped_noise(sigma_levels: int) -> None
     assert 255 * float(estimate_sigma(noisy)) == pytest.approx(sigma_levels, rel=0.05)
 
 
-@pytest.mark.parametrize("sigma_levels", [2, 10, 40])
-def test_float32_products_agree_with_float64(sigma_levels: float) -> None:
-    from tvdenoise.sigma import _noise_variance, _Patches, _spectrum
-
-    noisy = add_8bit_noise(piecewise_constant(3, 96, 90, seed=9), sigma_levels, seed=10)
-    patches = _Patches.of([noisy.reshape(3, 1, 96, 90)], 1, 1)
-    exact = _spectrum(patches.values.to(torch.float64), patches.unsaturated)[0]
-    mixed = _noise_variance(patches.values, patches.unsaturated)
-    torch.testing.assert_close(mixed, exact, rtol=1e-4, atol=0)
-
-
 def test_sixteen_bit_noise_under_strong_structure() -> None:
     # Two 16-bit levels of noise on a full-range ramp: the structure's eigenvalues are
-    # 1e5 times the noise's, which float32 products of the patches cannot resolve (the
-    # estimate takes them in float64 here).
+    # 1e5 times the noise's, which float32 products of the patches cannot resolve.
     g = _generator(8)
     ramp = torch.linspace(0, 1, 256).expand(1, 256, 256)
     noisy = (ramp + 3e-5 * torch.randn(ramp.shape, generator=g)).clamp(0, 1)

@@ -79,9 +79,6 @@ _TEXTURE_QUANTILE = 6.16
 # Refinements: at most this many rounds, until sigma**2 changes by less than this.
 _MAX_REFINEMENTS = 20
 _CONVERGED = 5e-3
-# float32 sums of products over the patches resolve a noise variance down to this share of
-# their largest mean square (their rounding is about 1e-5 of it); below, float64 is used.
-_FLOAT32_RESOLVES = 1e-2
 # Phi^{-1}(3/4): median |N(0, 1)|, for the small-image fallback.
 _MAD_TO_SIGMA = 0.6744897501960817
 # On CPU, images are estimated a few at a time, their patches together at most this many
@@ -127,7 +124,7 @@ def _per_image(x: torch.Tensor, images: int) -> torch.Tensor:
 @dataclass(frozen=True)
 class _Patches:
     """The patches of the images of a batch on one grid, with what selects them: one row
-    per image. ``values`` ``(B, 64, N)`` float32, each patch minus its mean; ``texture`` ``(B,
+    per image. ``values`` ``(B, 64, N)`` float64, each patch minus its mean; ``texture`` ``(B,
     N)``, its mean squared differences; ``unsaturated`` ``(B, N)``, no value at 0 or 1 in
     it; ``quarters`` ``(B, 4, N)``, the means of its four 4x4 quarters."""
 
@@ -180,7 +177,7 @@ class _Patches:
                 )
             )
         return cls(
-            torch.cat(values, dim=2),
+            torch.cat(values, dim=2).to(torch.float64),
             torch.cat(texture, dim=1),
             torch.cat(unsaturated, dim=1),
             torch.cat(quarters, dim=2).to(torch.float64),
@@ -199,23 +196,7 @@ class _Patches:
 
 def _noise_variance(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """``sigma**2`` per image by the spectrum rule on its kept patches (``values``
-    ``(B, 64, N)`` float32, ``keep`` ``(B, N)``), ``(B,)`` float64; NaN where too few.
-
-    The sums of products are taken in float32, at twice the speed of float64, and again in
-    float64 for the images whose noise float32 does not resolve: a variance below
-    ``_FLOAT32_RESOLVES`` of the largest mean square of a patch value (faint noise under
-    strong structure, as on a 16-bit scan), or none at all."""
-    variance, scale = _spectrum(values, keep)
-    again = variance < _FLOAT32_RESOLVES * scale
-    if bool(again.any()):
-        variance[again] = _spectrum(values[again].to(torch.float64), keep[again])[0]
-    return variance
-
-
-def _spectrum(values: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The spectrum rule's variance per image, as :func:`_noise_variance` gives it, with
-    the sums of products in the type of ``values``; and the largest of their mean squares
-    (the scale of their rounding)."""
+    ``(B, 64, N)`` float64, ``keep`` ``(B, N)``), ``(B,)`` float64; NaN where too few."""
     d = _PATCH * _PATCH
     kept = keep.sum(dim=1)
     # Rows with too few patches are computed on no more than two (a finite matrix).
@@ -223,8 +204,8 @@ def _spectrum(values: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, t
     # The kept patches' sums of products, as one product over all of them with the others
     # weighted 0: no copy of the kept ones, which the refinements choose anew each round.
     selected = values * keep.unsqueeze(1)
-    gram = (selected @ values.transpose(1, 2)).to(torch.float64)
-    mean = selected.sum(dim=2, dtype=torch.float64) / n.unsqueeze(1)
+    gram = selected @ values.transpose(1, 2)
+    mean = selected.sum(dim=2) / n.unsqueeze(1)
     outer = mean.unsqueeze(2) * mean.unsqueeze(1)
     covariance = (gram - n.view(-1, 1, 1) * outer) / (n.view(-1, 1, 1) - 1)
     # The patch mean was removed: one eigenvalue is 0 by construction.
@@ -235,8 +216,7 @@ def _spectrum(values: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, t
     fits = eigenvalues <= tau * (1 + (m / n.unsqueeze(1)).sqrt()).square()
     largest = torch.where(fits, m, 0.0).argmax(dim=1, keepdim=True)
     variance = torch.where(fits.any(dim=1), tau.gather(1, largest).squeeze(1), eigenvalues[:, 0])
-    scale = gram.diagonal(dim1=1, dim2=2).amax(dim=1) / n
-    return variance.masked_fill(kept < _MIN_PATCHES_PER_DIM * d, math.nan), scale
+    return variance.masked_fill(kept < _MIN_PATCHES_PER_DIM * d, math.nan)
 
 
 def _median_residual(planes: torch.Tensor) -> torch.Tensor:
