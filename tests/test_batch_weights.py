@@ -1,6 +1,7 @@
 """The automatic weight of a batch: every image gets what it gets alone, and the batch
 takes the Python-level steps of one image (the noise estimate, the SURE searches of grey,
-joint, separate and opponent colour, the impulse hold-out search), not one set per image."""
+joint, separate and opponent colour, the impulse hold-out search, the photon searches),
+not one set per image."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import tvdenoise.auto as auto
+import tvdenoise.noise_weight as noise_weight
 import tvdenoise.sigma as sigma_module
 from tvdenoise.auto import auto_weight
 from tvdenoise.colour import opponent_weights
@@ -227,6 +229,37 @@ def test_impulse_weights_of_a_batch_equal_one_by_one() -> None:
     batch[hit < 0.04] = 0.0
     batch[hit > 0.96] = 1.0
     _assert_as_alone(lambda x: auto_weight_for_noise(x, "impulse"), batch)
+
+
+def test_photon_choices_of_a_batch_equal_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A bright image (a fifth of it clipped at full scale), a dark one and one with
+    # missing values, at 10 photons: each gets the estimator and the weights it gets
+    # alone, and the batch's searches solve together, not once per image.
+    g = torch.Generator().manual_seed(21)
+    scenes = [1.3 * piecewise_image(3, 37, 45, seed=s) for s in (1, 2, 3)]
+    scenes[1] *= 0.15
+    batch = torch.stack([(torch.poisson(s * 10, generator=g) / 10).clamp(0, 1) for s in scenes])
+    batch[2, :, 3:9, 4:11] = float("nan")
+    assert float((batch[0] >= 1).float().mean()) > 0.1
+    reg = TotalVariation(eps=DEFAULT_EPS)
+    solves = _count_calls(monkeypatch, noise_weight, "solve_pairs")
+
+    def choose(x: torch.Tensor) -> noise_weight.PhotonChoice:
+        return noise_weight.poisson_estimators(x, reg, peak=None, opponent=True)
+
+    together, in_batch = choose(batch), solves[0]
+    alone, one_by_one = [], 0
+    for i in range(len(batch)):
+        solves[0] = 0
+        alone.append(choose(batch[i : i + 1]))
+        one_by_one += solves[0]
+    assert together.estimators == tuple(a.estimators[0] for a in alone)
+    for field in ("weights", "peaks", "chroma_weights"):
+        expected = torch.cat([getattr(a, field) for a in alone])
+        torch.testing.assert_close(
+            getattr(together, field), expected, rtol=RTOL, atol=0, equal_nan=True
+        )
+    assert in_batch < one_by_one
 
 
 def _count_calls(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[int]:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from tvdenoise import kernel, restore, solve
 from tvdenoise.anscombe import anscombe, inverse_anscombe, stabilised_level
-from tvdenoise.auto import sample_tiles, solve_at_weights
+from tvdenoise.auto import refine_weights, sample_tiles, solve_at_weights
 from tvdenoise.clipping import clipped_count_tail
 from tvdenoise.colour import opponent_weights
 from tvdenoise.fidelity import (
@@ -29,10 +29,9 @@ from tvdenoise.noise_weight import (
     PHOTON_ESTIMATORS,
     _anscombe_weights,
     _estimator,
-    _gaussian_rule,
+    _gaussian_rules,
     _PhotonRisk,
     _PoissonHoldOut,
-    _refine_one,
     auto_weight_for_noise,
     estimate_impulse_fraction,
     estimate_peak,
@@ -381,18 +380,26 @@ def test_photon_choice_is_never_worse_on_held_out_photons(seed: int) -> None:
     reg = TotalVariation(eps=DEFAULT_EPS)
     choice = poisson_estimators(noisy, reg, peak=10.0)
     scale = math.sqrt(0.8)
-    tiles = sample_tiles(noisy)[0]
-    rule = float(poisson_weight(10.0))
-    pilot = _estimator("poisson", 10.0, reg)(tiles, [rule], Iteration())[0]
-    held = _PoissonHoldOut(tiles, 10.0, pilot, reg)
-    risk = _PhotonRisk(tiles, 10.0, pilot, _estimator("gaussian", 10.0, reg))
+    tiles = sample_tiles(noisy)  # one image's
+    peaks = torch.tensor([10.0], dtype=torch.float64)
+    rule = torch.tensor([float(poisson_weight(10.0))], dtype=torch.float64)
+    pilot = _estimator("poisson", reg)(tiles, rule, Iteration())
+    held = _PoissonHoldOut(tiles, peaks, pilot, reg)
+    risk = _PhotonRisk(tiles, peaks, pilot, _estimator("gaussian", reg))
     candidates = {
-        "poisson": _refine_one(held, rule / scale) * scale,
-        "gaussian": _refine_one(risk, _gaussian_rule(tiles, 10.0, reg)),
+        "poisson": float(refine_weights(held, rule / scale)[0]) * scale,
+        "gaussian": float(refine_weights(risk, _gaussian_rules(tiles, peaks, reg))[0]),
         "anscombe": float(_anscombe_weights(noisy, reg, torch.tensor([10.0]), False)[0][0]),
     }
+    first = torch.zeros(1, dtype=torch.long)
     scores = {
-        name: held.score(_estimator(name, 8.0, reg), [weight / scale])[0]
+        name: float(
+            held.score(
+                _estimator(name, reg, 0.8 * peaks),
+                first,
+                torch.tensor([weight / scale], dtype=torch.float64),
+            )[0]
+        )
         for name, weight in candidates.items()
     }
     (chosen,) = choice.estimators
@@ -503,12 +510,15 @@ def _scene(seed: int, low: float, high: float) -> torch.Tensor:
     return low + (high - low) * (image - image.min()) / (image.max() - image.min())
 
 
-def _blend(images: torch.Tensor, weights: list[float], _: Iteration) -> torch.Tensor:
-    """A linear estimator: the data mixed with its 3x3 mean by ``weight`` in [0, 1]."""
+def _blend(groups: torch.Tensor, weights: torch.Tensor, _: Iteration) -> torch.Tensor:
+    """A linear estimator: each group of images ``(N, T, C, H, W)`` mixed with its 3x3
+    mean by its weight in [0, 1]."""
+    x = groups.double()
     smooth = torch.nn.functional.avg_pool2d(
-        images.double(), 3, stride=1, padding=1, count_include_pad=False
-    )
-    return torch.stack([(1 - w) * images.double() + w * smooth for w in weights])
+        x.flatten(0, 1), 3, stride=1, padding=1, count_include_pad=False
+    ).reshape(x.shape)
+    w = weights.double().reshape(-1, 1, 1, 1, 1)
+    return (1 - w) * x + w * smooth
 
 
 def test_photon_risk_is_unbiased_for_a_linear_estimator() -> None:
@@ -517,15 +527,17 @@ def test_photon_risk_is_unbiased_for_a_linear_estimator() -> None:
     # off by mean(x)/peak, about the error of the data itself here.
     peak = 40.0
     clean = _scene(2, 0.03, 0.3)
-    weights = [0.0, 0.5, 1.0]
+    weights = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
     gaps, errors = [], []
     for seed in range(24):
         g = torch.Generator().manual_seed(100 + seed)
         noisy = (torch.poisson(clean.double() * peak, generator=g) / peak).float()
         assert float(noisy.max()) < 1  # nothing clipped: the exact case
-        pure = _PhotonRisk(noisy, peak, None, _blend)
-        risk = pure(torch.zeros(len(weights), dtype=torch.long), torch.tensor(weights).double())
-        mse = (_blend(noisy, weights, Iteration()) - clean.double()).square().flatten(1).mean(1)
+        tiles = noisy[None]  # one image's
+        pure = _PhotonRisk(tiles, torch.tensor([peak], dtype=torch.float64), None, _blend)
+        risk = pure(torch.zeros(len(weights), dtype=torch.long), weights)
+        restored = _blend(tiles.expand(len(weights), -1, -1, -1, -1), weights, Iteration())
+        mse = (restored - clean.double()).square().flatten(1).mean(1)
         gaps.append(risk - mse)
         errors.append(mse)
     gap, spread = torch.stack(gaps).mean(0), torch.stack(gaps).std(0) / math.sqrt(len(gaps))
@@ -545,10 +557,15 @@ def test_photon_risk_finds_the_best_weight_of_a_clipped_image() -> None:
     noisy = (torch.poisson(clean.double() * 10, generator=g) / 10).clamp(0, 1).float()
     assert float((noisy >= 1).float().mean()) > 0.15
     reg = TotalVariation(eps=DEFAULT_EPS)
-    gaussian = _estimator("gaussian", 10.0, reg)
-    pilot = _estimator("poisson", 10.0, reg)(noisy, [float(poisson_weight(10.0))], Iteration())
-    rule = _gaussian_rule(noisy, 10.0, reg)
-    chosen = _refine_one(_PhotonRisk(noisy, 10.0, pilot[0], gaussian), rule)
-    grid = [rule * 1.1**k for k in range(-10, 14)]
-    best = max(psnr(u, clean) for u in gaussian(noisy, grid, Iteration()))
-    assert psnr(gaussian(noisy, [chosen], Iteration())[0], clean) > best - 0.2
+    gaussian = _estimator("gaussian", reg)
+    tiles, peaks = noisy[None], torch.tensor([10.0], dtype=torch.float64)  # one image's
+    first = torch.tensor([float(poisson_weight(10.0))], dtype=torch.float64)
+    pilot = _estimator("poisson", reg)(tiles, first, Iteration())
+    rule = _gaussian_rules(tiles, peaks, reg)
+    chosen = refine_weights(_PhotonRisk(tiles, peaks, pilot, gaussian), rule)
+    grid = float(rule[0]) * 1.1 ** torch.arange(-10, 14, dtype=torch.float64)
+    best = max(
+        psnr(u[0], clean)
+        for u in gaussian(tiles.expand(len(grid), -1, -1, -1, -1), grid, Iteration())
+    )
+    assert psnr(gaussian(tiles, chosen, Iteration())[0, 0], clean) > best - 0.2

@@ -57,7 +57,6 @@ from .auto import (
     results_at_rules,
     sample_tiles,
     search_groups,
-    solve_at_weights,
     solve_pairs,
     weight_for_sigma,
 )
@@ -352,20 +351,20 @@ def opponent_weights(
     return light, chroma, sigmas
 
 
-def solve_opponent_at_weights(
+def solve_opponent_pairs(
     rgb: Tensor,
-    light: list[float],
-    chroma: list[float],
+    light: Tensor,
+    chroma: Tensor,
     reg: Regulariser,
     iteration: Iteration | None = None,
 ) -> Tensor:
-    """``(T, 3, *spatial)`` RGB images restored in the opponent space at each pair of
-    brightness and colour weights ``(light[k], chroma[k])``: ``(K, T, 3, *spatial)`` in
-    RGB, float64, not clipped (for data that are not intensities)."""
-    g = to_opponent(rgb)
+    """Groups of RGB images ``(N, T, 3, *spatial)``, each restored in the opponent space
+    at its own brightness and colour weights ``(N,)``: ``(N, T, 3, *spatial)`` in RGB,
+    float64, not clipped (for data that are not intensities)."""
+    g = to_opponent(rgb.flatten(0, 1)).reshape(rgb.shape)
     part = opponent_regulariser(reg)
     parts = [
-        solve_at_weights(g[:, channels].contiguous(), w, part, iteration=iteration, clip=False)
+        solve_pairs(g[:, :, channels], w, part, iteration=iteration, clip=False)
         for channels, w in ((LIGHT, light), (CHROMA, chroma))
     ]
     both = torch.cat(parts, dim=2)

@@ -116,20 +116,18 @@ from .auto import (
     _PROBES,
     _SURE_MAX_ITER,
     _SURE_TOL,
-    RiskEstimate,
     choose_weight,
     per_volume,
     plane_sample,
     refine_weights,
     sample_tiles,
     search_groups,
-    solve_at_weights,
     solve_pairs,
     weight_for_sigma,
 )
 from .checks import as_batch, check_choice
 from .clipping import clipped_count_tail, latent_rate, sample_clipped_counts
-from .colour import opponent_weights, solve_opponent_at_weights
+from .colour import opponent_weights, solve_opponent_pairs
 from .fidelity import NOISE_MODELS, NoiseModel, data_term
 from .filters import any_in_window, box_mean, immerkaer_residual
 from .missing import split_missing
@@ -425,7 +423,8 @@ class _ImpulseHoldOut:
 
 
 class _PoissonHoldOut:
-    """Error of the Poisson model's result at any weight, measured on thinned photons.
+    """Error of the Poisson model's result at any weight, measured on thinned photons, for
+    the tiles ``(B, T, C, *spatial)`` of a batch of images with ``peaks`` ``(B,)`` photons.
 
     The counts ``k = peak * f`` are split at random into ``k1 ~ Binomial(k, 1 - t)`` and
     ``k2 = k - k1`` (``t = _THINNING``): two independent Poisson images of the same scene
@@ -437,66 +436,75 @@ class _PoissonHoldOut:
 
     A clipped value (``f >= 1``) only says that its count reached full scale. Its count
     is drawn from the Poisson law given that (:func:`tvdenoise.clipping.sample_clipped_counts`),
-    at the rate behind ``pilot`` (a restored copy of the tiles, needed only where a value
+    at the rate behind ``pilots`` (restored copies of the tiles, read only where a value
     is clipped), corrected for the clipping's bias (:func:`tvdenoise.clipping.latent_rate`);
     then it is split like the others. Every value is scored; the plug-in rate enters only
-    through the clipped values.
+    through the clipped values. Each image's split is drawn with the same seed, so that an
+    image gets the same weight alone or in a batch.
     """
 
     def __init__(
-        self, tiles: Tensor, peak: float, pilot: Tensor | None, reg: TotalVariation
+        self, tiles: Tensor, peaks: Tensor, pilots: Tensor | None, reg: TotalVariation
     ) -> None:
         self.reg = reg
-        self.peak = peak
-        generator = torch.Generator().manual_seed(_HOLD_OUT_SEED)
-        f = tiles.cpu().to(torch.float64)
+        self.peaks = peaks.to(torch.float64).cpu()
+        data, targets = [], []
+        for i, peak in enumerate(self.peaks.tolist()):  # the random split: on the CPU
+            f = tiles[i].cpu().to(torch.float64)
+            missing = torch.isnan(f)
+            f = f.nan_to_num(0.0)
+            counts = (f * peak).round().clamp_min(0.0)
+            clipped = f >= 1
+            generator = torch.Generator().manual_seed(_HOLD_OUT_SEED)
+            if bool(clipped.any()):
+                if pilots is None:
+                    raise ValueError("a pilot restoration is needed where values are clipped")
+                pilot = pilots[i].cpu().to(torch.float64)
+                rate = latent_rate(pilot[clipped].clamp(0.0, 1.0), peak)
+                counts[clipped] = sample_clipped_counts(rate, peak, generator)
+            kept = torch.binomial(counts, torch.full_like(counts, 1.0 - _THINNING), generator)
+            thinned = (kept / ((1.0 - _THINNING) * peak)).clamp(max=1.0)
+            data.append(thinned.masked_fill(missing, math.nan))
+            targets.append((counts - kept) / (_THINNING * peak))
+        self.data = torch.stack(data).to(tiles.device, tiles.dtype)
+        self.target = torch.stack(targets).to(tiles.device)
         # Missing values (NaN) stay missing in the thinned image and are not scored.
-        missing = torch.isnan(f)
-        self.scored = (~missing).to(tiles.device) if bool(missing.any()) else None
-        f = f.nan_to_num(0.0)
-        counts = (f * peak).round().clamp_min(0.0)
-        clipped = f >= 1
-        if bool(clipped.any()):
-            if pilot is None:
-                raise ValueError("a pilot restoration is needed where values are clipped")
-            rate = latent_rate(pilot.cpu().to(torch.float64)[clipped].clamp(0.0, 1.0), peak)
-            counts[clipped] = sample_clipped_counts(rate, peak, generator)
-        kept = torch.binomial(counts, torch.full_like(counts, 1.0 - _THINNING), generator)
-        scaled = (kept / ((1.0 - _THINNING) * peak)).clamp(max=1.0).masked_fill(missing, math.nan)
-        self.data = scaled.to(tiles.device, tiles.dtype)
-        target = (counts - kept) / (_THINNING * peak)
-        self.target = target.to(tiles.device)
+        missing = torch.isnan(tiles)
+        self.scored = ~missing if bool(missing.any()) else None
 
     def __call__(self, images: Tensor, weights: Tensor) -> Tensor:
-        """The Poisson model's score at each of ``weights`` (for the thinned image; one
-        image: ``images`` are all 0)."""
-        estimator = _estimator("poisson", (1.0 - _THINNING) * self.peak, self.reg)
-        return torch.tensor(self.score(estimator, weights.tolist()), dtype=torch.float64)
+        """The Poisson model's score of each image's result at its weight (for the
+        thinned image), ``(N,)`` float64 on the CPU."""
+        return self.score(_estimator("poisson", self.reg), images, weights)
 
-    def score(self, estimator: SolveAt, weights: list[float]) -> list[float]:
-        """The hold-out score of ``estimator`` (of the thinned image, with its
-        ``(1 - t) * peak`` photons) at each of ``weights``: unbiased, up to a constant
-        shared by all estimators, for any estimator, so that estimators can be compared
-        by it."""
-        restored = estimator(self.data, weights, Iteration())
-        squared = (restored - self.target).square()
-        if self.scored is None:
-            mean = squared.flatten(1).mean(1)
-        else:
-            mean = (squared * self.scored).flatten(1).sum(1) / self.scored.flatten(1).sum(1)
-        return [float(value) for value in mean.tolist()]
+    def score(self, estimator: SolvePairs, images: Tensor, weights: Tensor) -> Tensor:
+        """The hold-out score of ``estimator`` (of the thinned images, with their
+        ``(1 - t) * peak`` photons) for each image at its weight, ``(N,)`` float64 on the
+        CPU: unbiased, up to a constant shared by all estimators, for any estimator, so
+        that estimators can be compared by it."""
+        index = images.to(self.data.device)
+        restored = estimator(self.data[index], weights.to(torch.float64), Iteration())
+        squared = (restored - self.target[index]).square()
+        mean = squared.flatten(1).mean(1)
+        if self.scored is not None:  # the images with missing values: over the others
+            scored = self.scored[index].flatten(1)
+            part = (squared.flatten(1) * scored).sum(1) / scored.sum(1)
+            mean = torch.where(scored.all(1), mean, part)
+        return mean.to("cpu", torch.float64)
 
 
 #: The estimators of photon-noise data :func:`poisson_estimators` chooses from.
 PHOTON_ESTIMATORS: tuple[str, ...] = ("poisson", "gaussian", "anscombe")
 
-#: An estimator of photon-noise data at each of some weights: ``(T, C, *spatial)`` images
-#: and the solver's iteration settings to ``(K, T, C, *spatial)`` float64 results.
-SolveAt = Callable[[Tensor, list[float], Iteration], Tensor]
+#: An estimator of photon-noise data for (image, weight) pairs: groups of tiles
+#: ``(N, T, C, *spatial)``, each at its weight ``(N,)`` float64, and the solver's iteration
+#: settings, to ``(N, T, C, *spatial)`` float64 results.
+SolvePairs = Callable[[Tensor, Tensor, Iteration], Tensor]
 
 
 class _PhotonRisk:
-    """Poisson unbiased risk estimate (PURE) of a model's result at any weight.
+    """Poisson unbiased risk estimate (PURE) of a model's result at any weight, for the
+    tiles ``(B, T, C, *spatial)`` of a batch of images with ``peaks`` ``(B,)`` photons.
 
     For ``y = k / peak`` with ``k ~ Poisson(peak * x)`` and any map ``u(y)``, Hudson's
     identity ``E[x_i u_i(y)] = E[y_i u_i(y - e_i / peak)]`` and a first-order expansion
@@ -509,58 +517,65 @@ class _PhotonRisk:
 
     an estimate of ``mean((u - x)**2)`` at the full photon level (Luisier, Vonesch, Blu
     and Unser 2010), for the result of either model. The weighted divergence is measured
-    as for SURE (:mod:`tvdenoise.auto`), with probes ``sqrt(y) * b``.
+    as for SURE (:mod:`tvdenoise.auto`), with probes ``sqrt(y) * b``; every image gets the
+    same fields ``b``, so that it gets the same weight alone or in a batch.
 
     A value clipped at full scale only says ``k >= c``: its ``y`` is replaced by
     ``E[k | k >= c] / peak`` and its derivative weight by the chance that ``k = c``
     (times ``c / peak``; above ``c`` a count less changes nothing), both at the rate behind
-    ``pilot``, a restored copy of the tiles (:func:`tvdenoise.clipping.latent_rate`).
+    ``pilots``, restored copies of the tiles (:func:`tvdenoise.clipping.latent_rate`).
     Missing values (NaN) are neither scored nor probed.
     """
 
     def __init__(
-        self, tiles: Tensor, peak: float, pilot: Tensor | None, estimator: SolveAt
+        self, tiles: Tensor, peaks: Tensor, pilots: Tensor | None, estimator: SolvePairs
     ) -> None:
         self.estimator = estimator
-        self.peak = peak
+        device = tiles.device
+        self.peaks = peaks.to(device, torch.float64)
         f = tiles.to(torch.float64)
         missing = torch.isnan(f)
         self.scored = ~missing
-        self.count = int(self.scored.sum())
+        self.count = self.scored.flatten(1).sum(1)
         f = f.nan_to_num(0.0).clamp_min(0.0)
         targets = f.clone()
         slope = f.clone()  # the weight of each derivative
         clipped = f >= 1
-        if bool(clipped.any()):
-            if pilot is None:
-                raise ValueError("a pilot restoration is needed where values are clipped")
-            rate = latent_rate(pilot.cpu().to(torch.float64)[clipped.cpu()].clamp(0.0, 1.0), peak)
-            mean, first = clipped_count_tail(rate, peak)
-            targets[clipped] = (mean / peak).to(f.device)
-            slope[clipped] = (first * (max(1, math.ceil(peak)) / peak)).to(f.device)
+        if bool(clipped.any()) and pilots is None:
+            raise ValueError("a pilot restoration is needed where values are clipped")
+        for i in clipped.flatten(1).any(1).nonzero().flatten().tolist():
+            assert pilots is not None
+            photons, where = float(self.peaks[i]), clipped[i]
+            pilot = pilots[i].cpu().to(torch.float64)[where.cpu()].clamp(0.0, 1.0)
+            mean, first = clipped_count_tail(latent_rate(pilot, photons), photons)
+            targets[i][where] = (mean / photons).to(device)
+            slope[i][where] = (first * (max(1, math.ceil(photons)) / photons)).to(device)
         slope = slope.masked_fill(missing, 0.0)
         self.targets = targets
-        self.noise = float((targets * self.scored).sum()) / peak
-        self.delta = _PROBE_RATIO / math.sqrt(peak)
+        self.noise = (targets * self.scored).flatten(1).sum(1) / self.peaks
+        self.delta = _PROBE_RATIO / self.peaks.sqrt()
         generator = torch.Generator().manual_seed(_PROBE_SEED)
-        ones = [1] * (tiles.dim() - 1)
-        shape = (_PROBES * tiles.shape[0], *tiles.shape[1:])
-        probe = torch.randn(shape, generator=generator, dtype=torch.float64).to(f.device)
-        self.probe = probe * slope.sqrt().repeat(_PROBES, *ones)
-        probed = tiles.repeat(_PROBES, *ones) + (self.delta * self.probe).to(tiles.dtype)
-        self.images = torch.cat([tiles, probed])
+        ones = [1] * (tiles.dim() - 2)
+        shape = (_PROBES * tiles.shape[1], *tiles.shape[2:])
+        fields = torch.randn(shape, generator=generator, dtype=torch.float64).to(device)
+        self.probe = fields * slope.sqrt().repeat(1, _PROBES, *ones)
+        step = self.delta.reshape(-1, *[1] * (tiles.dim() - 1)) * self.probe
+        probed = tiles.repeat(1, _PROBES, *ones) + step.to(tiles.dtype)
+        self.images = torch.cat([tiles, probed], dim=1)
 
     def __call__(self, images: Tensor, weights: Tensor) -> Tensor:
-        """PURE of the result at each of ``weights`` (one image: ``images`` are all 0)."""
+        """PURE of each image's result at its weight, ``(N,)`` float64 on the CPU."""
         # One energy check at the end: with this tolerance nothing stops early.
         iteration = Iteration(_SURE_MAX_ITER, _SURE_TOL, check_every=_SURE_MAX_ITER)
-        both = self.estimator(self.images, weights.tolist(), iteration)
-        t = self.targets.shape[0]
+        index = images.to(self.images.device)
+        both = self.estimator(self.images[index], weights.to(torch.float64), iteration)
+        t = self.targets.shape[1]
         u, v = both[:, :t], both[:, t:]
-        squared = ((u - self.targets) * self.scored).square().flatten(1).sum(1)
+        squared = ((u - self.targets[index]) * self.scored[index]).square().flatten(1).sum(1)
         change = (v - u.repeat(1, _PROBES, *([1] * (u.dim() - 2)))).nan_to_num(0.0)
-        divergence = (change * self.probe).flatten(1).sum(1) / (self.delta * _PROBES)
-        risk = (squared - self.noise + 2 * divergence / self.peak) / self.count
+        divergence = (change * self.probe[index]).flatten(1).sum(1) / (self.delta[index] * _PROBES)
+        peak = self.peaks[index]
+        risk = (squared - self.noise[index] + 2 * divergence / peak) / self.count[index]
         return risk.to("cpu", torch.float64)
 
 
@@ -680,38 +695,44 @@ def poisson_estimators(
 
 
 def _estimator(
-    name: str, peak: float, reg: TotalVariation, chroma_ratio: float | None = None
-) -> SolveAt:
-    """The photon-data estimator ``name`` of :data:`PHOTON_ESTIMATORS` for ``peak``
-    photons, as a function of the images and weights (with ``chroma_ratio``, the
-    Anscombe estimator in the opponent space, its colour weight that many times the
-    brightness weight)."""
+    name: str, reg: TotalVariation, peaks: Tensor | None = None, chroma: Tensor | None = None
+) -> SolvePairs:
+    """The photon-data estimator ``name`` of :data:`PHOTON_ESTIMATORS`, for pairs of one
+    image's tiles and a weight. The Anscombe estimator needs the photons of each pair's
+    image, ``peaks`` ``(N,)``; with ``chroma`` ``(N,)``, it works in the opponent space,
+    its colour weight that many times the brightness weight."""
     if name == "anscombe":
+        assert peaks is not None
 
-        def stabilised(images: Tensor, weights: list[float], iteration: Iteration) -> Tensor:
-            z = anscombe(images, peak)
-            if chroma_ratio is None:
-                solved = solve_at_weights(z, weights, reg, iteration=iteration, clip=False)
+        def stabilised(groups: Tensor, weights: Tensor, iteration: Iteration) -> Tensor:
+            z = anscombe(groups, peaks)
+            if chroma is None:
+                solved = solve_pairs(z, weights, reg, iteration=iteration, clip=False)
             else:
-                chroma = [w * chroma_ratio for w in weights]
-                solved = solve_opponent_at_weights(z, weights, chroma, reg, iteration)
-            return inverse_anscombe(solved, peak).clamp_(0.0, 1.0)
+                colour = weights * chroma.to(weights)
+                solved = solve_opponent_pairs(z, weights, colour, reg, iteration)
+            return inverse_anscombe(solved, peaks).clamp_(0.0, 1.0)
 
         return stabilised
     term = data_term(name)
 
-    def direct(images: Tensor, weights: list[float], iteration: Iteration) -> Tensor:
-        return solve_at_weights(images, weights, reg, term, iteration=iteration)
+    def direct(groups: Tensor, weights: Tensor, iteration: Iteration) -> Tensor:
+        return solve_pairs(groups, weights, reg, term, iteration=iteration)
 
     return direct
 
 
-def _gaussian_rule(tiles: Tensor, peak: float, reg: TotalVariation) -> float:
-    """The Gaussian model's starting weight for photon data of ``peak`` photons: the
-    Gaussian rule at the mean noise level ``sqrt(mean(f) / peak)``."""
-    level = math.sqrt(max(float(tiles.nan_to_num(0.0).mean()), 1e-6) / peak)
-    rule = weight_for_sigma(min(level, 1.0), tv=reg.kind, color=reg.color, channels=tiles.shape[1])
-    return float(rule)
+def _gaussian_rules(tiles: Tensor, peaks: Tensor, reg: TotalVariation) -> Tensor:
+    """The Gaussian model's starting weight for photon data of the tiles ``(B, T, C,
+    *spatial)`` of images of ``peaks`` ``(B,)`` photons: the Gaussian rule at each image's
+    mean noise level ``sqrt(mean(f) / peak)``, ``(B,)`` float64."""
+    mean = tiles.nan_to_num(0.0).flatten(1).mean(1).to("cpu", torch.float64)
+    level = (mean.clamp_min(1e-6) / peaks.to(torch.float64)).sqrt().clamp(max=1.0)
+    # The rule in float32, as for a noise level given as a number.
+    rules = weight_for_sigma(
+        level.to(torch.float32), tv=reg.kind, color=reg.color, channels=tiles.shape[2]
+    )
+    return rules.to(torch.float64)
 
 
 def _anscombe_weights(
@@ -728,11 +749,6 @@ def _anscombe_weights(
         light, chroma, _ = opponent_weights(z, reg, sigma=levels)
         return light.cpu(), chroma.cpu()
     return choose_weight(z, reg, sigma=levels)[0].cpu(), None
-
-
-def _refine_one(risk: RiskEstimate, rule: float) -> float:
-    """:func:`tvdenoise.auto.refine_weights` for one image."""
-    return float(refine_weights(risk, torch.tensor([rule], dtype=torch.float64))[0])
 
 
 def _photon_weights(
@@ -755,30 +771,51 @@ def _photon_weights(
     keep = 1.0 - _THINNING
     scale = math.sqrt(keep)
     stabilised, chroma = _anscombe_weights(batch, reg, peaks, opponent) if compare else (None, None)
-    for i in range(batch.shape[0]):
-        photons, rule = float(peaks[i]), float(weights[i])
-        if not (math.isfinite(photons) and rule > 0):
-            continue
-        clipped = bool((tiles[i] >= 1).any())
-        poisson = _estimator("poisson", photons, reg)
-        pilot = poisson(tiles[i], [rule], Iteration())[0] if clipped else None
-        held = _PoissonHoldOut(tiles[i], photons, pilot, reg)
-        candidates = {"poisson": _refine_one(held, rule / scale) * scale}
+    usable = torch.isfinite(peaks) & (weights > 0)
+    if bool(usable.any()):
+        # The images' searches run together: each round solves all their candidates.
+        rows = usable.nonzero().flatten()
+        part = tiles[rows.to(tiles.device)]
+        photons = peaks[rows].to(torch.float64)
+        rules = weights[rows].to(torch.float64)
+        # Clipped values need a restored copy of their image (the Poisson model at its rule).
+        clipped = (part >= 1).flatten(1).any(1)
+        pilots = None
+        if bool(clipped.any()):
+            pilots = torch.zeros(part.shape, dtype=torch.float64, device=part.device)
+            index = clipped.nonzero().flatten()
+            poisson = _estimator("poisson", reg)
+            pilots[index] = poisson(part[index], rules[index.cpu()], Iteration())
+        held = _PoissonHoldOut(part, photons, pilots, reg)
+        candidates = {"poisson": refine_weights(held, rules / scale) * scale}
         if stabilised is not None:
-            gaussian = _PhotonRisk(tiles[i], photons, pilot, _estimator("gaussian", photons, reg))
-            candidates["gaussian"] = _refine_one(gaussian, _gaussian_rule(tiles[i], photons, reg))
-            candidates["anscombe"] = float(stabilised[i])
-            light = max(float(stabilised[i]), 1e-12)
-            ratio = None if chroma is None else float(chroma[i]) / light
-            scores = {
-                name: held.score(
-                    _estimator(name, keep * photons, reg, ratio if name == "anscombe" else None),
-                    [weight / scale],
-                )[0]
-                for name, weight in candidates.items()
-            }
-            names[i] = min(scores, key=scores.__getitem__)
-        weights[i] = candidates[names[i]]
+            gaussian = _PhotonRisk(part, photons, pilots, _estimator("gaussian", reg))
+            candidates["gaussian"] = refine_weights(gaussian, _gaussian_rules(part, photons, reg))
+            light = stabilised[rows].to(torch.float64)
+            candidates["anscombe"] = light
+            ratio = (
+                None if chroma is None else chroma[rows].to(torch.float64) / light.clamp_min(1e-12)
+            )
+            pairs = torch.arange(len(rows))
+            scores = torch.stack(
+                [
+                    held.score(
+                        _estimator(
+                            name, reg, keep * photons, ratio if name == "anscombe" else None
+                        ),
+                        pairs,
+                        weight / scale,
+                    )
+                    for name, weight in candidates.items()
+                ],
+                dim=1,
+            )
+            best = scores.argmin(dim=1)  # the first of equal scores, in the order above
+            for row, choice in zip(rows.tolist(), best.tolist(), strict=True):
+                names[row] = list(candidates)[choice]
+        found = torch.stack(list(candidates.values()), dim=1)
+        choices = torch.tensor([list(candidates).index(names[row]) for row in rows.tolist()])
+        weights[rows] = found[torch.arange(len(rows)), choices].to(weights)
     chroma_weights = None
     if chroma is not None:
         anscombe_chosen = torch.tensor([name == "anscombe" for name in names])
