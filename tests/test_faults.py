@@ -168,6 +168,23 @@ def test_a_signal_swallowed_on_its_way_still_stops_the_command(
 
 
 @POSIX_ONLY
+def test_a_reader_that_leaves_early_stops_the_names_not_the_work(tmp_path: Path) -> None:
+    # `tvdenoise ... | head -1`: after the first name the pipe is closed; the command
+    # still writes every file, and ends as it would have with the names read.
+    out = tmp_path / "out"
+    process = _start(_slow_batch(tmp_path / "in", 4), "-o", out, *FAST, "--batch-size", "1")
+    assert process.stdout is not None and process.stderr is not None
+    first = process.stdout.readline()
+    process.stdout.close()
+    with process.stderr:
+        errors = process.stderr.read()
+    assert process.wait(timeout=120) == EXIT_OK, errors
+    assert Path(first.decode().strip()).parent == out
+    assert len(files_under(out)) == 4
+    assert errors.decode().splitlines() == ["4 restored, 0 skipped, 0 failed"]
+
+
+@POSIX_ONLY
 def test_a_file_name_that_is_not_utf8_prints_and_reports(tmp_path: Path) -> None:
     name = b"caf\xe9.png"  # Latin-1, not valid UTF-8
     folder = tmp_path / "in"

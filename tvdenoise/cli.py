@@ -733,7 +733,7 @@ def _run(
         if record.status == "failed":
             _print_error(record.error or f"failed: {record.input}")
         elif record.status == "restored":
-            tqdm.write(os.fspath(record.output), file=sys.stdout)
+            _print_output(os.fspath(record.output))
             if verbose:
                 _message(
                     f"restored {record.input} ({record.images} x {record.dims}-D): "
@@ -760,6 +760,20 @@ def _run(
     finally:
         files.close()
     return records, stopped
+
+
+def _print_output(name: str) -> None:
+    """Print an output's name on stdout. Where whoever read stdout has gone (``| head``),
+    the names go nowhere from then on and the files are still written: they are the
+    command's work, the names only a report of it."""
+    from tqdm import tqdm
+
+    try:
+        tqdm.write(name, file=sys.stdout)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _iteration_bars(max_iter: int) -> IterationProgress:
