@@ -86,4 +86,5 @@ def without_kernel() -> Iterator[None]:
     search's parabolas) sets apart from the kernel's."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(solver, "_kernel", lambda *args: None)
+        patch.setattr(solver, "kernel_energy", lambda *args: None)
         yield

@@ -38,7 +38,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from .solver import _Workspace
 
-__all__ = ["FusedSteps", "available"]
+__all__ = ["FusedSteps", "available", "energy"]
 
 #: Values per thread, at least: below that one thread does all the work, since each more
 #: thread costs a boundary row and a hand-off per iteration.
@@ -232,8 +232,8 @@ class FusedSteps:
         lib: ctypes.CDLL,
         ws: _Workspace,
         u: Tensor,
-        m: Tensor,
-        v: Tensor,
+        m: Tensor | None,
+        v: Tensor | None,
         params: ctypes.Structure,
         betas: tuple[float, float],
         rates: list[float],
@@ -272,8 +272,8 @@ class FusedSteps:
         pointers = [
             (
                 u[i].data_ptr(),
-                m[i].data_ptr(),
-                v[i].data_ptr(),
+                None if m is None else m[i].data_ptr(),
+                None if v is None else v[i].data_ptr(),
                 ws.f[i].data_ptr(),
                 None if ws.observed is None else ws.observed[i].data_ptr(),
             )
@@ -339,15 +339,16 @@ class FusedSteps:
         cls,
         ws: _Workspace,
         u: Tensor,
-        m: Tensor,
-        v: Tensor,
+        m: Tensor | None,
+        v: Tensor | None,
         rates: Tensor,
         active: Tensor,
         beta1: float,
         beta2: float,
         adam_eps: float,
     ) -> FusedSteps | None:
-        """The kernel's steps for this solve, or ``None`` where the kernel does not apply."""
+        """The kernel's steps for this solve, or ``None`` where the kernel does not apply.
+        Without Adam's moments ``m`` and ``v`` the plan gives energies only."""
         lib = _library()
         form = ws.term.kernel_form()
         reg = ws.reg
@@ -413,6 +414,8 @@ class FusedSteps:
 
     def step(self, k: int, decay: float) -> None:
         """Adam's ``k``-th step (from 1), with the learning rates times ``decay``."""
+        if self._keep[1] is None or self._keep[2] is None:
+            raise ValueError("a plan without Adam's moments gives energies only")
         p = self._params
         p.decay = decay
         p.correction1 = 1 - self._betas[0] ** k
@@ -426,3 +429,13 @@ class FusedSteps:
             if count:
                 getattr(self._lib, f"tvd_boundaries_{self._suffix}")(count, chunks, params)
         self._run("tvd_step", params)
+
+
+def energy(ws: _Workspace, u: Tensor) -> Tensor | None:
+    """The energy per image of the solver variable ``u``, as
+    :meth:`~tvdenoise.solver._Workspace.energy` gives it, summed row by row by the kernel
+    (no image-sized temporaries); ``None`` where the kernel does not apply."""
+    everyone = torch.ones(len(u), dtype=torch.bool)
+    rates = torch.zeros(len(u), dtype=torch.float64)
+    plan = FusedSteps.plan(ws, u, None, None, rates, everyone, 0.0, 0.0, 0.0)
+    return None if plan is None else plan.energy(u.new_zeros(len(u)))

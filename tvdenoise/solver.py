@@ -48,7 +48,8 @@ from .defaults import DEFAULT_TOL as DEFAULT_TOL
 from .defaults import MAX_WEIGHT
 from .fidelity import NOISE_MODELS, DataTerm, NoiseModel, data_term
 from .kernel import FusedSteps
-from .missing import check_finite, split_missing
+from .kernel import energy as kernel_energy
+from .missing import all_finite, check_finite, split_missing
 from .tv import TV_KINDS, ColorMode, TotalVariation, TVKind
 
 if TYPE_CHECKING:
@@ -601,7 +602,9 @@ def energy(
 ) -> Tensor:
     """The energy ``E(u)`` that :func:`solve` minimises, per image, computed in slabs.
 
-    The batch is cut along its first spatial axis into slabs of ``slices`` rows (images)
+    Where the compiled kernel applies (total variation on the CPU, nothing missing) it
+    sums the whole batch at once, row by row, with no image-sized temporaries. Otherwise
+    the batch is cut along its first spatial axis into slabs of ``slices`` rows (images)
     or planes (volumes), so memory stays at a few slabs' worth whatever the size, which
     matters for images that were solved in tiles.
 
@@ -621,6 +624,13 @@ def energy(
     length = noisy.shape[axis]
     half_weight = (weight / 2).reshape(b, *([1] * (noisy.dim() - 1)))
     variable = term.to_variable(restored)
+    if isinstance(reg, TotalVariation) and all_finite(noisy):
+        # The compiled kernel sums all of it at once, with no image-sized temporaries.
+        whole = _workspace(noisy.contiguous(), half_weight, reg, term, None)
+        assert isinstance(whole, _Workspace)
+        summed = kernel_energy(whole, variable.contiguous())
+        if summed is not None:
+            return summed
 
     def slab_sum(start: int, stop: int) -> Tensor:
         slab, observed = split_missing(noisy.narrow(axis, start, stop - start).contiguous())
