@@ -327,6 +327,7 @@ class FusedSteps:
         self._image_index = torch.tensor(images)
         self._weights = [2 * half_weights[i] for i in images]
         self._keep = (u, m, v, ws.f, ws.observed)
+        self._moments = m is not None and v is not None
 
     def _buffer(self, like: Tensor, size: int) -> int:
         """The address of a new buffer of ``size`` values of ``like``'s type, kept with the plan."""
@@ -414,7 +415,7 @@ class FusedSteps:
 
     def step(self, k: int, decay: float) -> None:
         """Adam's ``k``-th step (from 1), with the learning rates times ``decay``."""
-        if self._keep[1] is None or self._keep[2] is None:
+        if not self._moments:
             raise ValueError("a plan without Adam's moments gives energies only")
         p = self._params
         p.decay = decay

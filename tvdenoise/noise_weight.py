@@ -788,6 +788,7 @@ def _photon_weights(
             pilots[index] = poisson(part[index], rules[index.cpu()], Iteration())
         held = _PoissonHoldOut(part, photons, pilots, reg)
         candidates = {"poisson": refine_weights(held, rules / scale) * scale}
+        best = torch.zeros(len(rows), dtype=torch.long)  # without a comparison: Poisson
         if stabilised is not None:
             gaussian = _PhotonRisk(part, photons, pilots, _estimator("gaussian", reg))
             candidates["gaussian"] = refine_weights(gaussian, _gaussian_rules(part, photons, reg))
@@ -797,25 +798,19 @@ def _photon_weights(
                 None if chroma is None else chroma[rows].to(torch.float64) / light.clamp_min(1e-12)
             )
             pairs = torch.arange(len(rows))
-            scores = torch.stack(
-                [
-                    held.score(
-                        _estimator(
-                            name, reg, keep * photons, ratio if name == "anscombe" else None
-                        ),
-                        pairs,
-                        weight / scale,
-                    )
-                    for name, weight in candidates.items()
-                ],
-                dim=1,
-            )
-            best = scores.argmin(dim=1)  # the first of equal scores, in the order above
-            for row, choice in zip(rows.tolist(), best.tolist(), strict=True):
-                names[row] = list(candidates)[choice]
+            scores = [
+                held.score(
+                    _estimator(name, reg, keep * photons, ratio if name == "anscombe" else None),
+                    pairs,
+                    weight / scale,
+                )
+                for name, weight in candidates.items()
+            ]
+            best = torch.stack(scores, dim=1).argmin(dim=1)  # the first of equal scores
         found = torch.stack(list(candidates.values()), dim=1)
-        choices = torch.tensor([list(candidates).index(names[row]) for row in rows.tolist()])
-        weights[rows] = found[torch.arange(len(rows)), choices].to(weights)
+        weights[rows] = found[torch.arange(len(rows)), best].to(weights)
+        for row, choice in zip(rows.tolist(), best.tolist(), strict=True):
+            names[row] = list(candidates)[choice]
     chroma_weights = None
     if chroma is not None:
         anscombe_chosen = torch.tensor([name == "anscombe" for name in names])
