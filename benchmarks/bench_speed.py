@@ -208,13 +208,22 @@ def skimage_bregman(image: np.ndarray, weight: float) -> np.ndarray:
 
 def median_time(fn: Callable[[], object], repeat: int) -> float:
     """Median wall time of ``fn()`` over ``repeat`` runs after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+    return median_times([fn], repeat)[0]
+
+
+def median_times(fns: Sequence[Callable[[], object]], repeat: int) -> list[float]:
+    """Median wall time of each of ``fns`` over ``repeat`` rounds after one warm-up run
+    of each: every round runs all of them, so that a change of the machine's speed falls
+    on all alike and their ratios hold."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, taken in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            taken.append(time.perf_counter() - start)
+    return [statistics.median(taken) for taken in times]
 
 
 def _status_kb(field: str) -> int | None:
@@ -360,17 +369,22 @@ def bench_photo(
     _, _, iterations = restore_info(x, weight)
     p_ours = psnr(ours(), clean)
 
-    t_ours = median_time(ours, args.repeat)
+    # Interleaved: ours, the solver alone at the weight just used (what the iterations
+    # cost, without the choice of the weight), and scikit-image's two.
+    t_ours, t_solve, t_cham, t_breg = median_times(
+        [
+            ours,
+            lambda: restore_info(x, weight),
+            lambda: skimage_chambolle(noisy, s_cham),
+            lambda: skimage_bregman(noisy, s_breg),
+        ],
+        args.repeat,
+    )
     threads = torch.get_num_threads()
     if threads > 1:  # context: on a loaded machine, thread synchronisation can dominate
         torch.set_num_threads(1)
         t_ours_1 = median_time(ours, args.repeat)
         torch.set_num_threads(threads)
-    # The solver alone at the weight just used: what one iteration costs, without the
-    # choice of the weight.
-    t_solve = median_time(lambda: restore_info(x, weight), args.repeat)
-    t_cham = median_time(lambda: skimage_chambolle(noisy, s_cham), args.repeat)
-    t_breg = median_time(lambda: skimage_bregman(noisy, s_breg), args.repeat)
     m_ours = peak_above_baseline_mb(ours)
     m_cham = peak_above_baseline_mb(lambda: skimage_chambolle(noisy, s_cham))
     m_breg = peak_above_baseline_mb(lambda: skimage_bregman(noisy, s_breg))
