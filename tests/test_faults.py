@@ -168,6 +168,20 @@ def test_a_signal_swallowed_on_its_way_still_stops_the_command(
 
 
 @POSIX_ONLY
+def test_a_command_started_without_stdout_writes_its_file(tmp_path: Path) -> None:
+    # `tvdenoise in.png -o out.png >&-`: Python starts with sys.stdout None.
+    noisy, out = write_image(tmp_path / "in.png"), tmp_path / "out.png"
+    script = (
+        f'exec "{sys.executable}" -m tvdenoise "{noisy}" -o "{out}" --max-iter 6 --weight 0.1 >&-'
+    )
+    done = subprocess.run(
+        ["sh", "-c", script], capture_output=True, env=_environment(), timeout=120, check=False
+    )
+    assert (done.returncode, done.stderr) == (EXIT_OK, b"")
+    assert out.exists()
+
+
+@POSIX_ONLY
 def test_a_reader_that_leaves_early_stops_the_names_not_the_work(tmp_path: Path) -> None:
     # `tvdenoise ... | head -1`: after the first name the pipe is closed; the command
     # still writes every file, and ends as it would have with the names read.

@@ -62,8 +62,9 @@ def _end(code: str | int | None) -> None:
         status = 1
     atexit._run_exitfuncs()
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: started without it (a closed descriptor)
+                stream.flush()
     except OSError:  # a closed pipe: Python's own exit reports it
         sys.exit(status)
     os._exit(status)
