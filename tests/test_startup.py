@@ -251,6 +251,41 @@ def _fast_args(image: Path) -> list[str]:
     return [str(image), "--weight", "0.1", "--max-iter", "3", "--device", "cpu", "-q"]
 
 
+# The command on the kernel's own threads (as where no OpenMP runtime is found), with an
+# object whose finaliser reports the interpreter's teardown, which the command skips.
+_OWN_THREADS = """
+import sys
+import tvdenoise.kernel
+
+tvdenoise.kernel._openmp_parallel = lambda: None
+
+class Teardown:
+    def __del__(self):
+        sys.stderr.write("teardown")
+
+sentinel = Teardown()
+sys.argv = ["tvdenoise", *sys.argv[1:]]
+from tvdenoise.__main__ import main
+main()
+"""
+
+
+def test_the_kernels_own_threads_do_not_hold_up_the_exit(tmp_path: Path) -> None:
+    image = write_image(tmp_path / "in.png", size=(256, 256))
+    args = [*_fast_args(image), "-o", str(tmp_path / "out.png")]
+    done = subprocess.run(
+        [sys.executable, "-c", _OWN_THREADS, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=_environ(OMP_NUM_THREADS="2"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out.png").exists()
+    assert "teardown" not in done.stderr
+
+
 def test_command_limits_spinning_unless_the_user_set_a_policy(tmp_path: Path) -> None:
     args = _fast_args(write_image(tmp_path / "in.png"))
     report, _, stderr = _run_probe("script", *args, "-o", str(tmp_path / "a.png"))

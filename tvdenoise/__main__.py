@@ -44,6 +44,9 @@ def main() -> None:
 def _end(code: str | int | None) -> None:
     """Exit with ``code`` (``SystemExit``'s meaning), skipping the interpreter's teardown
     where nothing else is left to wait for."""
+    kernel = sys.modules.get("tvdenoise.kernel")  # loaded with PyTorch, if at all
+    if kernel is not None:
+        kernel.release_threads()
     others = [
         thread
         for thread in threading.enumerate()

@@ -38,7 +38,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from .solver import _Workspace
 
-__all__ = ["FusedSteps", "available", "energy"]
+__all__ = ["FusedSteps", "available", "energy", "release_threads"]
 
 #: Values per thread, at least: below that one thread does all the work, since each more
 #: thread costs a boundary row and a hand-off per iteration.
@@ -214,9 +214,21 @@ def _openmp_parallel() -> int | None:
     return None
 
 
-@lru_cache(maxsize=4)
+#: The kernel's own threads (where no OpenMP runtime was found), by their number.
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
 def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(workers, thread_name_prefix="tvdenoise")
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="tvdenoise")
+    return _POOLS[workers]
+
+
+def release_threads() -> None:
+    """End the kernel's own threads, where it made any (they are made again when needed):
+    the command does this when it is done, so that its process ends without waiting."""
+    while _POOLS:
+        _POOLS.popitem()[1].shutdown()
 
 
 class FusedSteps:
