@@ -49,6 +49,23 @@ VOLUME_SHAPES = [
 ]
 
 
+def _every_row_a_part(monkeypatch: pytest.MonkeyPatch, threads: int = 3) -> None:
+    """Cut the batch into one part per row (plane of a volume), shared by ``threads``
+    threads: every cut between parts is exercised, even on small images."""
+    monkeypatch.setattr(kernel, "MIN_VALUES_PER_THREAD", 1)
+    monkeypatch.setattr(kernel, "MIN_PLANES_PER_CHUNK", 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+
+
+def _data(
+    shape: tuple[int, ...], dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random data of ``shape`` and a weight per image."""
+    generator = torch.Generator().manual_seed(sum(shape))
+    f = torch.rand(shape, generator=generator, dtype=dtype)
+    return f, torch.linspace(0.05, 0.2, shape[0], dtype=dtype)
+
+
 def _for_shape(options: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
     """``options`` for images or volumes of ``shape``: a volume's spacing gets its first
     axis too."""
@@ -109,12 +126,8 @@ def _steps(
 def test_steps_match_pytorch(
     shape: tuple[int, ...], options: dict[str, Any], threads: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kernel, "MIN_VALUES_PER_THREAD", 1)
-    monkeypatch.setattr(kernel, "MIN_PLANES_PER_CHUNK", 1)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    generator = torch.Generator().manual_seed(sum(shape))
-    f = torch.rand(shape, generator=generator)
-    weights = torch.linspace(0.05, 0.2, shape[0])
+    _every_row_a_part(monkeypatch, threads)
+    f, weights = _data(shape)
     options = _for_shape(options, shape)
     ours, _, _ = _steps(f, weights, options, 4, fused=True)
     theirs, _, _ = _steps(f, weights, options, 4, fused=False)
@@ -131,12 +144,8 @@ def test_float64_steps_and_energy_match_pytorch(
     shape: tuple[int, ...], options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The kernel's float64 build, on images and volumes cut between threads."""
-    monkeypatch.setattr(kernel, "MIN_VALUES_PER_THREAD", 1)
-    monkeypatch.setattr(kernel, "MIN_PLANES_PER_CHUNK", 1)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
-    generator = torch.Generator().manual_seed(sum(shape))
-    f = torch.rand(shape, generator=generator, dtype=torch.float64)
-    weights = torch.linspace(0.05, 0.2, shape[0], dtype=torch.float64)
+    _every_row_a_part(monkeypatch)
+    f, weights = _data(shape, torch.float64)
     options = _for_shape(options, shape)
     ours, ws, u = _steps(f, weights, options, 4, fused=True)
     theirs, _, _ = _steps(f, weights, options, 4, fused=False)
@@ -156,12 +165,8 @@ def test_float64_steps_and_energy_match_pytorch(
 def test_energy_matches_pytorch(
     shape: tuple[int, ...], options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kernel, "MIN_VALUES_PER_THREAD", 1)
-    monkeypatch.setattr(kernel, "MIN_PLANES_PER_CHUNK", 1)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
-    generator = torch.Generator().manual_seed(sum(shape))
-    f = torch.rand(shape, generator=generator)
-    weights = torch.linspace(0.05, 0.2, shape[0])
+    _every_row_a_part(monkeypatch)
+    f, weights = _data(shape)
     options = _for_shape(options, shape)
     _, ws, u = _steps(f, weights, options, 3, fused=True)
     # The last image stopped: it keeps the energy it had.
@@ -201,9 +206,7 @@ def test_openmp_and_own_threads_agree(
 ) -> None:
     """Each part of the rows (planes) gives the same values whichever thread takes it: the
     steps and the energy on the OpenMP runtime's threads and on the kernel's own are equal."""
-    monkeypatch.setattr(kernel, "MIN_VALUES_PER_THREAD", 1)
-    monkeypatch.setattr(kernel, "MIN_PLANES_PER_CHUNK", 1)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    _every_row_a_part(monkeypatch)
     f = torch.rand(shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
     weights = torch.tensor([0.05, 0.15], dtype=dtype)
     results = []
