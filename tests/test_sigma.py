@@ -144,6 +144,50 @@ def test_minimum_size_accepted() -> None:
     assert 0.0 < float(estimate_sigma(image)) < 0.3
 
 
+@pytest.mark.parametrize(
+    "shape", [(1, MIN_SIZE, MIN_SIZE), (2, 1, MIN_SIZE, MIN_SIZE), (3, 41, 37)]
+)
+def test_the_image_is_left_as_it_was(shape: tuple[int, ...]) -> None:
+    # Where one window covers a plane, its patches are a view of the image.
+    image = 0.5 + 0.1 * torch.randn(shape, generator=_generator(13))
+    before = image.clone()
+    estimate_sigma(image)
+    assert torch.equal(image, before)
+
+
+def test_quarter_means_are_those_of_average_pooling() -> None:
+    from tvdenoise import sigma as module
+
+    planes = torch.rand(6, 1, 45, 52, generator=_generator(14))  # 2 images of 3 channels
+    p, half, stride = module._PATCH, module._PATCH // 2, 3
+    patches = F.unfold(planes, p, stride=stride)
+    rows, cols = (45 - p) // stride + 1, (52 - p) // stride + 1
+    pooled = [
+        F.avg_pool2d(planes[..., dy:, dx:], half, stride=stride)[..., :rows, :cols]
+        for dy in (0, half)
+        for dx in (0, half)
+    ]
+    expected = torch.stack([q.reshape(2, -1) for q in pooled], dim=1)
+    assert torch.equal(module._quarter_means(patches, 2), expected)
+
+
+def test_sums_carried_to_another_set_of_patches_are_its_sums() -> None:
+    from tvdenoise import sigma as module
+
+    g = _generator(15)
+    values = torch.randn(3, 400, 64, generator=g, dtype=torch.float64)
+    first = torch.rand(3, 400, generator=g) < torch.tensor([[0.2], [0.5], [0.9]])
+    few = first ^ (torch.rand(3, 400, generator=g) < 0.05)  # carried: a few change
+    many = ~few  # summed afresh: most change
+    sums = module._Sums.over(values, first)
+    for keep in (few, many):
+        sums = sums.to(values, keep)
+        kept = values * keep.unsqueeze(2)
+        torch.testing.assert_close(sums.gram, kept.transpose(1, 2) @ values)
+        torch.testing.assert_close(sums.total, kept.sum(dim=1))
+        assert torch.equal(sums.kept, keep)
+
+
 @pytest.mark.parametrize("shape", [(1, MIN_SIZE - 1, 50), (3, 50, MIN_SIZE - 1), (2, 1, 4, 4)])
 def test_too_small_raises(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match=f"at least {MIN_SIZE}x{MIN_SIZE}"):

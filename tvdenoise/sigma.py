@@ -36,7 +36,9 @@ eigenvalues (the patch-PCA idea of Liu, Tanaka and Okutomi, 2013, and Chen, Zhu 
 
 The images of a batch are estimated together: every step above runs once on all of them
 (the covariances as one batched product, the spectra as one batched eigendecomposition),
-and an image whose refinements have ended keeps its value while the others go on. On CPU
+and an image whose refinements have ended keeps its value while the others go on. The
+sums behind a covariance are carried from one round to the next, adding the patches that
+come in and subtracting those that leave. On CPU
 they go a few at a time, as many as fit the patch count of one large image.
 
 Images smaller than about 24 x 24 pixels (fewer than 256 patches) fall back to the median
@@ -121,10 +123,29 @@ def _per_image(x: torch.Tensor, images: int) -> torch.Tensor:
     return x.reshape(images, -1)
 
 
+def _joined(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
+def _quarter_means(patches: torch.Tensor, images: int) -> torch.Tensor:
+    """The means of the four 4x4 quarters of every patch of ``(B * C, 64, L)``, one row
+    of ``(4, C * L)`` per image, summed in the order (and so rounded as) ``F.avg_pool2d``
+    sums a window: row by row, one value after another."""
+    half = _PATCH // 2
+    grid = patches.view(patches.shape[0], 2, half, 2, half, -1)  # quarter row, row, ...
+    total = grid[:, :, 0, :, 0]
+    for r in range(half):
+        for c in range(half):
+            if r or c:
+                total = total + grid[:, :, r, :, c]
+    means = (total / half**2).reshape(images, -1, 4, patches.shape[-1])
+    return means.transpose(1, 2).reshape(images, 4, -1)
+
+
 @dataclass(frozen=True)
 class _Patches:
     """The patches of the images of a batch on one grid, with what selects them: one row
-    per image. ``values`` ``(B, 64, N)`` float64, each patch minus its mean; ``texture`` ``(B,
+    per image. ``values`` ``(B, N, 64)`` float64, each patch minus its mean; ``texture`` ``(B,
     N)``, its mean squared differences; ``unsaturated`` ``(B, N)``, no value at 0 or 1 in
     it; ``quarters`` ``(B, 4, N)``, the means of its four 4x4 quarters."""
 
@@ -140,10 +161,13 @@ class _Patches:
         b = images
         values, texture, unsaturated, quarters = [], [], [], []
         for band in planes:
-            patches = F.unfold(band, _PATCH, stride=stride)  # (B * C, 64, L)
-            patches = patches - patches.mean(dim=1, keepdim=True)
-            # (B, 64, C * L): the patches of all channels of an image side by side.
-            values.append(patches.reshape(b, -1, *patches.shape[1:]).transpose(1, 2).flatten(2))
+            windows = band.unfold(2, _PATCH, stride).unfold(3, _PATCH, stride)
+            # (B * C, 64, L): the values of each window in a column, as F.unfold lays them.
+            patches = windows.permute(0, 1, 4, 5, 2, 3).reshape(band.shape[0], _PATCH**2, -1)
+            unsaturated.append(
+                _per_image((patches.amin(dim=1) > 0.0) & (patches.amax(dim=1) < 1.0), b)
+            )
+            quarters.append(_quarter_means(patches, b))
             dx = (band[..., :, 1:] - band[..., :, :-1]).square_()
             dy = (band[..., 1:, :] - band[..., :-1, :]).square_()
             texture.append(
@@ -153,34 +177,22 @@ class _Patches:
                     b,
                 )
             )
-            saturated = ((band <= 0.0) | (band >= 1.0)).to(band.dtype)
-            free = F.max_pool2d(saturated, _PATCH, stride=stride) == 0
-            unsaturated.append(_per_image(free, b))
-            # The means of the four 4x4 quarters of every patch: each quarter's windows on
-            # the patch grid, shifted by the quarter's offset (only the windows used).
-            rows = (band.shape[-2] - _PATCH) // stride + 1
-            cols = (band.shape[-1] - _PATCH) // stride + 1
-            half = _PATCH // 2
-            quarters.append(
-                torch.stack(
-                    [
-                        _per_image(
-                            F.avg_pool2d(band[..., dy:, dx:], half, stride=stride)[
-                                ..., :rows, :cols
-                            ],
-                            b,
-                        )
-                        for dy in (0, half)
-                        for dx in (0, half)
-                    ],
-                    dim=1,
-                )
+            # Not in place: where one window covers a plane, the patches are a view of it.
+            patches = patches - patches.mean(dim=1, keepdim=True)
+            # (B, C * L, 64) float64: a patch per row, those of all channels of an image
+            # one after another.
+            flat = patches.new_empty(
+                (b, patches.numel() // (b * _PATCH**2), _PATCH**2), dtype=torch.float64
             )
+            flat.view(b, -1, patches.shape[2], _PATCH**2).copy_(
+                patches.view(b, -1, *patches.shape[1:]).transpose(2, 3)
+            )
+            values.append(flat)
         return cls(
-            torch.cat(values, dim=2).to(torch.float64),
-            torch.cat(texture, dim=1),
-            torch.cat(unsaturated, dim=1),
-            torch.cat(quarters, dim=2).to(torch.float64),
+            _joined(values, dim=1),
+            _joined(texture, dim=1),
+            _joined(unsaturated, dim=1),
+            _joined(quarters, dim=2).to(torch.float64),
         )
 
     def rows(self, images: torch.Tensor) -> _Patches:
@@ -194,24 +206,80 @@ class _Patches:
         return variance_share(self.quarters, sigma).mean(dim=1)
 
 
-def _noise_variance(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``sigma**2`` per image by the spectrum rule on its kept patches (``values``
-    ``(B, 64, N)`` float64, ``keep`` ``(B, N)``), ``(B,)`` float64; NaN where too few."""
+def _selected(
+    values: torch.Tensor, select: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The selected patches of every image, ``(B, K, 64)`` for the most selected ``K`` of
+    an image, with their positions ``(B, K)`` (rows with fewer padded with 0) and whether
+    they are real ``(B, K)`` (None where no row is padded)."""
+    rows, cols = select.nonzero(as_tuple=True)
+    if len(select) == 1:
+        return values.index_select(1, cols), cols.unsqueeze(0), None
+    count = select.sum(dim=1)
+    width = int(count.max())
+    slot = torch.arange(len(rows), device=rows.device) - (count.cumsum(0) - count)[rows]
+    index = rows.new_zeros((len(select), width))
+    index[rows, slot] = cols
+    real = torch.zeros_like(index, dtype=torch.bool)
+    real[rows, slot] = True
+    chosen = values.gather(1, index.unsqueeze(2).expand(-1, -1, values.shape[2]))
+    return chosen, index, real
+
+
+@dataclass(frozen=True)
+class _Sums:
+    """What the spectrum rule needs of a set of patches of every image: the sums of their
+    outer products ``gram`` ``(B, 64, 64)`` and of the patches ``total`` ``(B, 64)``,
+    float64, over the patches ``kept`` ``(B, N)``.
+
+    After the first refinement a round changes few of the kept patches, so the sums are
+    carried from round to round, adding the patches that come in and subtracting those
+    that leave, rather than summed anew over all."""
+
+    gram: torch.Tensor
+    total: torch.Tensor
+    kept: torch.Tensor
+
+    @classmethod
+    def over(cls, values: torch.Tensor, keep: torch.Tensor) -> _Sums:
+        """The sums over the patches ``keep`` of ``values`` ``(B, N, 64)``."""
+        chosen, _, real = _selected(values, keep)
+        weighted = chosen if real is None else chosen * real.unsqueeze(2)
+        return cls(weighted.transpose(1, 2) @ chosen, weighted.sum(dim=1), keep)
+
+    def to(self, values: torch.Tensor, keep: torch.Tensor) -> _Sums:
+        """The sums over the patches ``keep`` of the same ``values``: from the patches that
+        changed, where they are fewer than the kept ones."""
+        changed = keep != self.kept
+        if int(changed.sum(dim=1).max()) >= int(keep.sum(dim=1).max()):
+            return _Sums.over(values, keep)
+        chosen, index, real = _selected(values, changed)
+        sign = keep.gather(1, index).to(values.dtype) * 2 - 1  # +1 added, -1 removed
+        if real is not None:
+            sign = sign * real
+        weighted = chosen * sign.unsqueeze(2)
+        gram = self.gram + weighted.transpose(1, 2) @ chosen
+        return _Sums(gram, self.total + weighted.sum(dim=1), keep)
+
+    def rows(self, images: torch.Tensor) -> _Sums:
+        """The sums of some of the images (a boolean mask over the rows)."""
+        return _Sums(self.gram[images], self.total[images], self.kept[images])
+
+
+def _noise_variance(sums: _Sums) -> torch.Tensor:
+    """``sigma**2`` per image by the spectrum rule on the patches summed in ``sums``,
+    ``(B,)`` float64; NaN where too few."""
     d = _PATCH * _PATCH
-    kept = keep.sum(dim=1)
+    kept = sums.kept.sum(dim=1)
     # Rows with too few patches are computed on no more than two (a finite matrix).
     n = kept.clamp_min(2).to(torch.float64)
-    # The kept patches' sums of products, as one product over all of them with the others
-    # weighted 0: no copy of the kept ones, which the refinements choose anew each round.
-    selected = values * keep.unsqueeze(1)
-    gram = selected @ values.transpose(1, 2)
-    mean = selected.sum(dim=2) / n.unsqueeze(1)
+    mean = sums.total / n.unsqueeze(1)
     outer = mean.unsqueeze(2) * mean.unsqueeze(1)
-    covariance = (gram - n.view(-1, 1, 1) * outer) / (n.view(-1, 1, 1) - 1)
+    covariance = (sums.gram - n.view(-1, 1, 1) * outer) / (n.view(-1, 1, 1) - 1)
     # The patch mean was removed: one eigenvalue is 0 by construction.
     eigenvalues = torch.linalg.eigvalsh(covariance)[:, 1:]
     # The largest m whose m smallest eigenvalues fit in one Marchenko-Pastur bulk.
-    m = torch.arange(1, d, dtype=torch.float64, device=values.device)
+    m = torch.arange(1, d, dtype=torch.float64, device=covariance.device)
     tau = eigenvalues.cumsum(dim=1) / m
     fits = eigenvalues <= tau * (1 + (m / n.unsqueeze(1)).sqrt()).square()
     largest = torch.where(fits, m, 0.0).argmax(dim=1, keepdim=True)
@@ -242,7 +310,8 @@ def _estimate(images: torch.Tensor) -> torch.Tensor:
         return images.new_zeros(0, dtype=torch.float64)
     planes = [images[:, :, r0:r1].reshape(b * c, 1, r1 - r0, w) for r0, r1 in _bands(h, c * w)]
     patches = _Patches.of(planes, b, _stride(c, planes))
-    variance = _noise_variance(patches.values, patches.unsaturated)
+    sums = _Sums.over(patches.values, patches.unsaturated)
+    variance = _noise_variance(sums)
     pilotless = torch.isnan(variance)
     if bool(pilotless.any()):
         # Too few patches without a 0 or 1: a small image, or a dark or bright one at
@@ -254,13 +323,14 @@ def _estimate(images: torch.Tensor) -> torch.Tensor:
     going = variance > 0
     for _ in range(_MAX_REFINEMENTS):
         if not bool(going.all()):
-            left, patches = left[going], patches.rows(going)
+            left, patches, sums = left[going], patches.rows(going), sums.rows(going)
         if left.numel() == 0:
             break
         level = variance[left]
         share = patches.noise_share(level.sqrt())
         keep = patches.texture < _TEXTURE_QUANTILE * share * level.unsqueeze(1)
-        refined = _noise_variance(patches.values, keep)
+        sums = sums.to(patches.values, keep)
+        refined = _noise_variance(sums)
         usable = ~torch.isnan(refined)
         mean_share = (share * keep).sum(dim=1) / keep.sum(dim=1)
         updated = refined / mean_share
