@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -153,6 +155,18 @@ def test_the_image_is_left_as_it_was(shape: tuple[int, ...]) -> None:
     before = image.clone()
     estimate_sigma(image)
     assert torch.equal(image, before)
+
+
+def test_missing_values_are_left_out() -> None:
+    clean = piecewise_constant(3, 96, 96, seed=16)
+    noisy = add_8bit_noise(clean, 20, seed=17)
+    holed = noisy.clone()
+    holed[:, 30:50, 10:40] = math.nan
+    holed[1, 70, 80] = math.nan
+    expected = float(estimate_sigma(noisy))
+    assert float(estimate_sigma(holed)) == pytest.approx(expected, rel=0.05)
+    batch = estimate_sigma(torch.stack([holed, noisy]))
+    assert batch.tolist() == pytest.approx([float(estimate_sigma(holed)), expected], rel=1e-6)
 
 
 def test_quarter_means_are_those_of_average_pooling() -> None:

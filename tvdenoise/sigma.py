@@ -192,7 +192,9 @@ class _Patches:
             _joined(values, dim=1),
             _joined(texture, dim=1),
             _joined(unsaturated, dim=1),
-            _joined(quarters, dim=2).to(torch.float64),
+            # A missing value makes a patch's quarters NaN; it is never kept, but its share
+            # is still looked up.
+            _joined(quarters, dim=2).to(torch.float64).nan_to_num(0.5),
         )
 
     def rows(self, images: torch.Tensor) -> _Patches:
@@ -206,15 +208,12 @@ class _Patches:
         return variance_share(self.quarters, sigma).mean(dim=1)
 
 
-def _selected(
-    values: torch.Tensor, select: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _selected(values: torch.Tensor, select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The selected patches of every image, ``(B, K, 64)`` for the most selected ``K`` of
-    an image, with their positions ``(B, K)`` (rows with fewer padded with 0) and whether
-    they are real ``(B, K)`` (None where no row is padded)."""
+    an image (rows with fewer padded with zeros), and their positions ``(B, K)``."""
     rows, cols = select.nonzero(as_tuple=True)
     if len(select) == 1:
-        return values.index_select(1, cols), cols.unsqueeze(0), None
+        return values.index_select(1, cols), cols.unsqueeze(0)
     count = select.sum(dim=1)
     width = int(count.max())
     slot = torch.arange(len(rows), device=rows.device) - (count.cumsum(0) - count)[rows]
@@ -223,7 +222,8 @@ def _selected(
     real = torch.zeros_like(index, dtype=torch.bool)
     real[rows, slot] = True
     chosen = values.gather(1, index.unsqueeze(2).expand(-1, -1, values.shape[2]))
-    return chosen, index, real
+    # Zeros, not a product with 0: a padded place may hold a patch with a missing value.
+    return chosen.where(real.unsqueeze(2), 0.0), index
 
 
 @dataclass(frozen=True)
@@ -243,9 +243,8 @@ class _Sums:
     @classmethod
     def over(cls, values: torch.Tensor, keep: torch.Tensor) -> _Sums:
         """The sums over the patches ``keep`` of ``values`` ``(B, N, 64)``."""
-        chosen, _, real = _selected(values, keep)
-        weighted = chosen if real is None else chosen * real.unsqueeze(2)
-        return cls(weighted.transpose(1, 2) @ chosen, weighted.sum(dim=1), keep)
+        chosen, _ = _selected(values, keep)
+        return cls(chosen.transpose(1, 2) @ chosen, chosen.sum(dim=1), keep)
 
     def to(self, values: torch.Tensor, keep: torch.Tensor) -> _Sums:
         """The sums over the patches ``keep`` of the same ``values``: from the patches that
@@ -253,10 +252,8 @@ class _Sums:
         changed = keep != self.kept
         if int(changed.sum(dim=1).max()) >= int(keep.sum(dim=1).max()):
             return _Sums.over(values, keep)
-        chosen, index, real = _selected(values, changed)
+        chosen, index = _selected(values, changed)
         sign = keep.gather(1, index).to(values.dtype) * 2 - 1  # +1 added, -1 removed
-        if real is not None:
-            sign = sign * real
         weighted = chosen * sign.unsqueeze(2)
         gram = self.gram + weighted.transpose(1, 2) @ chosen
         return _Sums(gram, self.total + weighted.sum(dim=1), keep)
@@ -350,7 +347,8 @@ def estimate_sigma(image: torch.Tensor) -> torch.Tensor:
 
     Args:
         image: Float tensor of shape (C, H, W) or (B, C, H, W), intensities in [0, 1],
-            with ``H, W >= MIN_SIZE`` (8). Values at or beyond 0 and 1 count as saturated.
+            with ``H, W >= MIN_SIZE`` (8). Values at or beyond 0 and 1 count as saturated;
+            NaN values are missing, and the patches that hold one are left out.
 
     Returns:
         Estimated sigma on the [0, 1] intensity scale (multiply by 255 for 8-bit levels),
