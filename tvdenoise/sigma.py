@@ -212,16 +212,18 @@ def _selected(values: torch.Tensor, select: torch.Tensor) -> tuple[torch.Tensor,
     """The selected patches of every image, ``(B, K, 64)`` for the most selected ``K`` of
     an image (rows with fewer padded with zeros), and their positions ``(B, K)``."""
     rows, cols = select.nonzero(as_tuple=True)
-    if len(select) == 1:
-        return values.index_select(1, cols), cols.unsqueeze(0)
+    b, n, d = values.shape
+    if b == 1:
+        return values[0].index_select(0, cols).unsqueeze(0), cols.unsqueeze(0)
     count = select.sum(dim=1)
     width = int(count.max())
     slot = torch.arange(len(rows), device=rows.device) - (count.cumsum(0) - count)[rows]
-    index = rows.new_zeros((len(select), width))
+    index = rows.new_zeros((b, width))
     index[rows, slot] = cols
     real = torch.zeros_like(index, dtype=torch.bool)
     real[rows, slot] = True
-    chosen = values.gather(1, index.unsqueeze(2).expand(-1, -1, values.shape[2]))
+    start = torch.arange(b, device=index.device).unsqueeze(1) * n
+    chosen = values.reshape(b * n, d).index_select(0, (index + start).flatten()).view(b, -1, d)
     # Zeros, not a product with 0: a padded place may hold a patch with a missing value.
     return chosen.where(real.unsqueeze(2), 0.0), index
 
