@@ -367,6 +367,24 @@ static double RS(fidelity_row)(const real *R u, const real *R f, const real *R o
     return RS(lane_sum)(out, W);
 }
 
+/* The Huber function of the magnitude of a group of C channels' differences along one
+   row of an image (C a constant in each caller), into s: squared_magnitude(), sqrt and
+   huber_row() in one pass, the same operations on each value. */
+static inline __attribute__((always_inline)) void
+RS(group_huber)(const real *R dy, const real *R dx, const int C, int W, real eps, real *R s) {
+    const real half = 0.5f * eps, scale = 0.5f / eps;
+    for (int j = 0; j < W; j++) {
+        real q = 0.f;
+        for (int c = 0; c < C; c++) q += dy[(size_t)c * W + j] * dy[(size_t)c * W + j];
+        for (int c = 0; c < C; c++) {
+            const real d = dx[(size_t)c * (W + 1) + 1 + j];
+            q += d * d;
+        }
+        const real t = sqrt(q), above = t - half, below = t * t * scale;
+        s[j] = t > eps ? above : below;
+    }
+}
+
 /* The summed Huber total variation of one row from its differences (row_differences();
    dz NULL: an image), as total_variation sums it; overwrites them, and s (W values). */
 TVD_CLONES
@@ -398,9 +416,16 @@ static double RS(tv_row)(real *R dz, real *R dy, real *R dx, int C, int W,
     const int per_group = C / groups;
     for (int g = 0; g < groups; g++) {
         const int c0 = g * per_group, c1 = c0 + per_group;
-        RS(squared_magnitude)(dz, dy, dx, c0, c1, W, s);
-        for (int j = 0; j < W; j++) s[j] = sqrt(s[j]);
-        RS(huber_row)(s, W, eps);
+        if (dz == NULL && per_group <= 3) {
+            const real *R a = dy + (size_t)c0 * W, *R b = dx + (size_t)c0 * (W + 1);
+            if (per_group == 1) RS(group_huber)(a, b, 1, W, eps, s);
+            else if (per_group == 2) RS(group_huber)(a, b, 2, W, eps, s);
+            else RS(group_huber)(a, b, 3, W, eps, s);
+        } else {
+            RS(squared_magnitude)(dz, dy, dx, c0, c1, W, s);
+            for (int j = 0; j < W; j++) s[j] = sqrt(s[j]);
+            RS(huber_row)(s, W, eps);
+        }
         tv += RS(lane_sum)(s, W);
     }
     return tv;

@@ -63,6 +63,7 @@ from .auto import (
 from .checks import check_choice
 from .defaults import ColorChoice
 from .fidelity import data_term
+from .missing import all_finite
 from .solver import Iteration, weights_per_image
 
 if TYPE_CHECKING:
@@ -142,6 +143,8 @@ def from_opponent(opponent: Tensor) -> Tensor:
 def partly_missing(f: Tensor) -> bool:
     """Whether some pixel of a ``(B, C, *spatial)`` batch lacks some channels (NaN) but
     not all."""
+    if all_finite(f):  # one pass where nothing is missing, the usual case
+        return False
     nan = torch.isnan(f)
     return bool((nan.any(1) & ~nan.all(1)).any())
 
