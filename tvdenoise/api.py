@@ -341,11 +341,14 @@ def _restore_opponent(
         )
         for index, (channels, w) in enumerate(((LIGHT, light), (CHROMA, colour)))
     ]
-    u = torch.cat([p.restored for p in parts], dim=1)
     # The data plus the change taken back to RGB: exactly the data where nothing changed
     # (weight 0); where a pixel is missing, the values the total variation filled in.
-    restored = from_opponent(u - g).add_(f)
+    change = torch.empty_like(g)
+    for part, channels in zip(parts, (LIGHT, CHROMA), strict=True):
+        torch.sub(part.restored, g[:, channels], out=change[:, channels])
+    restored = from_opponent(change).add_(f)
     if not all_finite(restored):
+        u = torch.cat([p.restored for p in parts], dim=1)
         restored = torch.where(torch.isnan(restored), from_opponent(u), restored)
     restored.clamp_(0.0, 1.0)
     # Both energies are means over their values: one brightness and two colour channels.
