@@ -36,8 +36,16 @@ VARIANTS: list[dict[str, Any]] = [
     {"noise": "poisson"},
     {"missing": 0.2, "noise": "poisson", "tv": "anisotropic"},
 ]
-# Odd sizes, a single row, a single column, and images whose rows are cut between threads.
-SHAPES = [(1, 3, 37, 31), (2, 1, 1, 9), (1, 2, 40, 1), (3, 3, 29, 41), (2, 1, 90, 17)]
+# Odd sizes, a single row, a single column, images whose rows are cut between threads, and
+# four channels (one, two and three are unrolled in the kernel, more take its general loop).
+SHAPES = [
+    (1, 3, 37, 31),
+    (2, 1, 1, 9),
+    (1, 2, 40, 1),
+    (3, 3, 29, 41),
+    (2, 1, 90, 17),
+    (1, 4, 23, 19),
+]
 # Volumes: odd sizes, a single plane, a single row per plane, a single column, and volumes
 # whose planes are cut between threads (every plane a part of its own in the tests).
 VOLUME_SHAPES = [
