@@ -91,10 +91,16 @@ def test_ci_builds_the_kernel() -> None:
 
 
 def _steps(
-    f: torch.Tensor, weights: torch.Tensor, options: dict[str, Any], count: int, fused: bool
+    f: torch.Tensor,
+    weights: torch.Tensor,
+    options: dict[str, Any],
+    count: int,
+    fused: bool,
+    together: bool = False,
 ) -> tuple[tuple[torch.Tensor, ...], solver._Workspace, torch.Tensor]:
-    """``count`` Adam steps from ``f`` by the kernel or by PyTorch's operations: the
-    solver variable and Adam's moments, the workspace, and the variable again."""
+    """``count`` Adam steps from ``f`` by the kernel (with ``together``, in one call of
+    :meth:`~tvdenoise.kernel.FusedSteps.steps`) or by PyTorch's operations: the solver
+    variable and Adam's moments, the workspace, and the variable again."""
     reg, term = solver.model(
         options.get("tv", "isotropic"),
         options.get("color", "joint"),
@@ -115,6 +121,10 @@ def _steps(
     active = torch.ones(f.shape[0], dtype=torch.bool)
     steps = kernel.FusedSteps.plan(ws, u, m, v, rates, active, 0.8, term.schedule.beta2, 1e-8)
     runs = solver._runs(rates, active)
+    if fused and together:
+        assert steps is not None
+        steps.steps(1, count, 0.97)
+        return (u, m, v), ws, u
     for k in range(1, count + 1):
         if fused:
             assert steps is not None
@@ -143,6 +153,29 @@ def test_steps_match_pytorch(
     # rounding step apart becomes a few parts in a million of the step.
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [*SHAPES, *VOLUME_SHAPES[:2]])
+@pytest.mark.parametrize("options", [VARIANTS[0], VARIANTS[2], VARIANTS[7], VARIANTS[8]])
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_steps_in_one_call_are_the_steps_one_by_one(
+    shape: tuple[int, ...],
+    options: dict[str, Any],
+    threads: int,
+    dtype: torch.dtype,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The steps between two energy checks in one call (the threads meeting between steps,
+    each step's coefficients computed in C) give the bits of one call per step."""
+    _every_row_a_part(monkeypatch, threads)
+    f, weights = _data(shape, dtype)
+    options = _for_shape(options, shape)
+    together, _, _ = _steps(f, weights, options, 5, fused=True, together=True)
+    one_by_one, _, _ = _steps(f, weights, options, 5, fused=True)
+    for a, b in zip(together, one_by_one, strict=True):
+        assert torch.equal(a, b)
 
 
 @needs_kernel

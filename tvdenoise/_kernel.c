@@ -20,7 +20,10 @@
  * Loaded with ctypes (tvdenoise/kernel.py), which releases the GIL during a call; it is no
  * Python extension module and uses no Python API. The threads that share a step are either
  * the caller's, each calling tvd_step with one counter, or those of the OpenMP runtime that
- * PyTorch loaded (tvd_step_parallel), whose entry point the loader passes in.
+ * PyTorch loaded (tvd_step_parallel), whose entry point the loader passes in. The steps
+ * between two energy checks of the solver run in one call (tvd_steps): one parallel region,
+ * whose threads meet at the runtime's barrier after each step's boundaries and rows, in
+ * place of a call and a region per step.
  */
 #include <stddef.h>
 #include <tgmath.h>
@@ -55,6 +58,9 @@ static size_t flux_size(int C, int W) { return (size_t)C * W + (size_t)C * (W + 
    PyTorch's threads go on spinning for their next region, and would take the cores that
    threads of the kernel's own need. */
 typedef void (*tvd_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+/* GOMP_barrier() of the same runtime: the threads of the region wait for each other. */
+typedef void (*tvd_barrier_fn)(void);
+static void tvd_no_barrier(void) {}
 
 /* The iteration in float32 and in float64: the same code, exported as name_f32 and name_f64. */
 #define real float

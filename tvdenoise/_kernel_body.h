@@ -611,6 +611,49 @@ static void RS(energy_job)(void *arg) {
     else RS(tvd_energy)(j->n, j->chunks, j->p, j->out, &j->next);
 }
 
+/* Adam's steps k0..k1 of an image batch, each as tvd_boundaries then tvd_step, the
+   threads of one parallel region meeting at `barrier` after each part; the per-step
+   coefficients computed as kernel.FusedSteps.step computes them in Python (the same libm
+   pow and sqrt in double). `counters` holds 2 (k1 - k0 + 1) zeros, two for each step. */
+typedef struct {
+    int n, bn;
+    const RS(tvd_chunk) *chunks, *bchunks;
+    const RS(tvd_params) *p;
+    int k0, k1;
+    double decay, beta1, beta2;
+    tvd_barrier_fn barrier;
+    int *counters;
+} RS(tvd_steps_job);
+
+static void RS(steps_job)(void *arg) {
+    const RS(tvd_steps_job) *j = arg;
+    RS(tvd_params) q = *j->p; /* this thread's copy: the step's coefficients */
+    for (int k = j->k0; k <= j->k1; k++) {
+        int *next = j->counters + 2 * (k - j->k0);
+        q.decay = pow(j->decay, (double)(k - 1));
+        q.correction1 = 1.0 - pow(j->beta1, (double)k);
+        q.corr2 = (real)sqrt(1.0 - pow(j->beta2, (double)k));
+        q.first = k == 1;
+        for (int b = take(next); b < j->bn; b = take(next)) RS(tvd_boundaries)(1, j->bchunks + b, &q);
+        j->barrier();
+        RS(tvd_step)(j->n, j->chunks, &q, next + 1);
+        j->barrier();
+    }
+}
+
+/* tvd_steps_job on `threads` threads of a parallel region of `parallel` meeting at
+   `barrier` (GOMP_barrier of the same runtime), or on the calling thread alone where
+   `parallel` is NULL. */
+TVD_EXPORT void RS(tvd_steps)(tvd_parallel_fn parallel, tvd_barrier_fn barrier, unsigned threads,
+                              int n, const RS(tvd_chunk) *chunks, int bn,
+                              const RS(tvd_chunk) *bchunks, const RS(tvd_params) *p, int k0,
+                              int k1, double decay, double beta1, double beta2, int *counters) {
+    RS(tvd_steps_job) job = {n, bn, chunks, bchunks, p, k0, k1, decay, beta1, beta2,
+                             parallel == NULL ? tvd_no_barrier : barrier, counters};
+    if (parallel == NULL) RS(steps_job)(&job);
+    else parallel(RS(steps_job), &job, threads, 0);
+}
+
 /* tvd_step, and tvd_energy, on `threads` threads of a parallel region of `parallel`; with
    `volume`, tvd_step3 and tvd_energy3 on tvd_chunk3 chunks. */
 TVD_EXPORT void RS(tvd_step_parallel)(tvd_parallel_fn parallel, unsigned threads, int volume, int n,

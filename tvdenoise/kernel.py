@@ -144,6 +144,22 @@ def _declare(lib: ctypes.CDLL, types: _Types, counter: type[ctypes._Pointer[ctyp
         "tvd_step3": [ctypes.c_int, chunks3, params, counter],
         "tvd_energy3": [ctypes.c_int, chunks3, params, ctypes.c_void_p, counter],
         "tvd_step_parallel": [*region, params],
+        "tvd_steps": [
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_uint,
+            ctypes.c_int,
+            chunks,
+            ctypes.c_int,
+            chunks,
+            params,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_double,
+            ctypes.c_double,
+            ctypes.c_double,
+            counter,
+        ],
         "tvd_energy_parallel": [*region, params, ctypes.c_void_p],
     }
     for name, argtypes in signatures.items():
@@ -188,8 +204,9 @@ _OPENMP_RUNTIMES = ("libgomp", "libomp", "libiomp5")
 
 
 @lru_cache(maxsize=1)
-def _openmp_parallel() -> int | None:
-    """The address of ``GOMP_parallel`` in the OpenMP runtime that PyTorch loaded, or ``None``.
+def _openmp_runtime() -> tuple[int, int] | None:
+    """The addresses of ``GOMP_parallel`` and ``GOMP_barrier`` in the OpenMP runtime that
+    PyTorch loaded, or ``None``.
 
     The kernel runs its threads in a parallel region of that runtime, on PyTorch's own
     threads: after each operation these spin for a while waiting for the next region, and
@@ -205,13 +222,26 @@ def _openmp_parallel() -> int | None:
     for path in sorted(loaded, key=lambda path: ("torch" not in path, path)):
         if Path(path).name.startswith(_OPENMP_RUNTIMES):
             try:
-                function = ctypes.CDLL(path).GOMP_parallel
+                runtime = ctypes.CDLL(path)
+                functions = (runtime.GOMP_parallel, runtime.GOMP_barrier)
             except (OSError, AttributeError):
                 continue
-            address = ctypes.cast(function, ctypes.c_void_p).value
-            if address is not None:
-                return address
+            parallel, barrier = (ctypes.cast(f, ctypes.c_void_p).value for f in functions)
+            if parallel is not None and barrier is not None:
+                return parallel, barrier
     return None
+
+
+def _openmp_parallel() -> int | None:
+    """The address of the runtime's ``GOMP_parallel`` (:func:`_openmp_runtime`), or ``None``."""
+    runtime = _openmp_runtime()
+    return None if runtime is None else runtime[0]
+
+
+def _openmp_barrier() -> int | None:
+    """The address of the runtime's ``GOMP_barrier`` (:func:`_openmp_runtime`), or ``None``."""
+    runtime = _openmp_runtime()
+    return None if runtime is None else runtime[1]
 
 
 #: The kernel's own threads (where no OpenMP runtime was found), by their number.
@@ -424,6 +454,36 @@ class FusedSteps:
         energy = previous.clone()
         energy[self._image_index] = torch.tensor(values, dtype=previous.dtype)
         return energy
+
+    def steps(self, first: int, last: int, decay: float) -> None:
+        """Adam's steps ``first`` to ``last`` (from 1), the learning rates of step ``k``
+        times ``decay ** (k - 1)``: for images, in one call of the kernel, whose threads
+        (OpenMP's, or the calling one alone) wait for each other between steps; else (a
+        volume, or threads of the kernel's own) one :meth:`step` after another."""
+        if not self._moments:
+            raise ValueError("a plan without Adam's moments gives energies only")
+        parallel = _openmp_parallel() if self._threads > 1 else None
+        if self._volume or (self._threads > 1 and parallel is None):
+            for k in range(first, last + 1):
+                self.step(k, decay ** (k - 1))
+            return
+        count, boundaries = self._boundaries
+        counters = (ctypes.c_int * (2 * (last - first + 1)))()
+        getattr(self._lib, f"tvd_steps_{self._suffix}")(
+            parallel,
+            _openmp_barrier() if parallel is not None else None,
+            self._threads,
+            self._count,
+            self._chunks,
+            count,
+            boundaries,
+            ctypes.byref(self._params),
+            first,
+            last,
+            decay,
+            *self._betas,
+            counters,
+        )
 
     def step(self, k: int, decay: float) -> None:
         """Adam's ``k``-th step (from 1), with the learning rates times ``decay``."""

@@ -456,13 +456,18 @@ def _adam(
         # Without a check before the last iteration (the weight search's solves) the
         # first energy is compared with nothing.
         energy = fused.energy(stopped) if check_every < max_iter else stopped
-    for k in range(1, max_iter + 1):
-        if fused is not None:
-            fused.step(k, decay ** (k - 1))
+    k = 0
+    while k < max_iter:
+        if fused is not None:  # the steps up to the next check in one call
+            last = min(max_iter, (k // check_every + 1) * check_every)
+            fused.steps(k + 1, last, decay)
+            k = last
         elif _fused_per_run(u, runs):
+            k += 1
             grad = ws.gradient(u)
             _fused_step(u, grad, m, v, k, runs, decay ** (k - 1), schedule.beta2)
         else:
+            k += 1
             grad = ws.gradient(u)
             rates = (base_lr * active.to(base_lr.device)).to(u)
             _batched_step(u, grad, m, v, k, rates, decay ** (k - 1), schedule.beta2)
