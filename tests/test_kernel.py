@@ -8,6 +8,7 @@ of the cases it does not cover.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from tvdenoise import kernel, solver
+from tvdenoise import colour, kernel, solver
 from tvdenoise.fidelity import data_term
 from tvdenoise.solver import DEFAULT_EPS
 from tvdenoise.tv import TotalVariation
@@ -330,3 +331,22 @@ def test_turned_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         monkeypatch.undo()
         kernel._library.cache_clear()
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 3, 37, 41), (2, 3, 5, 6, 7)])
+def test_colour_transform_is_pytorchs(
+    dtype: torch.dtype, shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel's opponent colour transforms give the bits of PyTorch's operations in
+    the same order, missing, infinite and negative-zero values included."""
+    x = 3 * torch.randn(shape, generator=torch.Generator().manual_seed(6), dtype=dtype)
+    flat = x.view(-1)
+    flat[::97], flat[::101], flat[::103] = math.nan, math.inf, -0.0
+    for matrix in (colour.opponent_matrix(dtype), colour.opponent_matrix(dtype).T):
+        ours = colour._apply(matrix, x)
+        with monkeypatch.context() as patch:
+            patch.setattr(colour, "colour_transform", lambda matrix, x: None)
+            theirs = colour._apply(matrix, x)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)

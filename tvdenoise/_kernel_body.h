@@ -671,3 +671,23 @@ TVD_EXPORT void RS(tvd_energy_parallel)(tvd_parallel_fn parallel, unsigned threa
 
 #undef TVD_UPDATE
 #undef TVD_UPDATE_DATA
+
+/* A 3x3 colour transform of `batch` images of three planes of n values each:
+   out_o = (m[o][0] x_0 + m[o][1] x_1) + m[o][2] x_2, summed in that order (as
+   tvdenoise.colour states it), one pass over the pixels. */
+TVD_CLONES
+TVD_EXPORT void RS(tvd_colour)(const real *R x, real *R out, long long batch, long long n,
+                               const real *R m) {
+    const real a0 = m[0], a1 = m[1], a2 = m[2], b0 = m[3], b1 = m[4], b2 = m[5];
+    const real c0 = m[6], c1 = m[7], c2 = m[8];
+    for (long long b = 0; b < batch; b++) {
+        const real *R x0 = x + 3 * n * b, *R x1 = x0 + n, *R x2 = x1 + n;
+        real *R o0 = out + 3 * n * b, *R o1 = o0 + n, *R o2 = o1 + n;
+        for (long long j = 0; j < n; j++) {
+            const real p = x0[j], q = x1[j], r = x2[j];
+            o0[j] = (a0 * p + a1 * q) + a2 * r;
+            o1[j] = (b0 * p + b1 * q) + b2 * r;
+            o2[j] = (c0 * p + c1 * q) + c2 * r;
+        }
+    }
+}

@@ -63,6 +63,7 @@ from .auto import (
 from .checks import check_choice
 from .defaults import ColorChoice
 from .fidelity import data_term
+from .kernel import colour_transform
 from .missing import all_finite
 from .solver import Iteration, weights_per_image
 
@@ -116,10 +117,18 @@ def opponent_matrix(
 
 
 def _apply(matrix: Tensor, x: Tensor) -> Tensor:
+    """``matrix`` applied to every pixel's three values, each output the sum
+    ``(m[o, 0] x_0 + m[o, 1] x_1) + m[o, 2] x_2`` in that order: the compiled kernel's
+    one pass where it applies (the same bits), else PyTorch's operations."""
     if x.dim() < 2 or x.shape[1] != 3:
         raise ValueError(f"opponent colours need (B, 3, *spatial) images, got {tuple(x.shape)}")
-    m = matrix.to(x.dtype)
-    return torch.einsum("oc,bc...->bo...", m, x)
+    done = colour_transform(matrix, x)
+    if done is not None:
+        return done
+    m = matrix.to(x.device, x.dtype)
+    return torch.stack(
+        [(m[o, 0] * x[:, 0] + m[o, 1] * x[:, 1]) + m[o, 2] * x[:, 2] for o in range(3)], dim=1
+    )
 
 
 def to_opponent(rgb: Tensor) -> Tensor:
