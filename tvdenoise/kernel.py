@@ -523,9 +523,9 @@ def energy(ws: _Workspace, u: Tensor) -> Tensor | None:
 
 def colour_transform(matrix: Tensor, x: Tensor) -> Tensor | None:
     """``out[:, o] = (m[o, 0] x[:, 0] + m[o, 1] x[:, 1]) + m[o, 2] x[:, 2]`` for a ``3 x 3``
-    ``matrix`` and a ``(B, 3, *spatial)`` batch, in one pass (for large images several
-    times faster than PyTorch's batched product); ``None`` where the kernel does not apply
-    (another device or type, a tensor that is not contiguous or that autograd follows)."""
+    ``matrix`` and a ``(B, 3, *spatial)`` batch, in one pass over the pixels on the calling
+    thread; ``None`` where the kernel does not apply (another device or type, a tensor that
+    is not contiguous or that autograd follows)."""
     lib = _library()
     if (
         lib is None
