@@ -95,6 +95,20 @@ RS(squared_magnitude)(const real *R dz, const real *R dy, const real *R dx, int 
     }
 }
 
+/* The squared magnitude at j of a group of C channels' differences along a row of an image
+   (the layout of row_differences(), dy and dx at the group's first channel), summed as
+   squared_magnitude() sums it: along H channel by channel, then along W. */
+static inline __attribute__((always_inline)) real
+RS(group_square)(const real *R dy, const real *R dx, const int C, int W, int j) {
+    real q = 0.f;
+    for (int c = 0; c < C; c++) q += dy[(size_t)c * W + j] * dy[(size_t)c * W + j];
+    for (int c = 0; c < C; c++) {
+        const real d = dx[(size_t)c * (W + 1) + 1 + j];
+        q += d * d;
+    }
+    return q;
+}
+
 /* The isotropic flux of an image's row (no dz) for a group of C channels (a constant in
    each caller, so that the channel loops unroll): the same operations on each value as
    squared_magnitude() and flux() below, in one pass over the row instead of one per
@@ -103,12 +117,7 @@ static inline __attribute__((always_inline)) void
 RS(group_flux)(real *R dy, real *R dx, const int C, int W, real hw, const RS(tvd_params) *p) {
     const real eps = p->eps, eps2 = eps * eps, ih = p->ih, iw = p->iw;
     for (int j = 0; j < W; j++) {
-        real q = 0.f;
-        for (int c = 0; c < C; c++) q += dy[(size_t)c * W + j] * dy[(size_t)c * W + j];
-        for (int c = 0; c < C; c++) {
-            const real d = dx[(size_t)c * (W + 1) + 1 + j];
-            q += d * d;
-        }
+        real q = RS(group_square)(dy, dx, C, W, j);
         q = q > eps2 ? q : eps2;
         const real k = 1.f / sqrt(q) * hw;
         for (int c = 0; c < C; c++) {
@@ -374,13 +383,7 @@ static inline __attribute__((always_inline)) void
 RS(group_huber)(const real *R dy, const real *R dx, const int C, int W, real eps, real *R s) {
     const real half = 0.5f * eps, scale = 0.5f / eps;
     for (int j = 0; j < W; j++) {
-        real q = 0.f;
-        for (int c = 0; c < C; c++) q += dy[(size_t)c * W + j] * dy[(size_t)c * W + j];
-        for (int c = 0; c < C; c++) {
-            const real d = dx[(size_t)c * (W + 1) + 1 + j];
-            q += d * d;
-        }
-        const real t = sqrt(q), above = t - half, below = t * t * scale;
+        const real t = sqrt(RS(group_square)(dy, dx, C, W, j)), above = t - half, below = t * t * scale;
         s[j] = t > eps ? above : below;
     }
 }
