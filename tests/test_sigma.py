@@ -195,7 +195,7 @@ def test_sums_carried_to_another_set_of_patches_are_its_sums() -> None:
     many = ~few  # summed afresh: most change
     sums = module._Sums.over(values, first)
     for keep in (few, many):
-        sums = sums.to(values, keep)
+        sums = sums.carried_to(values, keep)
         kept = values * keep.unsqueeze(2)
         torch.testing.assert_close(sums.gram, kept.transpose(1, 2) @ values)
         torch.testing.assert_close(sums.total, kept.sum(dim=1))

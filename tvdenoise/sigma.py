@@ -248,7 +248,7 @@ class _Sums:
         chosen, _ = _selected(values, keep)
         return cls(chosen.transpose(1, 2) @ chosen, chosen.sum(dim=1), keep)
 
-    def to(self, values: torch.Tensor, keep: torch.Tensor) -> _Sums:
+    def carried_to(self, values: torch.Tensor, keep: torch.Tensor) -> _Sums:
         """The sums over the patches ``keep`` of the same ``values``: from the patches that
         changed, where they are fewer than the kept ones."""
         changed = keep != self.kept
@@ -328,7 +328,7 @@ def _estimate(images: torch.Tensor) -> torch.Tensor:
         level = variance[left]
         share = patches.noise_share(level.sqrt())
         keep = patches.texture < _TEXTURE_QUANTILE * share * level.unsqueeze(1)
-        sums = sums.to(patches.values, keep)
+        sums = sums.carried_to(patches.values, keep)
         refined = _noise_variance(sums)
         usable = ~torch.isnan(refined)
         mean_share = (share * keep).sum(dim=1) / keep.sum(dim=1)
