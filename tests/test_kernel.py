@@ -340,7 +340,9 @@ def test_colour_transform_is_pytorchs(
     dtype: torch.dtype, shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The kernel's opponent colour transforms give the bits of PyTorch's operations in
-    the same order, missing, infinite and negative-zero values included."""
+    the same order, missing, infinite and negative-zero values included, with the values
+    shared out between threads."""
+    _every_row_a_part(monkeypatch)
     x = 3 * torch.randn(shape, generator=torch.Generator().manual_seed(6), dtype=dtype)
     flat = x.view(-1)
     flat[::97], flat[::101], flat[::103] = math.nan, math.inf, -0.0

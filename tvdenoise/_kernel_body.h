@@ -675,22 +675,51 @@ TVD_EXPORT void RS(tvd_energy_parallel)(tvd_parallel_fn parallel, unsigned threa
 #undef TVD_UPDATE
 #undef TVD_UPDATE_DATA
 
-/* A 3x3 colour transform of `batch` images of three planes of n values each:
-   out_o = (m[o][0] x_0 + m[o][1] x_1) + m[o][2] x_2, summed in that order (as
-   tvdenoise.colour states it), one pass over the pixels. */
+/* Values [j0, j1) of a 3x3 colour transform of `batch` images of three planes of n values
+   each: out_o = (m[o][0] x_0 + m[o][1] x_1) + m[o][2] x_2, summed in that order (as
+   tvdenoise.colour states it). */
 TVD_CLONES
-TVD_EXPORT void RS(tvd_colour)(const real *R x, real *R out, long long batch, long long n,
-                               const real *R m) {
+static void RS(colour_range)(const real *R x, real *R out, long long batch, long long n,
+                             long long j0, long long j1, const real *R m) {
     const real a0 = m[0], a1 = m[1], a2 = m[2], b0 = m[3], b1 = m[4], b2 = m[5];
     const real c0 = m[6], c1 = m[7], c2 = m[8];
     for (long long b = 0; b < batch; b++) {
         const real *R x0 = x + 3 * n * b, *R x1 = x0 + n, *R x2 = x1 + n;
         real *R o0 = out + 3 * n * b, *R o1 = o0 + n, *R o2 = o1 + n;
-        for (long long j = 0; j < n; j++) {
+        for (long long j = j0; j < j1; j++) {
             const real p = x0[j], q = x1[j], r = x2[j];
             o0[j] = (a0 * p + a1 * q) + a2 * r;
             o1[j] = (b0 * p + b1 * q) + b2 * r;
             o2[j] = (c0 * p + c1 * q) + c2 * r;
         }
     }
+}
+
+typedef struct {
+    const real *x;
+    real *out;
+    long long batch, n;
+    const real *m;
+    int parts;
+    int next;
+} RS(tvd_colour_job);
+
+static void RS(colour_job)(void *arg) {
+    RS(tvd_colour_job) *j = arg;
+    for (int k = take(&j->next); k < j->parts; k = take(&j->next)) {
+        RS(colour_range)(j->x, j->out, j->batch, j->n, j->n * k / j->parts,
+                         j->n * (k + 1) / j->parts, j->m);
+    }
+}
+
+/* The colour transform of colour_range() over all values, in `parts` ranges shared by
+   `threads` threads of a parallel region of `parallel` (or by the calling thread alone
+   where `parallel` is NULL): a large image's output is new memory, and the page faults of
+   writing it are shared out too. */
+TVD_EXPORT void RS(tvd_colour)(tvd_parallel_fn parallel, unsigned threads, const real *x,
+                               real *out, long long batch, long long n, const real *m,
+                               int parts) {
+    RS(tvd_colour_job) job = {x, out, batch, n, m, parts, 0};
+    if (parallel == NULL) RS(colour_job)(&job);
+    else parallel(RS(colour_job), &job, threads, 0);
 }

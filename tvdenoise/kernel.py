@@ -149,10 +149,13 @@ def _declare(lib: ctypes.CDLL, types: _Types, counter: type[ctypes._Pointer[ctyp
         "tvd_step_parallel": [*region, params],
         "tvd_colour": [
             ctypes.c_void_p,
+            ctypes.c_uint,
+            ctypes.c_void_p,
             ctypes.c_void_p,
             ctypes.c_longlong,
             ctypes.c_longlong,
             ctypes.c_void_p,
+            ctypes.c_int,
         ],
         "tvd_steps": [
             ctypes.c_void_p,
@@ -526,9 +529,10 @@ def energy(ws: _Workspace, u: Tensor) -> Tensor | None:
 
 def colour_transform(matrix: Tensor, x: Tensor) -> Tensor | None:
     """``out[:, o] = (m[o, 0] x[:, 0] + m[o, 1] x[:, 1]) + m[o, 2] x[:, 2]`` for a ``3 x 3``
-    ``matrix`` and a ``(B, 3, *spatial)`` batch, in one pass over the pixels on the calling
-    thread; ``None`` where the kernel does not apply (another device or type, a tensor that
-    is not contiguous or that autograd follows)."""
+    ``matrix`` and a ``(B, 3, *spatial)`` batch, in one pass over the pixels (shared by
+    ``torch.get_num_threads()`` threads of PyTorch's OpenMP runtime for a large batch);
+    ``None`` where the kernel does not apply (another device or type, a tensor that is not
+    contiguous or that autograd follows)."""
     lib = _library()
     if (
         lib is None
@@ -543,6 +547,9 @@ def colour_transform(matrix: Tensor, x: Tensor) -> Tensor | None:
     m = matrix.to("cpu", x.dtype).contiguous()
     out = torch.empty_like(x)
     n = math.prod(x.shape[2:])
+    threads = max(1, min(torch.get_num_threads(), x.numel() // MIN_VALUES_PER_THREAD))
+    parallel = _openmp_parallel() if threads > 1 else None
+    parts = threads * CHUNKS_PER_THREAD if parallel is not None else 1
     function = getattr(lib, f"tvd_colour_{_TYPES[x.dtype].suffix}")
-    function(x.data_ptr(), out.data_ptr(), x.shape[0], n, m.data_ptr())
+    function(parallel, threads, x.data_ptr(), out.data_ptr(), x.shape[0], n, m.data_ptr(), parts)
     return out
