@@ -180,6 +180,21 @@ def test_steps_in_one_call_are_the_steps_one_by_one(
 
 
 @needs_kernel
+def test_steps_without_the_runtimes_barrier_are_taken_one_by_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An OpenMP runtime without ``GOMP_barrier``: the steps are made one call each, with
+    the same bits."""
+    _every_row_a_part(monkeypatch)
+    f, weights = _data(SHAPES[3])
+    one_by_one, _, _ = _steps(f, weights, {}, 5, fused=True)
+    monkeypatch.setattr(kernel, "_openmp_barrier", lambda: None)
+    together, _, _ = _steps(f, weights, {}, 5, fused=True, together=True)
+    for a, b in zip(together, one_by_one, strict=True):
+        assert torch.equal(a, b)
+
+
+@needs_kernel
 @pytest.mark.parametrize("shape", [*SHAPES[:3], *VOLUME_SHAPES[:3]])
 @pytest.mark.parametrize("options", VARIANTS)
 def test_float64_steps_and_energy_match_pytorch(

@@ -217,9 +217,9 @@ _OPENMP_RUNTIMES = ("libgomp", "libomp", "libiomp5")
 
 
 @lru_cache(maxsize=1)
-def _openmp_runtime() -> tuple[int, int] | None:
-    """The addresses of ``GOMP_parallel`` and ``GOMP_barrier`` in the OpenMP runtime that
-    PyTorch loaded, or ``None``.
+def _openmp_runtime() -> tuple[int, int | None] | None:
+    """The addresses of ``GOMP_parallel`` and ``GOMP_barrier`` (``None`` where the runtime
+    lacks it) in the OpenMP runtime that PyTorch loaded, or ``None``.
 
     The kernel runs its threads in a parallel region of that runtime, on PyTorch's own
     threads: after each operation these spin for a while waiting for the next region, and
@@ -236,12 +236,14 @@ def _openmp_runtime() -> tuple[int, int] | None:
         if Path(path).name.startswith(_OPENMP_RUNTIMES):
             try:
                 runtime = ctypes.CDLL(path)
-                functions = (runtime.GOMP_parallel, runtime.GOMP_barrier)
+                parallel = ctypes.cast(runtime.GOMP_parallel, ctypes.c_void_p).value
             except (OSError, AttributeError):
                 continue
-            parallel, barrier = (ctypes.cast(f, ctypes.c_void_p).value for f in functions)
-            if parallel is not None and barrier is not None:
-                return parallel, barrier
+            barrier = getattr(runtime, "GOMP_barrier", None)
+            if parallel is not None:
+                return parallel, None if barrier is None else ctypes.cast(
+                    barrier, ctypes.c_void_p
+                ).value
     return None
 
 
@@ -472,11 +474,13 @@ class FusedSteps:
         """Adam's steps ``first`` to ``last`` (from 1), the learning rates of step ``k``
         times ``decay ** (k - 1)``: for images, in one call of the kernel, whose threads
         (OpenMP's, or the calling one alone) wait for each other between steps; else (a
-        volume, or threads of the kernel's own) one :meth:`step` after another."""
+        volume, threads of the kernel's own, or a runtime without ``GOMP_barrier``) one
+        :meth:`step` after another."""
         if not self._moments:
             raise ValueError("a plan without Adam's moments gives energies only")
         parallel = _openmp_parallel() if self._threads > 1 else None
-        if self._volume or (self._threads > 1 and parallel is None):
+        barrier = _openmp_barrier() if parallel is not None else None
+        if self._volume or (self._threads > 1 and barrier is None):
             for k in range(first, last + 1):
                 self.step(k, decay ** (k - 1))
             return
@@ -484,7 +488,7 @@ class FusedSteps:
         counters = (ctypes.c_int * (2 * (last - first + 1)))()
         getattr(self._lib, f"tvd_steps_{self._suffix}")(
             parallel,
-            _openmp_barrier() if parallel is not None else None,
+            barrier,
             self._threads,
             self._count,
             self._chunks,
