@@ -241,9 +241,8 @@ def _openmp_runtime() -> tuple[int, int | None] | None:
                 continue
             barrier = getattr(runtime, "GOMP_barrier", None)
             if parallel is not None:
-                return parallel, None if barrier is None else ctypes.cast(
-                    barrier, ctypes.c_void_p
-                ).value
+                address = None if barrier is None else ctypes.cast(barrier, ctypes.c_void_p).value
+                return parallel, address
     return None
 
 
@@ -257,6 +256,12 @@ def _openmp_barrier() -> int | None:
     """The address of the runtime's ``GOMP_barrier`` (:func:`_openmp_runtime`), or ``None``."""
     runtime = _openmp_runtime()
     return None if runtime is None else runtime[1]
+
+
+def _threads_for(values: int) -> int:
+    """Threads for ``values`` values: ``torch.get_num_threads()``, fewer where each would
+    have less than ``MIN_VALUES_PER_THREAD``."""
+    return max(1, min(torch.get_num_threads(), values // MIN_VALUES_PER_THREAD))
 
 
 #: The kernel's own threads (where no OpenMP runtime was found), by their number.
@@ -306,7 +311,7 @@ class FusedSteps:
         half_weights = ws.half_weight.reshape(-1).tolist()
         images = [i for i in range(b) if active[i]]
         values = len(images) * math.prod(u.shape[1:])
-        self._threads = max(1, min(torch.get_num_threads(), values // MIN_VALUES_PER_THREAD))
+        self._threads = _threads_for(values)
         # The active images' rows (planes of volumes), one after another, cut into
         # CHUNKS_PER_THREAD parts per thread (and at the images' ends); threads take parts
         # as they finish others. A volume's part holds at least MIN_PLANES_PER_CHUNK planes:
@@ -551,7 +556,7 @@ def colour_transform(matrix: Tensor, x: Tensor) -> Tensor | None:
     m = matrix.to("cpu", x.dtype).contiguous()
     out = torch.empty_like(x)
     n = math.prod(x.shape[2:])
-    threads = max(1, min(torch.get_num_threads(), x.numel() // MIN_VALUES_PER_THREAD))
+    threads = _threads_for(x.numel())
     parallel = _openmp_parallel() if threads > 1 else None
     parts = threads * CHUNKS_PER_THREAD if parallel is not None else 1
     function = getattr(lib, f"tvd_colour_{_TYPES[x.dtype].suffix}")
