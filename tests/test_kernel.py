@@ -37,8 +37,9 @@ VARIANTS: list[dict[str, Any]] = [
     {"noise": "poisson"},
     {"missing": 0.2, "noise": "poisson", "tv": "anisotropic"},
 ]
-# Odd sizes, a single row, a single column, images whose rows are cut between threads, and
-# four channels (one, two and three are unrolled in the kernel, more take its general loop).
+# Odd sizes, a single row, a single column, images whose rows are cut between threads,
+# four channels (one, two and three are unrolled in the kernel, more take its general loop),
+# and more images than parts (each a part whole, all its steps made by one thread).
 SHAPES = [
     (1, 3, 37, 31),
     (2, 1, 1, 9),
@@ -46,6 +47,7 @@ SHAPES = [
     (3, 3, 29, 41),
     (2, 1, 90, 17),
     (1, 4, 23, 19),
+    (13, 2, 9, 7),
 ]
 # Volumes: odd sizes, a single plane, a single row per plane, a single column, and volumes
 # whose planes are cut between threads (every plane a part of its own in the tests).
@@ -180,13 +182,31 @@ def test_steps_in_one_call_are_the_steps_one_by_one(
 
 
 @needs_kernel
-def test_steps_without_the_runtimes_barrier_are_taken_one_by_one(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(("shape", "whole"), [(SHAPES[3], False), (SHAPES[6], True)])
+def test_images_as_many_as_parts_are_parts_whole(
+    shape: tuple[int, ...], whole: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An OpenMP runtime without ``GOMP_barrier``: the steps are made one call each, with
-    the same bits."""
+    """A batch of at least as many images as parts is cut only between images, so that a
+    thread makes all the steps of an image at once; fewer images are cut into rows."""
     _every_row_a_part(monkeypatch)
-    f, weights = _data(SHAPES[3])
+    f, weights = _data(shape)
+    _, ws, u = _steps(f, weights, {}, 0, fused=True)
+    rates = weights * 0.2
+    active = torch.ones(len(f), dtype=torch.bool)
+    plan = kernel.FusedSteps.plan(ws, u, u.clone(), u.clone(), rates, active, 0.8, 0.9, 1e-8)
+    assert plan is not None
+    assert (plan._boundaries[0] == 0) == whole
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [SHAPES[3], SHAPES[6]])
+def test_steps_without_the_runtimes_barrier_are_taken_one_by_one(
+    shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OpenMP runtime without ``GOMP_barrier``: the steps of images cut into rows are
+    made one call each, those of whole images in one call as before; the same bits."""
+    _every_row_a_part(monkeypatch)
+    f, weights = _data(shape)
     one_by_one, _, _ = _steps(f, weights, {}, 5, fused=True)
     monkeypatch.setattr(kernel, "_openmp_barrier", lambda: None)
     together, _, _ = _steps(f, weights, {}, 5, fused=True, together=True)

@@ -614,10 +614,9 @@ static void RS(energy_job)(void *arg) {
     else RS(tvd_energy)(j->n, j->chunks, j->p, j->out, &j->next);
 }
 
-/* Adam's steps k0..k1 of an image batch, each as tvd_boundaries then tvd_step, the
-   threads of one parallel region meeting at `barrier` after each part; the per-step
-   coefficients computed as kernel.FusedSteps.step computes them in Python (the same libm
-   pow and sqrt in double). `counters` holds 2 (k1 - k0 + 1) zeros, two for each step. */
+/* Adam's steps k0..k1 of an image batch, the per-step coefficients computed as
+   kernel.FusedSteps.step computes them in Python (the same libm pow and sqrt in double).
+   `counters` holds 2 (k1 - k0 + 1) zeros, two for each step. */
 typedef struct {
     int n, bn;
     const RS(tvd_chunk) *chunks, *bchunks;
@@ -628,15 +627,22 @@ typedef struct {
     int *counters;
 } RS(tvd_steps_job);
 
+/* The coefficients of step k in q. */
+static void RS(set_step)(RS(tvd_params) *q, const RS(tvd_steps_job) *j, int k) {
+    q->decay = pow(j->decay, (double)(k - 1));
+    q->correction1 = 1.0 - pow(j->beta1, (double)k);
+    q->corr2 = (real)sqrt(1.0 - pow(j->beta2, (double)k));
+    q->first = k == 1;
+}
+
+/* Each step as tvd_boundaries then tvd_step, the threads meeting at `barrier` after each
+   part. */
 static void RS(steps_job)(void *arg) {
     const RS(tvd_steps_job) *j = arg;
     RS(tvd_params) q = *j->p; /* this thread's copy: the step's coefficients */
     for (int k = j->k0; k <= j->k1; k++) {
         int *next = j->counters + 2 * (k - j->k0);
-        q.decay = pow(j->decay, (double)(k - 1));
-        q.correction1 = 1.0 - pow(j->beta1, (double)k);
-        q.corr2 = (real)sqrt(1.0 - pow(j->beta2, (double)k));
-        q.first = k == 1;
+        RS(set_step)(&q, j, k);
         for (int b = take(next); b < j->bn; b = take(next)) RS(tvd_boundaries)(1, j->bchunks + b, &q);
         j->barrier();
         RS(tvd_step)(j->n, j->chunks, &q, next + 1);
@@ -644,17 +650,33 @@ static void RS(steps_job)(void *arg) {
     }
 }
 
-/* tvd_steps_job on `threads` threads of a parallel region of `parallel` meeting at
-   `barrier` (GOMP_barrier of the same runtime), or on the calling thread alone where
-   `parallel` is NULL. */
+/* Chunks that are whole images (no boundaries): each thread takes an image and makes all
+   its steps while the image is in the thread's cache, waiting for no other thread. */
+static void RS(images_job)(void *arg) {
+    const RS(tvd_steps_job) *j = arg;
+    RS(tvd_params) q = *j->p;
+    for (int c = take(j->counters); c < j->n; c = take(j->counters)) {
+        for (int k = j->k0; k <= j->k1; k++) {
+            int next = 0;
+            RS(set_step)(&q, j, k);
+            RS(tvd_step)(1, j->chunks + c, &q, &next);
+        }
+    }
+}
+
+/* The steps on `threads` threads of a parallel region of `parallel`, or on the calling
+   thread alone where `parallel` is NULL: image by image where no chunk has a boundary
+   (bn == 0: every chunk a whole image), else step by step, the threads meeting at
+   `barrier` (GOMP_barrier of the same runtime; unused image by image). */
 TVD_EXPORT void RS(tvd_steps)(tvd_parallel_fn parallel, tvd_barrier_fn barrier, unsigned threads,
                               int n, const RS(tvd_chunk) *chunks, int bn,
                               const RS(tvd_chunk) *bchunks, const RS(tvd_params) *p, int k0,
                               int k1, double decay, double beta1, double beta2, int *counters) {
     RS(tvd_steps_job) job = {n, bn, chunks, bchunks, p, k0, k1, decay, beta1, beta2,
                              parallel == NULL ? tvd_no_barrier : barrier, counters};
-    if (parallel == NULL) RS(steps_job)(&job);
-    else parallel(RS(steps_job), &job, threads, 0);
+    void (*run)(void *) = bn == 0 ? RS(images_job) : RS(steps_job);
+    if (parallel == NULL) run(&job);
+    else parallel(run, &job, threads, 0);
 }
 
 /* tvd_step, and tvd_energy, on `threads` threads of a parallel region of `parallel`; with

@@ -315,12 +315,16 @@ class FusedSteps:
         # The active images' rows (planes of volumes), one after another, cut into
         # CHUNKS_PER_THREAD parts per thread (and at the images' ends); threads take parts
         # as they finish others. A volume's part holds at least MIN_PLANES_PER_CHUNK planes:
-        # each costs two plane copies and the flux of one more plane.
+        # each costs two plane copies and the flux of one more plane. Images as many as
+        # the parts (the weight search's tiles) are parts whole: a thread then makes all
+        # the steps of its image at once (:meth:`steps`).
         length = spatial[0]
         total = len(images) * length
         parts = self._threads * CHUNKS_PER_THREAD if self._threads > 1 else 1
         if self._volume:
             parts = max(1, min(parts, total // MIN_PLANES_PER_CHUNK))
+        elif len(images) >= parts:
+            parts = 1
         cuts = sorted(
             {round(total * t / parts) for t in range(parts + 1)}
             | {i * length for i in range(len(images) + 1)}
@@ -477,15 +481,19 @@ class FusedSteps:
 
     def steps(self, first: int, last: int, decay: float) -> None:
         """Adam's steps ``first`` to ``last`` (from 1), the learning rates of step ``k``
-        times ``decay ** (k - 1)``: for images, in one call of the kernel, whose threads
-        (OpenMP's, or the calling one alone) wait for each other between steps; else (a
-        volume, threads of the kernel's own, or a runtime without ``GOMP_barrier``) one
-        :meth:`step` after another."""
+        times ``decay ** (k - 1)``: for images, in one call of the kernel on its threads
+        (OpenMP's, or the calling one alone), which take whole images and make all their
+        steps, or, where images are cut into parts, wait for each other between steps;
+        else (a volume, threads of the kernel's own, or parts without the runtime's
+        ``GOMP_barrier``) one :meth:`step` after another."""
         if not self._moments:
             raise ValueError("a plan without Adam's moments gives energies only")
         parallel = _openmp_parallel() if self._threads > 1 else None
         barrier = _openmp_barrier() if parallel is not None else None
-        if self._volume or (self._threads > 1 and barrier is None):
+        # Whole images need no barrier: each thread makes all the steps of its images.
+        whole = not self._volume and self._boundaries[0] == 0
+        without_barrier = parallel is None or (barrier is None and not whole)
+        if self._volume or (self._threads > 1 and without_barrier):
             for k in range(first, last + 1):
                 self.step(k, decay ** (k - 1))
             return
