@@ -392,12 +392,12 @@ class ProbedSure:
         index = images.to(solved.device)
         t = self.tiles
         u, v = solved[:, :t], solved[:, t:]
-        squared = (u - _for_pairs(self.targets, images)).square()
+        squared = (u - _for_pairs(self.targets, images)).square_()
         if self.missing is not None:
-            squared = squared.masked_fill(_for_pairs(self.missing, images), 0.0)
+            squared.masked_fill_(_for_pairs(self.missing, images), 0.0)
         residual = squared.flatten(1).sum(1)
-        change = (v - per_probe(u, self.probes)).nan_to_num(0.0)
-        response = (change * _for_pairs(self.response, images)).flatten(1).sum(1)
+        change = (v - per_probe(u, self.probes)).nan_to_num_(0.0)
+        response = change.mul_(_for_pairs(self.response, images)).flatten(1).sum(1)
         divergence = response / (self.delta[index] * self.probes)
         var = self.sigma[index].square()
         return (residual + 2 * var * divergence) / self.count[index] + self.offset[index]
@@ -417,8 +417,8 @@ def _for_pairs(x: Tensor, images: Tensor) -> Tensor:
 
 def per_probe(x: Tensor, count: int) -> Tensor:
     """Every image's ``(B, T, ...)`` tiles repeated once per probe, ``(B, P * T, ...)``,
-    as :func:`probes` lays the probes out."""
-    return x.repeat(1, count, *[1] * (x.dim() - 2))
+    as :func:`probes` lays the probes out (``x`` itself for one probe)."""
+    return x if count == 1 else x.repeat(1, count, *[1] * (x.dim() - 2))
 
 
 def probes(like: Tensor, count: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -528,7 +528,7 @@ def solve_pairs(
         ).restored.to(torch.float64)
         for start in range(0, len(batch), chunk)
     ]
-    return torch.cat(restored).reshape(groups.shape)
+    return (restored[0] if len(restored) == 1 else torch.cat(restored)).reshape(groups.shape)
 
 
 def solve_at_weights(

@@ -281,6 +281,15 @@ def release_threads() -> None:
         _POOLS.popitem()[1].shutdown()
 
 
+def _image_addresses(x: Tensor | None, count: int) -> list[int | None]:
+    """The address of each of the first ``count`` images of the batch ``x`` (``None`` for
+    each where there is no tensor), without a view per image."""
+    if x is None:
+        return [None] * count
+    step = x.stride(0) * x.element_size()
+    return [x.data_ptr() + i * step for i in range(count)]
+
+
 class FusedSteps:
     """Adam's steps of one solve through the kernel, the batch's rows (images) or planes
     (volumes) cut among threads.
@@ -333,25 +342,18 @@ class FusedSteps:
             (images[start // length], start % length, stop - start)
             for start, stop in itertools.pairwise(cuts)
         ]
-        self._buffers: list[Tensor] = []
+        self._buffers_kept: list[Tensor] = []
         owners = [image for image, _, _ in ranges]
-        pointers = [
-            (
-                u[i].data_ptr(),
-                None if m is None else m[i].data_ptr(),
-                None if v is None else v[i].data_ptr(),
-                ws.f[i].data_ptr(),
-                None if ws.observed is None else ws.observed[i].data_ptr(),
-            )
-            for i in range(b)
-        ]
+        pointers = list(
+            zip(*(_image_addresses(x, b) for x in (u, m, v, ws.f, ws.observed)), strict=True)
+        )
         if self._volume:
             d, h, w = spatial
             iz = 1.0 if ws.inverse_spacing[0] is None else ws.inverse_spacing[0]
             work_size = lib.tvd_work_size3(c, h, w)
             chunks3 = []
-            for image, z0, count in ranges:
-                work = self._buffer(u, work_size)
+            works = self._buffers(u, work_size, len(ranges))
+            for (image, z0, count), work in zip(ranges, works, strict=True):
                 part = types.chunk3(*pointers[image], c, d, h, w, z0, z0 + count)
                 part.half_weight, part.rate, part.iz = half_weights[image], rates[image], iz
                 part.work = work
@@ -360,16 +362,15 @@ class FusedSteps:
             # part before it, a copy of its first plane.
             for previous, part in itertools.pairwise(chunks3):
                 if part.z0 > 0:
-                    part.before = self._buffer(u, c * h * w)
-                    previous.after = self._buffer(u, c * h * w)
+                    part.before, previous.after = self._buffers(u, c * h * w, 2)
             self._chunks: ctypes.Array[ctypes.Structure] = (types.chunk3 * len(chunks3))(*chunks3)
         else:
             h, w = spatial
             work_size = lib.tvd_work_size(c, w)
             flux_size = lib.tvd_flux_size(c, w)
             chunks = []
-            for image, r, count in ranges:
-                work = self._buffer(u, work_size)
+            works = self._buffers(u, work_size, len(ranges))
+            for (image, r, count), work in zip(ranges, works, strict=True):
                 chunk = types.chunk(*pointers[image], c, h, w, r, r + count)
                 chunk.half_weight, chunk.rate, chunk.work = half_weights[image], rates[image], work
                 chunks.append(chunk)
@@ -378,7 +379,7 @@ class FusedSteps:
             boundaries: list[ctypes.Structure] = []
             for before, chunk in itertools.pairwise(chunks):
                 if chunk.r0 > 0:
-                    chunk.above = before.last = self._buffer(u, flux_size)
+                    chunk.above = before.last = self._buffers(u, flux_size)[0]
                     boundaries.append(chunk)
             self._boundaries = (
                 len(boundaries),
@@ -395,11 +396,13 @@ class FusedSteps:
         self._keep = (u, m, v, ws.f, ws.observed)
         self._moments = m is not None and v is not None
 
-    def _buffer(self, like: Tensor, size: int) -> int:
-        """The address of a new buffer of ``size`` values of ``like``'s type, kept with the plan."""
-        buffer = like.new_empty(size)
-        self._buffers.append(buffer)
-        return buffer.data_ptr()
+    def _buffers(self, like: Tensor, size: int, count: int = 1) -> list[int]:
+        """The addresses of ``count`` new buffers of ``size`` values of ``like``'s type, in
+        one allocation kept with the plan, each starting on a 64-byte line."""
+        step = -(-size * like.element_size() // 64) * 64
+        buffer = like.new_empty(count * step // like.element_size())
+        self._buffers_kept.append(buffer)
+        return [buffer.data_ptr() + k * step for k in range(count)]
 
     @classmethod
     def plan(
