@@ -201,43 +201,42 @@ def _opponent_tiles(rgb: Tensor) -> Tensor:
 
 
 def _component_sure(
-    rgb: Tensor,
+    opponent: Tensor,
     targets: Tensor | None,
-    scored: Tensor,
-    probe: Tensor,
+    moves: Tensor,
+    response: Tensor,
     sigma: Tensor,
-    part: slice,
+    values: int,
     reg: Regulariser,
 ) -> ProbedSure:
     """SURE of one opponent component's result at any weight, with RGB clipping modelled,
-    for the tiles ``(B, T, 3, *spatial)`` of a batch of RGB images.
+    for the component ``opponent`` ``(B, T, K, *spatial)`` of the tiles of a batch of RGB
+    images (``values`` RGB values per image).
 
     ``O`` is orthonormal, so the RGB squared error is the sum of the components' errors
     and the RGB divergence ``sum_i du_i / dy_i`` is the sum of the components' traces of
     ``D O^T J_k O`` (``J_k`` the Jacobian of component ``k``'s solve, ``D`` the RGB values
     that are not clipped): SURE splits into one term per component, and each weight
     minimises its own. The clipping model is the RGB one of :mod:`tvdenoise.auto`: a
-    clipped value's target is its expected unclipped value (set later when ``targets`` is
-    ``None``: it needs both components' results), and it is left out of the divergence.
-    The divergence is probed in RGB (``probe``, the fields ``b`` of
-    :func:`tvdenoise.auto.probes` in float64, the same for every image): component
-    ``k``'s data moves by ``delta (O b)_k`` and its response is read against
-    ``(O D b)_k``.
+    clipped value's target is its expected unclipped value (the component of ``targets``;
+    set later when ``None``: it needs both components' results), and it is left out of
+    the divergence. The divergence is probed in RGB (the fields ``b`` of
+    :func:`tvdenoise.auto.probes` in float64, the same for every image): component ``k``'s
+    data moves by ``delta (O b)_k`` (``moves``: ``(O b)_k``) and its response is read
+    against ``(O D b)_k`` (``response``).
     """
-    f = _opponent_tiles(rgb)[:, :, part]
-    nan = torch.isnan(f)
+    nan = torch.isnan(opponent)
     missing = nan if bool(nan.any()) else None
     # Per image: every RGB value, or the component's observed values where some are missing.
-    count = torch.where(nan.flatten(1).any(1), (~nan).flatten(1).sum(1), rgb[0].numel())
-    dtype = rgb.dtype if rgb.dtype.is_floating_point else torch.float32
-    delta = per_image(_PROBE_RATIO * sigma.to(rgb.device, torch.float64), rgb)
+    count = torch.where(nan.flatten(1).any(1), (~nan).flatten(1).sum(1), values)
+    delta = per_image(_PROBE_RATIO * sigma.to(opponent.device, torch.float64), opponent)
     return ProbedSure(
-        f.to(dtype),
-        (delta * to_opponent(probe)[:, part]).to(dtype),
-        _opponent_tiles(probe * per_probe(scored, _PROBES))[:, :, part],
+        opponent,
+        (delta * moves).to(opponent.dtype),
+        response,
         sigma,
         reg,
-        targets=None if targets is None else _opponent_tiles(targets)[:, :, part],
+        targets=targets,
         count=count,
         missing=missing,
         clip=False,
@@ -271,8 +270,21 @@ class _OpponentSure:
         scored = ~clipped & ~torch.isnan(f)
         known = None if bool(clipped.any()) else f
         probe = probes(tiles[0], _PROBES, torch.float64)
+        # Each in the opponent space once, for both components.
+        opponent = _opponent_tiles(tiles)
+        moves = to_opponent(probe)
+        response = _opponent_tiles(probe * per_probe(scored, _PROBES))
+        targets = None if known is None else _opponent_tiles(known)
         self.parts = [
-            _component_sure(tiles, known, scored, probe, sigma, part, reg)
+            _component_sure(
+                opponent[:, :, part],
+                None if targets is None else targets[:, :, part],
+                moves[:, part],
+                response[:, :, part],
+                sigma,
+                tiles[0].numel(),
+                reg,
+            )
             for part in (LIGHT, CHROMA)
         ]
         self.tiles, self.f, self.sigma, self.reg, self.colour = tiles, f, sigma, reg, colour
