@@ -19,6 +19,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import memory as _memory
+
 if TYPE_CHECKING:
     from .api import Restoration, denoise, restore
     from .reference import reference_denoise
@@ -41,6 +43,10 @@ __all__ = [
     "tv_gradient",
 ]
 __version__ = "0.1.0"
+
+# The temporaries of each call reuse the C library's heap rather than fresh pages from the
+# system (tvdenoise.memory), unless the user chose the allocator's behaviour.
+_memory.pin_malloc_thresholds()
 
 #: The module of each public name.
 _MODULES = {
