@@ -69,11 +69,14 @@ def _every_row_a_part(monkeypatch: pytest.MonkeyPatch, threads: int = 3) -> None
 
 
 def _data(
-    shape: tuple[int, ...], dtype: torch.dtype = torch.float32
+    shape: tuple[int, ...], dtype: torch.dtype = torch.float32, *, equal: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded random data of ``shape`` and a weight per image."""
+    """Seeded random data of ``shape`` and a weight per image (with ``equal``, one weight
+    for all: narrow images then go side by side for the steps)."""
     generator = torch.Generator().manual_seed(sum(shape))
     f = torch.rand(shape, generator=generator, dtype=dtype)
+    if equal:
+        return f, torch.full((shape[0],), 0.1, dtype=dtype)
     return f, torch.linspace(0.05, 0.2, shape[0], dtype=dtype)
 
 
@@ -163,17 +166,20 @@ def test_steps_match_pytorch(
 @pytest.mark.parametrize("options", [VARIANTS[0], VARIANTS[2], VARIANTS[7], VARIANTS[8]])
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("equal", [False, True])
 def test_steps_in_one_call_are_the_steps_one_by_one(
     shape: tuple[int, ...],
     options: dict[str, Any],
     threads: int,
     dtype: torch.dtype,
+    equal: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The steps between two energy checks in one call (the threads meeting between steps,
-    each step's coefficients computed in C) give the bits of one call per step."""
+    each step's coefficients computed in C; with one weight for all, narrow images side
+    by side) give the bits of one call per step (each image apart)."""
     _every_row_a_part(monkeypatch, threads)
-    f, weights = _data(shape, dtype)
+    f, weights = _data(shape, dtype, equal=equal)
     options = _for_shape(options, shape)
     together, _, _ = _steps(f, weights, options, 5, fused=True, together=True)
     one_by_one, _, _ = _steps(f, weights, options, 5, fused=True)
@@ -196,6 +202,57 @@ def test_images_as_many_as_parts_are_parts_whole(
     plan = kernel.FusedSteps.plan(ws, u, u.clone(), u.clone(), rates, active, 0.8, 0.9, 1e-8)
     assert plan is not None
     assert (plan._boundaries[0] == 0) == whole
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("shape", "equal", "groups"),
+    [
+        (SHAPES[6], True, 1),  # 13 images of 7 columns: one group of 13
+        ((12, 1, 5, 64), True, 2),  # at most 8 to a row of 512: two groups of 6
+        ((4, 2, 6, 300), True, 0),  # wider than half a row: apart
+        (SHAPES[6], False, 0),  # a weight each: apart
+    ],
+)
+def test_narrow_images_of_one_weight_go_side_by_side(
+    shape: tuple[int, ...], equal: bool, groups: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consecutive images of one weight, narrower than half SIDE_BY_SIDE_COLUMNS, are laid
+    side by side in groups of a size that divides every run of one weight."""
+    _every_row_a_part(monkeypatch)
+    f, weights = _data(shape, equal=equal)
+    _, ws, u = _steps(f, weights, {}, 0, fused=True)
+    rates = weights * 0.2
+    active = torch.ones(len(f), dtype=torch.bool)
+    plan = kernel.FusedSteps.plan(ws, u, u.clone(), u.clone(), rates, active, 0.8, 0.9, 1e-8)
+    assert plan is not None
+    assert (0 if plan._side is None else plan._side.groups) == groups
+
+
+@needs_kernel
+@pytest.mark.parametrize("options", VARIANTS)
+def test_a_batch_of_one_weight_is_solved_as_each_image_alone(options: dict[str, Any]) -> None:
+    """Narrow images of one weight, solved side by side, give the bits of each alone; the
+    kernel's own energy checks stop them at the same iterations."""
+    f, _ = _data((6, 2, 21, 33))
+    reg, term = solver.model(
+        options.get("tv", "isotropic"),
+        options.get("color", "joint"),
+        DEFAULT_EPS,
+        2,
+        options.get("spacing"),
+        options.get("noise", "gaussian"),
+        None,
+    )
+    if "missing" in options:
+        generator = torch.Generator().manual_seed(5)
+        f = f.masked_fill(torch.rand(f.shape, generator=generator) < options["missing"], math.nan)
+    iteration = solver.Iteration(30, 1e-3, check_every=7)
+    batch = solver.run_solver(f, 0.1, reg, term, iteration)
+    for i in range(len(f)):
+        alone = solver.run_solver(f[i : i + 1], 0.1, reg, term, iteration)
+        assert torch.equal(batch.restored[i], alone.restored[0])
+        assert torch.equal(batch.iterations[i], alone.iterations[0])
 
 
 @needs_kernel

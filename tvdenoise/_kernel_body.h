@@ -27,6 +27,9 @@ typedef struct {
     const real *f;   /* its data */
     const real *observed; /* 1 where a value is observed, 0 where missing; NULL: all are */
     int C, H, W;
+    /* Columns per segment: images laid side by side in one (cut every S columns: no
+       difference across a cut, as at an image's last column); S == W for one image. */
+    int S;
     int r0, r1;
     real half_weight;
     double rate;
@@ -187,10 +190,14 @@ static void RS(flux)(real *R dz, real *R dy, real *R dx, int C, int W, real hw, 
 }
 
 /* The flux of row i of an image (C, H, W) from u before the step, in the layout of
-   row_differences(): pv along H, ph along W. */
-static void RS(row_flux)(const real *R u, int C, int H, int W, int i, real hw,
+   row_differences(): pv along H, ph along W; the difference along W zero at the last
+   column of every segment of S columns. */
+static void RS(row_flux)(const real *R u, int C, int H, int W, int S, int i, real hw,
                          const RS(tvd_params) *p, real *R pv, real *R ph, real *R s) {
     RS(row_differences)(u, (size_t)H * W, NULL, 0, C, H, W, i, 1.f, p, NULL, pv, ph);
+    for (int c = 0; S < W && c < C; c++) {
+        for (int j = S; j < W; j += S) ph[(size_t)c * (W + 1) + j] = 0.f;
+    }
     RS(flux)(NULL, pv, ph, C, W, hw, 1.f, p, s);
 }
 
@@ -271,7 +278,7 @@ TVD_EXPORT void RS(tvd_boundaries)(int n, const RS(tvd_chunk) *chunks, const RS(
         const RS(tvd_chunk) *c = &chunks[k];
         if (c->r0 == 0) continue;
         real *out = (real *)c->above;
-        RS(row_flux)(c->u, c->C, c->H, c->W, c->r0 - 1, c->half_weight, p, out,
+        RS(row_flux)(c->u, c->C, c->H, c->W, c->S, c->r0 - 1, c->half_weight, p, out,
                  out + (size_t)c->C * c->W, c->work);
     }
 }
@@ -298,7 +305,7 @@ TVD_EXPORT void RS(tvd_step)(int n, const RS(tvd_chunk) *chunks, const RS(tvd_pa
                 pv = c->last;
                 hz = c->last + cw;
             } else {
-                RS(row_flux)(c->u, C, H, W, i, c->half_weight, p, a, ph, s);
+                RS(row_flux)(c->u, C, H, W, c->S, i, c->half_weight, p, a, ph, s);
             }
             for (int ch = 0; ch < C; ch++) {
                 const size_t off = ch * plane + (size_t)i * W;

@@ -51,6 +51,10 @@ MIN_VALUES_PER_THREAD = 1 << 15
 CHUNKS_PER_THREAD = 4
 #: Planes per part of a volume, at least.
 MIN_PLANES_PER_CHUNK = 4
+#: Images narrower than half this are laid side by side for the steps, those of one rate
+#: and weight together, in rows of up to this many columns: each row costs the kernel a
+#: fixed overhead besides its values (the weight search's 64-pixel tiles, for one).
+SIDE_BY_SIDE_COLUMNS = 512
 
 _TV_CODES = {("isotropic", True): 0, ("isotropic", False): 1}
 _ANISOTROPIC = 2
@@ -98,6 +102,7 @@ def _types(real: type[ctypes.c_float] | type[ctypes.c_double], suffix: str) -> _
             ("C", ctypes.c_int),
             ("H", ctypes.c_int),
             ("W", ctypes.c_int),
+            ("S", ctypes.c_int),
             ("r0", ctypes.c_int),
             ("r1", ctypes.c_int),
             ("half_weight", real),
@@ -286,8 +291,99 @@ def _image_addresses(x: Tensor | None, count: int) -> list[int | None]:
     each where there is no tensor), without a view per image."""
     if x is None:
         return [None] * count
-    step = x.stride(0) * x.element_size()
-    return [x.data_ptr() + i * step for i in range(count)]
+    base, step = x.data_ptr(), x.stride(0) * x.element_size()
+    return [base + i * step for i in range(count)]
+
+
+def _ranges(images: int, length: int, threads: int, volume: bool) -> list[tuple[int, int, int]]:
+    """The parts of a batch of ``images`` images of ``length`` rows (planes of volumes)
+    for ``threads`` threads: ``(image, first row, rows)``, the images' rows one after
+    another cut into CHUNKS_PER_THREAD parts per thread and at the images' ends, so that
+    threads take parts as they finish others. A volume's part holds at least
+    MIN_PLANES_PER_CHUNK planes: each costs two plane copies and the flux of one more
+    plane. Images as many as the parts (the weight search's tiles) are parts whole: a
+    thread then makes all the steps of its image at once (:meth:`FusedSteps.steps`)."""
+    total = images * length
+    parts = threads * CHUNKS_PER_THREAD if threads > 1 else 1
+    if volume:
+        parts = max(1, min(parts, total // MIN_PLANES_PER_CHUNK))
+    elif images >= parts:
+        parts = 1
+    cuts = sorted(
+        {round(total * t / parts) for t in range(parts + 1)}
+        | {i * length for i in range(images + 1)}
+    )
+    return [
+        (start // length, start % length, stop - start) for start, stop in itertools.pairwise(cuts)
+    ]
+
+
+class _SideBySide:
+    """Narrow images of a 2-D batch laid side by side for the kernel's steps: the active
+    images, consecutive in the batch, in groups of ``k`` (at most ``SIDE_BY_SIDE_COLUMNS //
+    W``) of one weight and learning rate, each group one image ``(C, H, k W)`` cut every
+    ``W`` columns. The kernel gives it the same bits as the images apart: across a cut
+    there is no difference, as at an image's last column."""
+
+    def __init__(self, arrays: tuple[Tensor | None, ...], first: int, count: int, k: int) -> None:
+        self.first, self.groups, self.k = first, count // k, k
+        self._arrays = arrays
+        self._wide = [None if x is None else self._new(x) for x in arrays]
+        # The data and the observed mask stay as they are through the solve.
+        for index in (3, 4):
+            self._copy(index, into_wide=True)
+
+    @classmethod
+    def of(
+        cls,
+        arrays: tuple[Tensor | None, ...],
+        images: list[int],
+        settings: list[tuple[float, float]],
+        width: int,
+    ) -> _SideBySide | None:
+        """The layout for the ``images`` (active, in order) of the batch ``arrays`` (``u,
+        m, v, f, observed``) with ``settings[i]`` (half weight, rate), or ``None`` where
+        there is none: fewer than two images to a group, active images that are not
+        consecutive, or runs of one setting that no group size divides."""
+        most = SIDE_BY_SIDE_COLUMNS // width
+        if most < 2 or arrays[1] is None or images != list(range(images[0], images[-1] + 1)):
+            return None
+        runs = [len(list(run)) for _, run in itertools.groupby(images, key=settings.__getitem__)]
+        k = next((k for k in range(most, 1, -1) if all(n % k == 0 for n in runs)), 1)
+        return None if k < 2 else cls(arrays, images[0], len(images), k)
+
+    def _new(self, x: Tensor) -> Tensor:
+        c, h, w = x.shape[1:]
+        return x.new_empty((self.groups, c, h, self.k * w))
+
+    def _copy(self, index: int, *, into_wide: bool) -> None:
+        x, wide = self._arrays[index], self._wide[index]
+        if x is None or wide is None:
+            return
+        c, h, w = x.shape[1:]
+        images = x[self.first : self.first + self.groups * self.k]
+        # (G, k, C, H, W) as (G, C, H, k, W)
+        apart = images.view(self.groups, self.k, c, h, w).permute(0, 2, 3, 1, 4)
+        side = wide.view(apart.shape)
+        if into_wide:
+            side.copy_(apart)
+        else:
+            apart.copy_(side)
+
+    def addresses(self) -> list[tuple[int | None, ...]]:
+        """The arrays' addresses of every group, as :func:`_image_addresses` gives them."""
+        columns = [_image_addresses(wide, self.groups) for wide in self._wide]
+        return list(zip(*columns, strict=True))
+
+    def gather(self, moments: bool) -> None:
+        """The solver variable (and Adam's moments with ``moments``) into the layout."""
+        for index in (0, 1, 2) if moments else (0,):
+            self._copy(index, into_wide=True)
+
+    def scatter(self) -> None:
+        """The solver variable and Adam's moments back to the images."""
+        for index in (0, 1, 2):
+            self._copy(index, into_wide=False)
 
 
 class FusedSteps:
@@ -321,32 +417,17 @@ class FusedSteps:
         images = [i for i in range(b) if active[i]]
         values = len(images) * math.prod(u.shape[1:])
         self._threads = _threads_for(values)
-        # The active images' rows (planes of volumes), one after another, cut into
-        # CHUNKS_PER_THREAD parts per thread (and at the images' ends); threads take parts
-        # as they finish others. A volume's part holds at least MIN_PLANES_PER_CHUNK planes:
-        # each costs two plane copies and the flux of one more plane. Images as many as
-        # the parts (the weight search's tiles) are parts whole: a thread then makes all
-        # the steps of its image at once (:meth:`steps`).
-        length = spatial[0]
-        total = len(images) * length
-        parts = self._threads * CHUNKS_PER_THREAD if self._threads > 1 else 1
-        if self._volume:
-            parts = max(1, min(parts, total // MIN_PLANES_PER_CHUNK))
-        elif len(images) >= parts:
-            parts = 1
-        cuts = sorted(
-            {round(total * t / parts) for t in range(parts + 1)}
-            | {i * length for i in range(len(images) + 1)}
-        )
-        ranges = [
-            (images[start // length], start % length, stop - start)
-            for start, stop in itertools.pairwise(cuts)
-        ]
         self._buffers_kept: list[Tensor] = []
+        self._like = u
+        arrays = (u, m, v, ws.f, ws.observed)
+        pointers = list(zip(*(_image_addresses(x, b) for x in arrays), strict=True))
+        ranges = [
+            (images[position], start, count)
+            for position, start, count in _ranges(
+                len(images), spatial[0], self._threads, self._volume
+            )
+        ]
         owners = [image for image, _, _ in ranges]
-        pointers = list(
-            zip(*(_image_addresses(x, b) for x in (u, m, v, ws.f, ws.observed)), strict=True)
-        )
         if self._volume:
             d, h, w = spatial
             iz = 1.0 if ws.inverse_spacing[0] is None else ws.inverse_spacing[0]
@@ -364,28 +445,25 @@ class FusedSteps:
                 if part.z0 > 0:
                     part.before, previous.after = self._buffers(u, c * h * w, 2)
             self._chunks: ctypes.Array[ctypes.Structure] = (types.chunk3 * len(chunks3))(*chunks3)
+            self._side: _SideBySide | None = None
         else:
             h, w = spatial
-            work_size = lib.tvd_work_size(c, w)
-            flux_size = lib.tvd_flux_size(c, w)
-            chunks = []
-            works = self._buffers(u, work_size, len(ranges))
-            for (image, r, count), work in zip(ranges, works, strict=True):
-                chunk = types.chunk(*pointers[image], c, h, w, r, r + count)
-                chunk.half_weight, chunk.rate, chunk.work = half_weights[image], rates[image], work
-                chunks.append(chunk)
-            # A chunk that starts inside an image shares the flux of the row above it with
-            # the chunk that ends there, its predecessor.
-            boundaries: list[ctypes.Structure] = []
-            for before, chunk in itertools.pairwise(chunks):
-                if chunk.r0 > 0:
-                    chunk.above = before.last = self._buffers(u, flux_size)[0]
-                    boundaries.append(chunk)
-            self._boundaries = (
-                len(boundaries),
-                (types.chunk * max(1, len(boundaries)))(*boundaries),
+            settings = [(half_weights[i], rates[i]) for i in range(b)]
+            self._chunks, self._boundaries = self._image_chunks(
+                types, pointers, settings, (c, h, w), [w] * b, ranges
             )
-            self._chunks = (types.chunk * len(chunks))(*chunks)
+            # For the steps, narrow images side by side (the energies read each image).
+            self._side = _SideBySide.of(arrays, images, settings, w)
+            side = self._side
+            if side is not None:
+                self._side_chunks, self._side_boundaries = self._image_chunks(
+                    types,
+                    side.addresses(),
+                    [settings[side.first + g * side.k] for g in range(side.groups)],
+                    (c, h, w),
+                    [side.k * w] * side.groups,
+                    _ranges(side.groups, h, self._threads, False),
+                )
         self._values = math.prod(u.shape[1:])
         self._count = len(ranges)
         self._sums = torch.zeros(2 * len(ranges), dtype=torch.float64)
@@ -395,6 +473,41 @@ class FusedSteps:
         self._weights = [2 * half_weights[i] for i in images]
         self._keep = (u, m, v, ws.f, ws.observed)
         self._moments = m is not None and v is not None
+
+    def _image_chunks(
+        self,
+        types: _Types,
+        pointers: list[tuple[int | None, ...]],
+        settings: list[tuple[float, float]],
+        shape: tuple[int, int, int],
+        widths: list[int],
+        ranges: list[tuple[int, int, int]],
+    ) -> tuple[ctypes.Array[ctypes.Structure], tuple[int, ctypes.Array[ctypes.Structure]]]:
+        """The chunks of ``ranges`` (image, first row, rows) of images ``(C, H, width)``
+        whose arrays start at ``pointers[image]``, each with half its weight and its
+        learning rate ``settings[image]``, cut every ``W`` columns (``shape = (C, H,
+        W)``); and the chunks that start inside an image, with their count."""
+        c, h, w = shape
+        widest = max(widths[image] for image, _, _ in ranges)
+        works = self._buffers(self._like, self._lib.tvd_work_size(c, widest), len(ranges))
+        chunks = []
+        for (image, r, count), work in zip(ranges, works, strict=True):
+            chunk = types.chunk(*pointers[image], c, h, widths[image], w, r, r + count)
+            chunk.half_weight, chunk.rate = settings[image]
+            chunk.work = work
+            chunks.append(chunk)
+        # A chunk that starts inside an image shares the flux of the row above it with
+        # the chunk that ends there, its predecessor.
+        boundaries: list[ctypes.Structure] = []
+        flux_size = self._lib.tvd_flux_size(c, widest)
+        for before, chunk in itertools.pairwise(chunks):
+            if chunk.r0 > 0:
+                chunk.above = before.last = self._buffers(self._like, flux_size)[0]
+                boundaries.append(chunk)
+        return (types.chunk * len(chunks))(*chunks), (
+            len(boundaries),
+            (types.chunk * max(1, len(boundaries)))(*boundaries),
+        )
 
     def _buffers(self, like: Tensor, size: int, count: int = 1) -> list[int]:
         """The addresses of ``count`` new buffers of ``size`` values of ``like``'s type, in
@@ -493,30 +606,39 @@ class FusedSteps:
             raise ValueError("a plan without Adam's moments gives energies only")
         parallel = _openmp_parallel() if self._threads > 1 else None
         barrier = _openmp_barrier() if parallel is not None else None
-        # Whole images need no barrier: each thread makes all the steps of its images.
-        whole = not self._volume and self._boundaries[0] == 0
-        without_barrier = parallel is None or (barrier is None and not whole)
-        if self._volume or (self._threads > 1 and without_barrier):
-            for k in range(first, last + 1):
-                self.step(k, decay ** (k - 1))
-            return
-        count, boundaries = self._boundaries
-        counters = (ctypes.c_int * (2 * (last - first + 1)))()
-        getattr(self._lib, f"tvd_steps_{self._suffix}")(
-            parallel,
-            barrier,
-            self._threads,
-            self._count,
-            self._chunks,
-            count,
-            boundaries,
-            ctypes.byref(self._params),
-            first,
-            last,
-            decay,
-            *self._betas,
-            counters,
-        )
+        if not self._volume:
+            side = self._side
+            chunks, (count, boundaries) = (
+                (self._chunks, self._boundaries)
+                if side is None
+                else (self._side_chunks, self._side_boundaries)
+            )
+            # Whole images need no barrier: each thread makes all the steps of its images.
+            with_barrier = barrier is not None or count == 0
+            if self._threads == 1 or (parallel is not None and with_barrier):
+                if side is not None:
+                    side.gather(moments=first > 1)
+                counters = (ctypes.c_int * (2 * (last - first + 1)))()
+                getattr(self._lib, f"tvd_steps_{self._suffix}")(
+                    parallel,
+                    barrier,
+                    self._threads,
+                    len(chunks),
+                    chunks,
+                    count,
+                    boundaries,
+                    ctypes.byref(self._params),
+                    first,
+                    last,
+                    decay,
+                    *self._betas,
+                    counters,
+                )
+                if side is not None:
+                    side.scatter()
+                return
+        for k in range(first, last + 1):
+            self.step(k, decay ** (k - 1))
 
     def step(self, k: int, decay: float) -> None:
         """Adam's ``k``-th step (from 1), with the learning rates times ``decay``."""
