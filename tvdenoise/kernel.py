@@ -6,10 +6,13 @@ kernel makes one pass per iteration, row by row, with the rows of the batch (the
 volumes) shared out between ``torch.get_num_threads()`` threads, on the threads of
 PyTorch's OpenMP runtime where it is found: for images, the iterations between two energy
 checks in one call and one parallel section (:meth:`FusedSteps.steps`), for volumes one
-section per iteration. The stopping test, weights and everything else stay in PyTorch; the
-kernel replaces :meth:`~tvdenoise.solver._Workspace.gradient` and Adam's step, with the
-same arithmetic, and gives the energies (:meth:`FusedSteps.energy`) and the opponent colour
-transforms (:func:`colour_transform`) in one pass each.
+section per iteration. A batch of many images (the weight search's tiles) is shared out
+whole, each thread making all the steps of an image while it is in that thread's cache;
+narrow images of one weight are laid side by side for the steps, so that a row's fixed
+cost is shared by more values. The stopping test, weights and everything else stay in
+PyTorch; the kernel replaces :meth:`~tvdenoise.solver._Workspace.gradient` and Adam's step,
+with the same arithmetic, and gives the energies (:meth:`FusedSteps.energy`) and the
+opponent colour transforms (:func:`colour_transform`) in one pass each.
 
 It applies to 2-D and 3-D total variation (any colour coupling and kind, with or without
 spacing, with missing values or without) of float32 and float64 images and volumes on the
