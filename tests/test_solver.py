@@ -11,6 +11,7 @@ import torch
 from tvdenoise import denoise, reference_denoise, solve, solver, total_variation
 from tvdenoise.fidelity import data_term, fidelity
 from tvdenoise.solver import DEFAULT_EPS, Iteration, run_solver
+from tvdenoise.tgv import TotalGeneralisedVariation
 from tvdenoise.tv import TotalVariation
 
 from helpers import add_noise, piecewise_image, psnr
@@ -162,3 +163,21 @@ def test_cuda_matches_cpu() -> None:
     on_gpu = denoise(noisy.cuda(), 0.2)
     assert on_gpu.device.type == "cuda"
     assert torch.allclose(on_gpu.cpu(), on_cpu, atol=1e-4)
+
+
+@pytest.mark.parametrize("reg", ["tv", "tgv"])
+def test_a_solve_without_energies_runs_every_iteration(reg: str) -> None:
+    """``Iteration(energy=False)`` (the weight searches' solves): the iterations of a run
+    whose stopping test never stops it, with the same images, and NaN energies."""
+    noisy = add_noise(piecewise_image(3, 29, 23, seed=3), 0.1, seed=4)[None]
+    tv = TotalVariation("isotropic", "joint", DEFAULT_EPS, 2, None)
+    regulariser = (
+        tv if reg == "tv" else TotalGeneralisedVariation(2.0, "joint", DEFAULT_EPS, 2, None)
+    )
+    never = Iteration(25, 1e-30, check_every=25)
+    quiet = Iteration(25, energy=False)
+    checked = run_solver(noisy, 0.1, regulariser, data_term("gaussian"), never)
+    unchecked = run_solver(noisy, 0.1, regulariser, data_term("gaussian"), quiet)
+    assert torch.equal(unchecked.restored, checked.restored)
+    assert unchecked.iterations.tolist() == [25]
+    assert bool(torch.isnan(unchecked.energy).all())

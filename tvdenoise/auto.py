@@ -151,11 +151,9 @@ _CUBES_PER_AXIS = 3
 _MAX_SLICES = 16
 # Solver settings for the refinement: exactly the iterations of the final solve
 # (``DEFAULT_MAX_ITER``), so SURE estimates the error of the output actually returned,
-# and no early stopping (a tolerance no change reaches, its energy evaluated only at the
-# end), so that the plain and the probed image run the same iterations and the map stays
-# differentiable.
+# and no early stopping (no energies: ``Iteration(energy=False)``), so that the plain and
+# the probed image run the same iterations and the map stays differentiable.
 _SURE_MAX_ITER = DEFAULT_MAX_ITER
-_SURE_TOL = 1e-30
 # On CPU the images of a batch are searched a group at a time, their tiles together at
 # most this many values (a large RGB image's): every candidate of every image of a group
 # is kept in float64, and temporaries beyond the caches cost more than searching together
@@ -377,7 +375,7 @@ class ProbedSure:
             self.images[images.to(self.images.device)],
             weights,
             self.reg,
-            iteration=Iteration(_SURE_MAX_ITER, _SURE_TOL, check_every=_SURE_MAX_ITER),
+            iteration=Iteration(_SURE_MAX_ITER, energy=False),
             clip=self.clip,
         )
 

@@ -296,12 +296,18 @@ def weights_per_image(weight: float | Sequence[float] | Tensor, batch: int, like
 
 @dataclass(frozen=True)
 class Iteration:
-    """How the Adam solver iterates: limits, stopping rule and learning rate."""
+    """How the Adam solver iterates: limits, stopping rule and learning rate.
+
+    With ``energy=False`` no energy is computed: ``max_iter`` iterations run without a
+    stopping test and the result's energies are NaN (the weight searches' solves, which
+    read only the images).
+    """
 
     max_iter: int = DEFAULT_MAX_ITER
     tol: float = DEFAULT_TOL
     lr: float | None = None
     check_every: int = 10
+    energy: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_iter, numbers.Integral) or isinstance(self.max_iter, bool):
@@ -432,6 +438,8 @@ def _adam(
     the final energy per image."""
     schedule = ws.term.schedule
     max_iter, check_every, tol = iteration.max_iter, iteration.check_every, iteration.tol
+    if not iteration.energy:  # no stopping test: one run of all the iterations
+        check_every = max_iter
     if iteration.lr is not None:
         base_lr = torch.full_like(weights, iteration.lr)
     else:
@@ -450,11 +458,14 @@ def _adam(
     if fused is None:
         m.zero_()
         v.zero_()
+    if not iteration.energy:
+        energy = u.new_full(active.shape, math.nan)
+    elif fused is None:
         energy = ws.energy(u)
     else:  # the stopping test compares energies summed one way, the kernel's
         stopped = ws.energy(u) if not bool(active.all()) else u.new_zeros(active.shape)
-        # Without a check before the last iteration (the weight search's solves) the
-        # first energy is compared with nothing.
+        # Without a check before the last iteration the first energy is compared with
+        # nothing.
         energy = fused.energy(stopped) if check_every < max_iter else stopped
     k = 0
     while k < max_iter:
@@ -476,6 +487,8 @@ def _adam(
         if k % check_every == 0 or k == max_iter:
             steps += active * (k - counted)
             counted = k
+            if not iteration.energy:
+                continue  # k == max_iter: the end
             new_energy = ws.energy(u) if fused is None else fused.energy(energy)
             change = (energy - new_energy).abs() / new_energy.abs().clamp_min(1e-12)
             energy.copy_(new_energy)
