@@ -201,7 +201,7 @@ def test_images_as_many_as_parts_are_parts_whole(
     active = torch.ones(len(f), dtype=torch.bool)
     plan = kernel.FusedSteps.plan(ws, u, u.clone(), u.clone(), rates, active, 0.8, 0.9, 1e-8)
     assert plan is not None
-    assert (plan._boundaries[0] == 0) == whole
+    assert (plan._apart[1][0] == 0) == whole
 
 
 @needs_kernel

@@ -27,6 +27,7 @@ environment variable ``TVDENOISE_KERNEL=0`` turns the kernel off.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.machinery
 import itertools
 import math
@@ -452,9 +453,9 @@ class FusedSteps:
         else:
             h, w = spatial
             settings = [(half_weights[i], rates[i]) for i in range(b)]
-            self._chunks, self._boundaries = self._image_chunks(
-                types, pointers, settings, (c, h, w), [w] * b, ranges
-            )
+            # Each image apart (for the energies, and the steps one at a time): made when
+            # first needed, as the weight search's solves need none.
+            self._apart_layout = (types, pointers, settings, (c, h, w), [w] * b, ranges)
             # For the steps, narrow images side by side (the energies read each image).
             self._side = _SideBySide.of(arrays, images, settings, w)
             side = self._side
@@ -476,6 +477,18 @@ class FusedSteps:
         self._weights = [2 * half_weights[i] for i in images]
         self._keep = (u, m, v, ws.f, ws.observed)
         self._moments = m is not None and v is not None
+
+    @functools.cached_property
+    def _apart(
+        self,
+    ) -> tuple[ctypes.Array[ctypes.Structure], tuple[int, ctypes.Array[ctypes.Structure]]]:
+        """The chunks of the images each apart, and those that start inside an image."""
+        return self._image_chunks(*self._apart_layout)
+
+    @property
+    def _parts(self) -> ctypes.Array[ctypes.Structure]:
+        """The chunks of the images (volumes) each apart."""
+        return self._chunks if self._volume else self._apart[0]
 
     def _image_chunks(
         self,
@@ -566,12 +579,12 @@ class FusedSteps:
         parallel = _openmp_parallel() if self._threads > 1 else None
         if parallel is not None:
             run = getattr(self._lib, f"{name}_parallel_{self._suffix}")
-            run(parallel, self._threads, self._volume, self._count, self._chunks, *args)
+            run(parallel, self._threads, self._volume, self._count, self._parts, *args)
             return
         kind = f"{name}3" if self._volume else name
         function: Callable[..., None] = getattr(self._lib, f"{kind}_{self._suffix}")
         counter = ctypes.c_int(0)
-        call = (self._count, self._chunks, *args, ctypes.byref(counter))
+        call = (self._count, self._parts, *args, ctypes.byref(counter))
         extra = self._threads - 1
         pending = [_pool(extra).submit(function, *call) for _ in range(extra)]
         function(*call)
@@ -612,9 +625,7 @@ class FusedSteps:
         if not self._volume:
             side = self._side
             chunks, (count, boundaries) = (
-                (self._chunks, self._boundaries)
-                if side is None
-                else (self._side_chunks, self._side_boundaries)
+                self._apart if side is None else (self._side_chunks, self._side_boundaries)
             )
             # Whole images need no barrier: each thread makes all the steps of its images.
             with_barrier = barrier is not None or count == 0
@@ -654,9 +665,9 @@ class FusedSteps:
         p.first = k == 1
         params = ctypes.byref(p)
         if self._volume:
-            getattr(self._lib, f"tvd_boundaries3_{self._suffix}")(self._count, self._chunks)
+            getattr(self._lib, f"tvd_boundaries3_{self._suffix}")(self._count, self._parts)
         else:
-            count, chunks = self._boundaries
+            count, chunks = self._apart[1]
             if count:
                 getattr(self._lib, f"tvd_boundaries_{self._suffix}")(count, chunks, params)
         self._run("tvd_step", params)
