@@ -230,11 +230,14 @@ def test_narrow_images_of_one_weight_go_side_by_side(
 
 
 @needs_kernel
+@pytest.mark.parametrize("shape", [(6, 2, 21, 33), (5, 1, 9, 1)])
 @pytest.mark.parametrize("options", VARIANTS)
-def test_a_batch_of_one_weight_is_solved_as_each_image_alone(options: dict[str, Any]) -> None:
-    """Narrow images of one weight, solved side by side, give the bits of each alone; the
-    kernel's own energy checks stop them at the same iterations."""
-    f, _ = _data((6, 2, 21, 33))
+def test_a_batch_of_one_weight_is_solved_as_each_image_alone(
+    shape: tuple[int, ...], options: dict[str, Any]
+) -> None:
+    """Narrow images of one weight (single columns too), solved side by side, give the bits
+    of each alone; the kernel's own energy checks stop them at the same iterations."""
+    f, _ = _data(shape)
     reg, term = solver.model(
         options.get("tv", "isotropic"),
         options.get("color", "joint"),
