@@ -350,7 +350,9 @@ class _SideBySide:
         there is none: fewer than two images to a group, active images that are not
         consecutive, or runs of one setting that no group size divides."""
         most = SIDE_BY_SIDE_COLUMNS // width
-        if most < 2 or arrays[1] is None or images != list(range(images[0], images[-1] + 1)):
+        if most < 2 or len(images) < 2 or arrays[1] is None:
+            return None
+        if images != list(range(images[0], images[-1] + 1)):
             return None
         runs = [len(list(run)) for _, run in itertools.groupby(images, key=settings.__getitem__)]
         k = next((k for k in range(most, 1, -1) if all(n % k == 0 for n in runs)), 1)
@@ -627,9 +629,10 @@ class FusedSteps:
             chunks, (count, boundaries) = (
                 self._apart if side is None else (self._side_chunks, self._side_boundaries)
             )
-            # Whole images need no barrier: each thread makes all the steps of its images.
-            with_barrier = barrier is not None or count == 0
-            if self._threads == 1 or (parallel is not None and with_barrier):
+            # One call where the threads can meet between steps, or need not: whole
+            # images, each thread making all the steps of its own.
+            meet = barrier is not None or count == 0
+            if self._threads == 1 or (parallel is not None and meet):
                 if side is not None:
                     side.gather(moments=first > 1)
                 counters = (ctypes.c_int * (2 * (last - first + 1)))()
