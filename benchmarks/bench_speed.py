@@ -25,7 +25,9 @@ e. start-up: the wall time of the ``tvdenoise`` command on one 512x512 image aga
    time, so the second comparison shows the cost of the command's own work.
 
 It prints a table and one ``BAR <name>: <measured> (target <x>) PASS|FAIL`` line per bar, and
-records all it printed in ``benchmarks/RESULTS.md`` (section ``bench_speed``).
+records all it printed in ``benchmarks/RESULTS.md`` (section ``bench_speed``). The bars are
+issue 5's, and issue 17's (marked so) for the default path against scikit-image and for
+the cost of choosing the weight against the final solve.
 The helpers at the top are shared with ``bench_batch.py``.
 """
 
@@ -405,8 +407,12 @@ def bench_photo(
          mem(m_breg)],
     ]  # fmt: skip
     ratio = t_ours / t_cham
+    # Choosing the weight (noise estimate, search, conversions) over the final solve.
+    choice = max(t_ours - t_solve, 0.0) / t_solve
     bars = [
         bar(f"time_ratio_tvdenoise/skimage[{name}]", ratio, "<= 0.5", ratio <= 0.5),
+        bar(f"time_ratio_default/skimage[{name}] (issue 17)", ratio, "<= 1", ratio <= 1.0),
+        bar(f"weight_choice_over_final_solve[{name}] (issue 17)", choice, "<= 1", choice <= 1.0),
         bar(f"psnr_tvdenoise-skimage[{name}]", p_ours - p_cham, ">= 0", p_ours >= p_cham, " dB"),
         bar(
             f"time_ratio_fixed_weight/skimage[{name}]",
