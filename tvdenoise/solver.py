@@ -299,8 +299,8 @@ class Iteration:
     """How the Adam solver iterates: limits, stopping rule and learning rate.
 
     With ``energy=False`` no energy is computed: ``max_iter`` iterations run without a
-    stopping test and the result's energies are NaN (the weight searches' solves, which
-    read only the images).
+    stopping test or a callback, and the result's energies are NaN (the weight searches'
+    solves, which read only the images).
     """
 
     max_iter: int = DEFAULT_MAX_ITER
