@@ -439,7 +439,7 @@ class FusedSteps:
             iz = 1.0 if ws.inverse_spacing[0] is None else ws.inverse_spacing[0]
             work_size = lib.tvd_work_size3(c, h, w)
             chunks3 = []
-            works = self._buffers(u, work_size, len(ranges))
+            works = self._buffers(work_size, len(ranges))
             for (image, z0, count), work in zip(ranges, works, strict=True):
                 part = types.chunk3(*pointers[image], c, d, h, w, z0, z0 + count)
                 part.half_weight, part.rate, part.iz = half_weights[image], rates[image], iz
@@ -449,7 +449,7 @@ class FusedSteps:
             # part before it, a copy of its first plane.
             for previous, part in itertools.pairwise(chunks3):
                 if part.z0 > 0:
-                    part.before, previous.after = self._buffers(u, c * h * w, 2)
+                    part.before, previous.after = self._buffers(c * h * w, 2)
             self._chunks: ctypes.Array[ctypes.Structure] = (types.chunk3 * len(chunks3))(*chunks3)
             self._side: _SideBySide | None = None
         else:
@@ -507,7 +507,7 @@ class FusedSteps:
         W)``); and the chunks that start inside an image, with their count."""
         c, h, w = shape
         widest = max(widths[image] for image, _, _ in ranges)
-        works = self._buffers(self._like, self._lib.tvd_work_size(c, widest), len(ranges))
+        works = self._buffers(self._lib.tvd_work_size(c, widest), len(ranges))
         chunks = []
         for (image, r, count), work in zip(ranges, works, strict=True):
             chunk = types.chunk(*pointers[image], c, h, widths[image], w, r, r + count)
@@ -520,16 +520,17 @@ class FusedSteps:
         flux_size = self._lib.tvd_flux_size(c, widest)
         for before, chunk in itertools.pairwise(chunks):
             if chunk.r0 > 0:
-                chunk.above = before.last = self._buffers(self._like, flux_size)[0]
+                chunk.above = before.last = self._buffers(flux_size)[0]
                 boundaries.append(chunk)
         return (types.chunk * len(chunks))(*chunks), (
             len(boundaries),
             (types.chunk * max(1, len(boundaries)))(*boundaries),
         )
 
-    def _buffers(self, like: Tensor, size: int, count: int = 1) -> list[int]:
-        """The addresses of ``count`` new buffers of ``size`` values of ``like``'s type, in
-        one allocation kept with the plan, each starting on a 64-byte line."""
+    def _buffers(self, size: int, count: int = 1) -> list[int]:
+        """The addresses of ``count`` new buffers of ``size`` values of the solver's type,
+        in one allocation kept with the plan, each starting on a 64-byte line."""
+        like = self._like
         step = -(-size * like.element_size() // 64) * 64
         buffer = like.new_empty(count * step // like.element_size())
         self._buffers_kept.append(buffer)
