@@ -122,7 +122,8 @@ def load_speed(folder: Path, width: int, height: int) -> tuple[str, bool]:
 
 def write_speed(folder: Path, width: int, height: int) -> str:
     """Write time and size of a restored-looking photograph as 8- and 16-bit PNG: the
-    command's writer (zlib level ``PNG_LEVEL``) against Pillow's and libpng's level 6."""
+    command's writer (zlib level ``PNG_LEVEL``, run lengths only) against Pillow's and
+    libpng's level 6 and against level ``PNG_LEVEL`` with zlib's default strategy."""
     from tvdenoise.io.pillow import PNG_LEVEL
 
     deep = _photo16(width, height).astype(np.float64)
@@ -131,20 +132,32 @@ def write_speed(folder: Path, width: int, height: int) -> str:
     mean = sum(padded[i : i + height, j : j + width] for i in range(3) for j in range(3)) / 9
     smooth16 = np.rint(mean).astype(np.uint16)
     smooth = np.rint(mean / 257.0).astype(np.uint8)
-    paths = {name: folder / f"{name}.png" for name in ("ours8", "ours16", "pil8", "png16")}
+    names = ("ours8", "ours16", "pil8", "pil8l", "png16", "png16l")
+    paths = {name: folder / f"{name}.png" for name in names}
 
     def ours(name: str, samples: np.ndarray) -> Callable[[], object]:
         return lambda: save_image(paths[name], samples, overwrite=True)
 
+    level = PNG_LEVEL
     rows = [
         ("8-bit, Pillow level 6", "pil8", lambda: Image.fromarray(smooth).save(paths["pil8"])),
-        (f"8-bit, tvdenoise (level {PNG_LEVEL})", "ours8", ours("ours8", smooth)),
+        (
+            f"8-bit, Pillow level {level}",
+            "pil8l",
+            lambda: Image.fromarray(smooth).save(paths["pil8l"], compress_level=level),
+        ),
+        (f"8-bit, tvdenoise (level {level}, run lengths)", "ours8", ours("ours8", smooth)),
         (
             "16-bit, libpng level 6",
             "png16",
             lambda: paths["png16"].write_bytes(imagecodecs.png_encode(smooth16, level=6)),
         ),
-        (f"16-bit, tvdenoise (level {PNG_LEVEL})", "ours16", ours("ours16", smooth16)),
+        (
+            f"16-bit, libpng level {level}",
+            "png16l",
+            lambda: paths["png16l"].write_bytes(imagecodecs.png_encode(smooth16, level=level)),
+        ),
+        (f"16-bit, tvdenoise (level {level}, run lengths)", "ours16", ours("ours16", smooth16)),
     ]
     lines = [
         f"Write time of a smooth {width}x{height} RGB photograph as PNG (best of 5):",

@@ -37,6 +37,7 @@ from .image import FileFormat, LoadedImage
 from .pillow import (
     PILLOW_ERRORS,
     PNG_LEVEL,
+    PNG_STRATEGY,
     apply_orientation,
     check_pixels,
     frames_of,
@@ -307,7 +308,7 @@ def write_png(fh: IO[bytes], image: LoadedImage, quality: int) -> None:
         write_pillow(fh, image, quality, "PNG")  # Pillow writes 16-bit grey itself
         return
     frame: npt.NDArray[Any] = frames_of(image)[0]
-    encoded = bytes(imagecodecs.png_encode(frame, level=PNG_LEVEL))
+    encoded = bytes(imagecodecs.png_encode(frame, level=PNG_LEVEL, strategy=PNG_STRATEGY))
     extra = b""
     if image.icc_profile:
         extra += _chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(image.icc_profile))
