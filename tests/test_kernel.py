@@ -19,6 +19,7 @@ import torch
 from tvdenoise import colour, kernel, solver
 from tvdenoise.fidelity import data_term
 from tvdenoise.solver import DEFAULT_EPS
+from tvdenoise.tgv import TotalGeneralisedVariation
 from tvdenoise.tv import TotalVariation
 
 from helpers import add_noise, piecewise_image, without_kernel
@@ -36,6 +37,13 @@ VARIANTS: list[dict[str, Any]] = [
     {"missing": 0.2, "noise": "impulse"},
     {"noise": "poisson"},
     {"missing": 0.2, "noise": "poisson", "tv": "anisotropic"},
+]
+# Second-order TGV (images only, Gaussian noise).
+TGV_VARIANTS: list[dict[str, Any]] = [
+    {"reg": "tgv"},
+    {"reg": "tgv", "color": "separate"},
+    {"reg": "tgv", "spacing": (1.0, 2.5)},
+    {"reg": "tgv", "missing": 0.2, "color": "separate", "spacing": (0.5, 1.0)},
 ]
 # Odd sizes, a single row, a single column, images whose rows are cut between threads,
 # four channels (one, two and three are unrolled in the kernel, more take its general loop),
@@ -103,26 +111,39 @@ def _steps(
     count: int,
     fused: bool,
     together: bool = False,
-) -> tuple[tuple[torch.Tensor, ...], solver._Workspace, torch.Tensor]:
+) -> tuple[tuple[torch.Tensor, ...], Any, torch.Tensor]:
     """``count`` Adam steps from ``f`` by the kernel (with ``together``, in one call of
     :meth:`~tvdenoise.kernel.FusedSteps.steps`) or by PyTorch's operations: the solver
     variable and Adam's moments, the workspace, and the variable again."""
-    reg, term = solver.model(
-        options.get("tv", "isotropic"),
-        options.get("color", "joint"),
-        DEFAULT_EPS,
-        f.dim() - 2,
-        options.get("spacing"),
-        options.get("noise", "gaussian"),
-        None,
-    )
+    reg: TotalVariation | TotalGeneralisedVariation
+    if options.get("reg") == "tgv":
+        color, spacing = options.get("color", "joint"), options.get("spacing")
+        reg = TotalGeneralisedVariation(color=color, eps=DEFAULT_EPS, spacing=spacing)
+        term = data_term("gaussian")
+    else:
+        reg, term = solver.model(
+            options.get("tv", "isotropic"),
+            options.get("color", "joint"),
+            DEFAULT_EPS,
+            f.dim() - 2,
+            options.get("spacing"),
+            options.get("noise", "gaussian"),
+            None,
+        )
     half = (weights / 2).reshape(-1, *[1] * (f.dim() - 1))
     observed = None
     if "missing" in options:  # a fraction of the values missing
         generator = torch.Generator().manual_seed(5)
         observed = (torch.rand(f.shape, generator=generator) >= options["missing"]).to(f.dtype)
-    ws = solver._Workspace(f, half, reg, term, observed)
-    u, m, v = f.clone(), torch.zeros_like(f), torch.zeros_like(f)
+    ws = solver._workspace(f, half, reg, term, observed)
+    u = f.clone()
+    if isinstance(reg, TotalGeneralisedVariation):
+        # A random field: from zero, many of its gradients are zero up to rounding, which
+        # Adam's first steps turn into whole steps of either sign.
+        generator = torch.Generator().manual_seed(7)
+        field = 0.1 * torch.randn((len(f), 2 * f.shape[1], *f.shape[2:]), generator=generator)
+        u = ws.variables(torch.cat([f, field.to(f)], 1))
+    m, v = torch.zeros_like(u), torch.zeros_like(u)
     rates = weights * term.schedule.lr_per_weight
     active = torch.ones(f.shape[0], dtype=torch.bool)
     steps = kernel.FusedSteps.plan(ws, u, m, v, rates, active, 0.8, term.schedule.beta2, 1e-8)
@@ -275,6 +296,33 @@ def test_steps_without_the_runtimes_barrier_are_taken_one_by_one(
 
 
 @needs_kernel
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("options", TGV_VARIANTS)
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tgv_steps_match_pytorch(
+    shape: tuple[int, ...],
+    options: dict[str, Any],
+    threads: int,
+    dtype: torch.dtype,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TGV's steps (the image and its field, three times the channels) by the kernel, on
+    images cut between threads, against TGVWorkspace.gradient and PyTorch's Adam; and the
+    steps in one call against one call per step."""
+    _every_row_a_part(monkeypatch, threads)
+    f, weights = _data(shape, dtype)
+    ours, _, _ = _steps(f, weights, options, 4, fused=True)
+    theirs, _, _ = _steps(f, weights, options, 4, fused=False)
+    together, _, _ = _steps(f, weights, options, 4, fused=True, together=True)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    for a, b, c in zip(ours, theirs, together, strict=True):
+        assert a.shape[1] == 3 * shape[1]
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+        assert torch.equal(a, c)
+
+
+@needs_kernel
 @pytest.mark.parametrize("shape", [*SHAPES[:3], *VOLUME_SHAPES[:3]])
 @pytest.mark.parametrize("options", VARIANTS)
 def test_float64_steps_and_energy_match_pytorch(
@@ -379,6 +427,28 @@ def test_solve_matches_pytorch(options: dict[str, Any]) -> None:
 
 
 @needs_kernel
+@pytest.mark.parametrize("options", [{}, {"color": "separate", "spacing": (1.0, 2.0)}])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tgv_solve_matches_pytorch(options: dict[str, Any], dtype: torch.dtype) -> None:
+    """Whole TGV solves from a zero field, the images stopping at different iterations,
+    reach the same images and fields."""
+    clean = torch.stack([piecewise_image(3, 45, 38, seed=s) for s in range(3)])
+    noisy = add_noise(clean, 0.1, seed=4).to(dtype)
+    weights = torch.tensor([0.15, 0.0, 0.3], dtype=dtype)
+    reg = TotalGeneralisedVariation(eps=DEFAULT_EPS, **options)
+    iteration = solver.Iteration(solver.DEFAULT_MAX_ITER)
+    ours = solver.run_solver(noisy, weights, reg, data_term("gaussian"), iteration)
+    with without_kernel():
+        theirs = solver.run_solver(noisy, weights, reg, data_term("gaussian"), iteration)
+    assert torch.equal(ours.iterations, theirs.iterations)
+    tolerance = 2e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(ours.restored, theirs.restored, rtol=0, atol=tolerance)
+    assert ours.field is not None and theirs.field is not None
+    torch.testing.assert_close(ours.field, theirs.field, rtol=0, atol=tolerance)
+    torch.testing.assert_close(ours.energy, theirs.energy, rtol=1e-5, atol=0)
+
+
+@needs_kernel
 @pytest.mark.parametrize(
     "options", [{}, {"spacing": (2.0, 1.0, 1.0)}, {"tv": "anisotropic"}, {"noise": "poisson"}]
 )
@@ -414,6 +484,14 @@ def test_kernel_stays_out_of_what_it_does_not_cover() -> None:
     assert _plan(torch.rand(1, 1, 4, 8, 9), volume) is not None
     assert _plan(f.double(), image) is not None
     assert _plan(f.half(), image) is None
+    half = torch.full((1, 1, 1, 1, 1), 0.05)
+    tgv = TotalGeneralisedVariation(spatial_dims=3)
+    volume_ws = tgv.workspace(torch.rand(1, 1, 4, 8, 9), half, data_term("gaussian"))
+    x = volume_ws.variables(volume_ws.f)
+    moments = torch.zeros_like(x)
+    rates, active = torch.full((1,), 0.01), torch.ones(1, dtype=torch.bool)
+    plan = kernel.FusedSteps.plan(volume_ws, x, moments, moments, rates, active, 0.8, 0.9, 1e-8)
+    assert plan is None
 
 
 def test_turned_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,9 @@
  * and torch._fused_adam_, in float32 or float64: the body, _kernel_body.h, is compiled once
  * for each type. Only the order of a few additions differs.
  *
+ * Second-order TGV of images (tvdenoise.tgv.TGVWorkspace) takes the same pass over an image
+ * and its vector field, whose rows need the same neighbours (see the body's TGV section).
+ *
  * Images are (C, H, W) planes. A chunk is a range of rows [r0, r1) of one image; the
  * threads take chunks from a shared counter. Chunks of one image may run in parallel: the
  * flux of the row above a chunk, and of a chunk's last row, depend on rows of the
@@ -43,7 +46,13 @@
 #define TVD_EXPORT __attribute__((visibility("default")))
 #endif
 
-enum { TVD_ISOTROPIC_JOINT = 0, TVD_ISOTROPIC_SEPARATE = 1, TVD_ANISOTROPIC = 2 };
+enum {
+    TVD_ISOTROPIC_JOINT = 0,
+    TVD_ISOTROPIC_SEPARATE = 1,
+    TVD_ANISOTROPIC = 2,
+    TVD_TGV_JOINT = 3,   /* second-order TGV of images, one magnitude for all channels */
+    TVD_TGV_SEPARATE = 4 /* and one per channel */
+};
 enum { TVD_GAUSSIAN = 0, TVD_IMPULSE = 1, TVD_POISSON = 2 };
 
 /* The next chunk for the calling thread: threads take chunks from a shared counter, so
@@ -82,3 +91,7 @@ TVD_EXPORT size_t tvd_flux_size(int C, int W) { return flux_size(C, W); }
 TVD_EXPORT size_t tvd_work_size3(int C, int H, int W) {
     return (size_t)C * H * W + 3 * (size_t)C * W + (size_t)C * (W + 1) + W;
 }
+/* The same for TGV: two rows of five fields (tgv_row_fields) and a row of scratch; and a
+   boundary's five fields. */
+TVD_EXPORT size_t tvd_tgv_work_size(int C, int W) { return 10 * (size_t)C * (W + 1) + W; }
+TVD_EXPORT size_t tvd_tgv_flux_size(int C, int W) { return 5 * (size_t)C * (W + 1); }

@@ -19,6 +19,8 @@ typedef struct {
     real corr2;                        /* sqrt(1 - beta2^k) */
     real adam_eps;
     real floor; /* Poisson: the least value of the solver variable x = sqrt(u) */
+    real ratio;      /* TGV: alpha0 / alpha1 */
+    real field_step; /* TGV: tvdenoise.tgv.FIELD_STEP */
 } RS(tvd_params);
 
 /* One range of rows of one image. */
@@ -271,6 +273,209 @@ static void RS(copy_n)(real *R dst, const real *R src, size_t n) {
     for (size_t k = 0; k < n; k++) dst[k] = src[k];
 }
 
+/* ---------------------------------------------------------------------------------------
+ * Second-order TGV of images (tvdenoise.tgv.TGVWorkspace). An image's solver variable is
+ * (u, w_y / s, w_x / s), 3 C planes, with s = field_step / max(2 half_weight, 1e-6). The
+ * fields of row i, made from rows i and i + 1 of the three before the step, are the flux
+ * of grad u - w and of the symmetrised gradient E w; the gradient of row i reads the fields
+ * of rows i and i - 1, as the TV gradient reads the flux, so the chunks, their boundaries
+ * and the threads are those of TV. The arithmetic is TGVWorkspace.gradient's, in its order.
+ * ------------------------------------------------------------------------------------- */
+
+/* The step of the field: s = field_step / max(2 half_weight, 1e-6). */
+static real RS(tgv_scale)(real hw, const RS(tvd_params) *p) {
+    const real w2 = 2.f * hw, least = (real)1e-6;
+    return p->field_step / (w2 > least ? w2 : least);
+}
+
+/* The five fields of row i, each C (W + 1) values with each channel's led by a zero: py,
+   px (the flux of grad u - w) and qyy, qxy, qxx (of E w), from the image's variable x; s
+   is W values of scratch. */
+TVD_CLONES
+static void RS(tgv_row_fields)(const real *R x, int C, int H, int W, int i, real hw,
+                               const RS(tvd_params) *p, real *R P, real *R s) {
+    const size_t plane = (size_t)H * W, fw = (size_t)C * (W + 1);
+    const real ih = p->ih, iw = p->iw, eps = p->eps, sc = RS(tgv_scale)(hw, p), half = 0.5f * sc;
+    real *R py = P, *R px = P + fw, *R yy = P + 2 * fw, *R xy = P + 3 * fw, *R xx = P + 4 * fw;
+    for (int c = 0; c < C; c++) {
+        const real *R u = x + c * plane + (size_t)i * W;
+        const real *R wy = u + (size_t)C * plane, *R wx = wy + (size_t)C * plane;
+        const size_t o = (size_t)c * (W + 1) + 1;
+        real *R a = py + o, *R b = px + o, *R e = yy + o, *R g = xy + o, *R h = xx + o;
+        a[-1] = b[-1] = e[-1] = g[-1] = h[-1] = 0.f;
+        if (i < H - 1) {
+            for (int j = 0; j < W; j++) {
+                a[j] = (u[j + W] - u[j]) * ih - wy[j] * sc;
+                e[j] = ((wy[j + W] - wy[j]) * ih) * sc;
+                g[j] = (wx[j + W] - wx[j]) * ih;
+            }
+        } else { /* no difference along H from the last row */
+            for (int j = 0; j < W; j++) {
+                a[j] = 0.f - wy[j] * sc;
+                e[j] = 0.f;
+                g[j] = 0.f;
+            }
+        }
+        for (int j = 0; j < W - 1; j++) {
+            b[j] = (u[j + 1] - u[j]) * iw - wx[j] * sc;
+            g[j] = (g[j] + (wy[j + 1] - wy[j]) * iw) * half;
+            h[j] = ((wx[j + 1] - wx[j]) * iw) * sc;
+        }
+        b[W - 1] = 0.f - wx[W - 1] * sc;
+        g[W - 1] = (g[W - 1] + 0.f) * half;
+        h[W - 1] = 0.f;
+    }
+    /* Each magnitude over its group of channels (all for joint colour), summed field by
+       field and channel by channel; the fields divided by max(eps, magnitude) and times
+       half the weight (and the ratio, for E w). */
+    const int groups = p->tv == TVD_TGV_JOINT ? 1 : C, per = C / groups;
+    const real ratio = p->ratio;
+    for (int gr = 0; gr < groups; gr++) {
+        const size_t o = (size_t)gr * per * (W + 1) + 1;
+        for (int j = 0; j < W; j++) s[j] = 0.f;
+        for (int f = 0; f < 2; f++) {
+            for (int c = 0; c < per; c++) {
+                const real *R d = P + f * fw + o + (size_t)c * (W + 1);
+                for (int j = 0; j < W; j++) s[j] += d[j] * d[j];
+            }
+        }
+        for (int j = 0; j < W; j++) {
+            const real t = sqrt(s[j]);
+            s[j] = 1.f / (t < eps ? eps : t) * hw;
+        }
+        for (int f = 0; f < 2; f++) {
+            for (int c = 0; c < per; c++) {
+                real *R d = P + f * fw + o + (size_t)c * (W + 1);
+                for (int j = 0; j < W; j++) d[j] = d[j] * s[j];
+            }
+        }
+        for (int j = 0; j < W; j++) s[j] = 0.f;
+        for (int f = 2; f < 5; f++) {
+            const real m = f == 3 ? 2.f : 1.f; /* the off-diagonal counts twice */
+            for (int c = 0; c < per; c++) {
+                const real *R d = P + f * fw + o + (size_t)c * (W + 1);
+                for (int j = 0; j < W; j++) s[j] += (m * d[j]) * d[j];
+            }
+        }
+        for (int j = 0; j < W; j++) {
+            const real t = sqrt(s[j]);
+            s[j] = 1.f / (t < eps ? eps : t) * hw * ratio;
+        }
+        for (int f = 2; f < 5; f++) {
+            for (int c = 0; c < per; c++) {
+                real *R d = P + f * fw + o + (size_t)c * (W + 1);
+                for (int j = 0; j < W; j++) d[j] = d[j] * s[j];
+            }
+        }
+    }
+}
+
+/* Adam's update of x[j] with the gradient g, as update_loop() makes it. */
+static inline __attribute__((always_inline)) void
+RS(adam_at)(real *R x, real *R m, real *R v, int j, real g, real step, const RS(tvd_params) *p) {
+    const real mm = m[j] * p->beta1 + g * p->beta1c;
+    const real vv = v[j] * p->beta2 + g * g * p->beta2c;
+    m[j] = mm;
+    v[j] = vv;
+    x[j] = x[j] - step * mm / (sqrt(vv) / p->corr2 + p->adam_eps);
+}
+
+/* The gradient at column j of one channel of a row and Adam's update of its three values
+   (u, w_y / s, w_x / s at x, x + C planes, x + 2 C planes). F and A are the fields of this
+   row and of the row above, at the channel (after the leading zero), fw apart; `inner`
+   (not the last row), `right` (not the last column) and `masked` are constants in each
+   caller. In the order of TGVWorkspace.gradient's operations. */
+static inline __attribute__((always_inline)) void
+RS(tgv_point)(real *R x, real *R m, real *R v, size_t cp, const real *R f, const real *R obs,
+              const real *R F, const real *R A, size_t fw, int j, real sc, real step,
+              const RS(tvd_params) *p, const int inner, const int right, const int masked) {
+    const real ih = p->ih, iw = p->iw;
+    const real *R py = F, *R px = F + fw, *R yy = F + 2 * fw, *R xy = F + 3 * fw, *R xx = F + 4 * fw;
+    const real *R ay = A, *R ayy = A + 2 * fw, *R axy = A + 3 * fw;
+    real r = x[j] - f[j];
+    if (masked) r *= obs[j]; /* no fidelity where a value is missing */
+    real gu = inner ? r - ih * py[j] : r;
+    gu = gu + ih * ay[j];
+    gu = right ? gu - iw * px[j] : gu;
+    gu = gu + iw * px[j - 1];
+    real gy = (0.f - py[j]) - ih * yy[j];
+    gy = gy + ih * ayy[j];
+    gy = right ? gy - iw * xy[j] : gy;
+    gy = (gy + iw * xy[j - 1]) * sc;
+    real gx = 0.f - px[j];
+    gx = inner ? gx - ih * xy[j] : gx;
+    gx = gx + ih * axy[j];
+    gx = (gx - iw * xx[j] + iw * xx[j - 1]) * sc;
+    RS(adam_at)(x, m, v, j, gu, step, p);
+    RS(adam_at)(x + cp, m + cp, v + cp, j, gy, step, p);
+    RS(adam_at)(x + 2 * cp, m + 2 * cp, v + 2 * cp, j, gx, step, p);
+}
+
+static inline __attribute__((always_inline)) void
+RS(tgv_row_loop)(real *R x, real *R m, real *R v, size_t cp, const real *R f,
+                 const real *R obs, const real *R F, const real *R A, size_t fw, int W, real sc,
+                 real step, const RS(tvd_params) *p, const int inner, const int masked) {
+    const RS(tvd_params) q = *p; /* a local copy: no store in the loop can change it */
+    for (int j = 0; j < W - 1; j++)
+        RS(tgv_point)(x, m, v, cp, f, obs, F, A, fw, j, sc, step, &q, inner, 1, masked);
+    RS(tgv_point)(x, m, v, cp, f, obs, F, A, fw, W - 1, sc, step, &q, inner, 0, masked);
+}
+
+/* tgv_row_loop() with its constants. */
+TVD_CLONES
+static void RS(tgv_update_row)(real *R x, real *R m, real *R v, size_t cp, const real *R f,
+                               const real *R obs, const real *R F, const real *R A, size_t fw,
+                               int W, real sc, real step, const RS(tvd_params) *p, int inner) {
+    if (inner) {
+        if (obs == NULL) RS(tgv_row_loop)(x, m, v, cp, f, obs, F, A, fw, W, sc, step, p, 1, 0);
+        else RS(tgv_row_loop)(x, m, v, cp, f, obs, F, A, fw, W, sc, step, p, 1, 1);
+    } else {
+        if (obs == NULL) RS(tgv_row_loop)(x, m, v, cp, f, obs, F, A, fw, W, sc, step, p, 0, 0);
+        else RS(tgv_row_loop)(x, m, v, cp, f, obs, F, A, fw, W, sc, step, p, 0, 1);
+    }
+}
+
+/* One Adam step on a chunk's rows of a TGV image, as tvd_step() makes one for TV. */
+static void RS(tgv_chunk_step)(const RS(tvd_chunk) *c, const RS(tvd_params) *p) {
+    const int C = c->C, H = c->H, W = c->W;
+    const size_t plane = (size_t)H * W, cp = (size_t)C * plane, fw = (size_t)C * (W + 1);
+    const size_t size = 5 * fw;
+    real *a = c->work, *b = a + size, *s = b + size; /* this row's and the row above's fields */
+    const real step = (real)(c->rate * p->decay / p->correction1);
+    const real sc = RS(tgv_scale)(c->half_weight, p);
+    if (c->above != NULL) {
+        RS(copy_n)(b, c->above, size);
+    } else {
+        for (size_t q = 0; q < size; q++) b[q] = 0.f;
+    }
+    for (int i = c->r0; i < c->r1; i++) {
+        const real *F = a;
+        if (i == c->r1 - 1 && c->last != NULL) {
+            F = c->last;
+        } else {
+            RS(tgv_row_fields)(c->u, C, H, W, i, c->half_weight, p, a, s);
+        }
+        for (int ch = 0; ch < C; ch++) {
+            const size_t off = ch * plane + (size_t)i * W, fo = (size_t)ch * (W + 1) + 1;
+            const real *obs = c->observed == NULL ? NULL : c->observed + off;
+            if (p->first) {
+                for (int k = 0; k < 3; k++) {
+                    for (int j = 0; j < W; j++) c->m[off + k * cp + j] = c->v[off + k * cp + j] = 0.f;
+                }
+            }
+            RS(tgv_update_row)(c->u + off, c->m + off, c->v + off, cp, c->f + off, obs, F + fo,
+                               b + fo, fw, W, sc, step, p, i < H - 1);
+        }
+        if (F == a) {
+            real *t = a;
+            a = b;
+            b = t;
+        } else {
+            RS(copy_n)(b, F, size);
+        }
+    }
+}
+
 /* Flux of the row above each chunk that has one, into its `above` buffer (before any chunk
    of the step runs). */
 TVD_EXPORT void RS(tvd_boundaries)(int n, const RS(tvd_chunk) *chunks, const RS(tvd_params) *p) {
@@ -278,6 +483,11 @@ TVD_EXPORT void RS(tvd_boundaries)(int n, const RS(tvd_chunk) *chunks, const RS(
         const RS(tvd_chunk) *c = &chunks[k];
         if (c->r0 == 0) continue;
         real *out = (real *)c->above;
+        if (p->tv == TVD_TGV_JOINT || p->tv == TVD_TGV_SEPARATE) {
+            RS(tgv_row_fields)(c->u, c->C, c->H, c->W, c->r0 - 1, c->half_weight, p, out,
+                               c->work);
+            continue;
+        }
         RS(row_flux)(c->u, c->C, c->H, c->W, c->S, c->r0 - 1, c->half_weight, p, out,
                  out + (size_t)c->C * c->W, c->work);
     }
@@ -289,6 +499,10 @@ TVD_EXPORT void RS(tvd_boundaries)(int n, const RS(tvd_chunk) *chunks, const RS(
 TVD_EXPORT void RS(tvd_step)(int n, const RS(tvd_chunk) *chunks, const RS(tvd_params) *p, int *next) {
     for (int k = take(next); k < n; k = take(next)) {
         const RS(tvd_chunk) *c = &chunks[k];
+        if (p->tv == TVD_TGV_JOINT || p->tv == TVD_TGV_SEPARATE) {
+            RS(tgv_chunk_step)(c, p);
+            continue;
+        }
         const int C = c->C, H = c->H, W = c->W;
         const size_t plane = (size_t)H * W, cw = (size_t)C * W;
         real *a = c->work, *b = a + cw;            /* this row's and the row above's pv */

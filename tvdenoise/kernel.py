@@ -18,7 +18,10 @@ It applies to 2-D and 3-D total variation (any colour coupling and kind, with or
 spacing, with missing values or without) of float32 and float64 images and volumes on the
 CPU, for the
 data terms that declare a kernel form (:meth:`~tvdenoise.fidelity.DataTerm.kernel_form`:
-Gaussian, impulse and Poisson noise). Everything else,
+Gaussian, impulse and Poisson noise), and to second-order TGV of images
+(:class:`~tvdenoise.tgv.TGVWorkspace`: the image and its field, whose rows depend on the
+same neighbours as TV's, so the same chunks and threads serve; its energies stay
+PyTorch's). Everything else,
 and every machine where the kernel was not built (it is an optional part of the install),
 takes PyTorch's operations; the tests check that both give the same iterates. Setting the
 environment variable ``TVDENOISE_KERNEL=0`` turns the kernel off.
@@ -44,6 +47,7 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from .solver import _Workspace
+    from .tgv import TGVWorkspace
 
 __all__ = ["FusedSteps", "available", "colour_transform", "energy", "release_threads"]
 
@@ -62,6 +66,8 @@ SIDE_BY_SIDE_COLUMNS = 512
 
 _TV_CODES = {("isotropic", True): 0, ("isotropic", False): 1}
 _ANISOTROPIC = 2
+#: Second-order TGV of images, joint and separate colour.
+_TGV_CODES = {"joint": 3, "separate": 4}
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,8 @@ def _types(real: type[ctypes.c_float] | type[ctypes.c_double], suffix: str) -> _
             ("corr2", real),
             ("adam_eps", real),
             ("floor", real),
+            ("ratio", real),
+            ("field_step", real),
         ]
 
     # An image's solver variable, Adam's moments, data and observed mask.
@@ -206,7 +214,12 @@ def _library() -> ctypes.CDLL | None:
             counter = ctypes.POINTER(ctypes.c_int)
             for types in _TYPES.values():
                 _declare(lib, types, counter)
-            for name in ("tvd_work_size", "tvd_flux_size"):
+            for name in (
+                "tvd_work_size",
+                "tvd_flux_size",
+                "tvd_tgv_work_size",
+                "tvd_tgv_flux_size",
+            ):
                 fn = getattr(lib, name)
                 fn.argtypes = [ctypes.c_int, ctypes.c_int]
                 fn.restype = ctypes.c_size_t
@@ -403,7 +416,7 @@ class FusedSteps:
     def __init__(
         self,
         lib: ctypes.CDLL,
-        ws: _Workspace,
+        ws: _Workspace | TGVWorkspace,
         u: Tensor,
         m: Tensor | None,
         v: Tensor | None,
@@ -418,7 +431,11 @@ class FusedSteps:
         self._volume = u.dim() == 5
         types = _TYPES[u.dtype]
         self._suffix = types.suffix
-        b, c, *spatial = u.shape
+        # TGV's variable holds the image's C channels and a field: C is the image's.
+        b, _, *spatial = u.shape
+        c = ws.f.shape[1]
+        self._tgv = params.tv in _TGV_CODES.values()
+        self._ws = ws
         half_weights = ws.half_weight.reshape(-1).tolist()
         images = [i for i in range(b) if active[i]]
         values = len(images) * math.prod(u.shape[1:])
@@ -459,7 +476,7 @@ class FusedSteps:
             # first needed, as the weight search's solves need none.
             self._apart_layout = (types, pointers, settings, (c, h, w), [w] * b, ranges)
             # For the steps, narrow images side by side (the energies read each image).
-            self._side = _SideBySide.of(arrays, images, settings, w)
+            self._side = None if self._tgv else _SideBySide.of(arrays, images, settings, w)
             side = self._side
             if side is not None:
                 self._side_chunks, self._side_boundaries = self._image_chunks(
@@ -507,7 +524,9 @@ class FusedSteps:
         W)``); and the chunks that start inside an image, with their count."""
         c, h, w = shape
         widest = max(widths[image] for image, _, _ in ranges)
-        works = self._buffers(self._lib.tvd_work_size(c, widest), len(ranges))
+        kind = "tgv_" if self._tgv else ""
+        work_size = getattr(self._lib, f"tvd_{kind}work_size")(c, widest)
+        works = self._buffers(work_size, len(ranges))
         chunks = []
         for (image, r, count), work in zip(ranges, works, strict=True):
             chunk = types.chunk(*pointers[image], c, h, widths[image], w, r, r + count)
@@ -517,7 +536,7 @@ class FusedSteps:
         # A chunk that starts inside an image shares the flux of the row above it with
         # the chunk that ends there, its predecessor.
         boundaries: list[ctypes.Structure] = []
-        flux_size = self._lib.tvd_flux_size(c, widest)
+        flux_size = getattr(self._lib, f"tvd_{kind}flux_size")(c, widest)
         for before, chunk in itertools.pairwise(chunks):
             if chunk.r0 > 0:
                 chunk.above = before.last = self._buffers(flux_size)[0]
@@ -539,7 +558,7 @@ class FusedSteps:
     @classmethod
     def plan(
         cls,
-        ws: _Workspace,
+        ws: _Workspace | TGVWorkspace,
         u: Tensor,
         m: Tensor | None,
         v: Tensor | None,
@@ -550,12 +569,17 @@ class FusedSteps:
         adam_eps: float,
     ) -> FusedSteps | None:
         """The kernel's steps for this solve, or ``None`` where the kernel does not apply.
-        Without Adam's moments ``m`` and ``v`` the plan gives energies only."""
+        Without Adam's moments ``m`` and ``v`` the plan gives energies only (of total
+        variation: TGV's energies stay PyTorch's)."""
+        from .tgv import FIELD_STEP, TotalGeneralisedVariation
+
         lib = _library()
         form = ws.term.kernel_form()
         reg = ws.reg
+        tgv = isinstance(reg, TotalGeneralisedVariation)
         if (
             lib is None
+            or (tgv and (u.dim() != 4 or m is None))
             or form is None
             or u.device.type != "cpu"
             or u.dtype not in _TYPES
@@ -566,13 +590,20 @@ class FusedSteps:
             or math.prod(u.shape[1:]) >= 1 << 31
         ):
             return None
-        tv = _ANISOTROPIC if reg.kind == "anisotropic" else _TV_CODES[(reg.kind, reg.joint)]
+        if isinstance(reg, TotalGeneralisedVariation):
+            tv = _TGV_CODES[reg.color]
+        elif reg.kind == "anisotropic":
+            tv = _ANISOTROPIC
+        else:
+            tv = _TV_CODES[(reg.kind, reg.joint)]
         ih, iw = (1.0 if s is None else s for s in ws.inverse_spacing[-2:])
         params = _TYPES[u.dtype].params(tv, form[0], form[1], reg.eps, ih, iw)
         params.beta1, params.beta1c = beta1, 1 - beta1
         params.beta2, params.beta2c = beta2, 1 - beta2
         params.adam_eps = adam_eps
         params.floor = 0.0 if ws.term.floor is None else ws.term.floor
+        if isinstance(reg, TotalGeneralisedVariation):
+            params.ratio, params.field_step = reg.ratio, FIELD_STEP
         return cls(lib, ws, u, m, v, params, (beta1, beta2), rates.tolist(), active.tolist())
 
     def _run(self, name: str, *args: object) -> None:
@@ -597,6 +628,13 @@ class FusedSteps:
     def energy(self, previous: Tensor) -> Tensor:
         """The energy per image, as :meth:`~tvdenoise.solver._Workspace.energy` gives it;
         images outside this plan (stopped) keep their ``previous`` value."""
+        if self._tgv:  # TGV's energies are PyTorch's
+            computed = self._ws.energy(self._keep[0]).to(previous.dtype)
+            if len(self._images) == len(previous):
+                return computed
+            energy = previous.clone()
+            energy[self._image_index] = computed[self._image_index]
+            return energy
         self._run("tvd_energy", ctypes.byref(self._params), self._sums.data_ptr())
         sums = self._sums.tolist()
         tv = [0.0] * len(previous)

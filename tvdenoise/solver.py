@@ -509,7 +509,9 @@ def _kernel(
     ws: Workspace, u: Tensor, m: Tensor, v: Tensor, base_lr: Tensor, active: Tensor, beta2: float
 ) -> FusedSteps | None:
     """The compiled CPU iteration for this solve, where it applies (:mod:`tvdenoise.kernel`)."""
-    if not isinstance(ws, _Workspace):
+    from .tgv import TGVWorkspace
+
+    if not isinstance(ws, _Workspace | TGVWorkspace):
         return None
     return FusedSteps.plan(ws, u, m, v, base_lr, active, _BETA1, beta2, _ADAM_EPS)
 
