@@ -308,11 +308,11 @@ def test_tgv_steps_match_pytorch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """TGV's steps (the image and its field, three times the channels) by the kernel, on
-    images cut between threads, against TGVWorkspace.gradient and PyTorch's Adam; and the
-    steps in one call against one call per step."""
+    images cut between threads, against TGVWorkspace.gradient and PyTorch's Adam; the
+    steps in one call against one call per step; and the energies."""
     _every_row_a_part(monkeypatch, threads)
     f, weights = _data(shape, dtype)
-    ours, _, _ = _steps(f, weights, options, 4, fused=True)
+    ours, ws, x = _steps(f, weights, options, 4, fused=True)
     theirs, _, _ = _steps(f, weights, options, 4, fused=False)
     together, _, _ = _steps(f, weights, options, 4, fused=True, together=True)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-12
@@ -320,6 +320,11 @@ def test_tgv_steps_match_pytorch(
         assert a.shape[1] == 3 * shape[1]
         torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
         assert torch.equal(a, c)
+    active = torch.ones(shape[0], dtype=torch.bool)
+    plan = kernel.FusedSteps.plan(ws, x, None, None, weights, active, 0.8, 0.9, 1e-8)
+    assert plan is not None
+    energy = plan.energy(torch.zeros(shape[0], dtype=dtype))
+    torch.testing.assert_close(energy, ws.energy(x), rtol=tolerance, atol=0)
 
 
 @needs_kernel

@@ -288,14 +288,14 @@ static real RS(tgv_scale)(real hw, const RS(tvd_params) *p) {
     return p->field_step / (w2 > least ? w2 : least);
 }
 
-/* The five fields of row i, each C (W + 1) values with each channel's led by a zero: py,
-   px (the flux of grad u - w) and qyy, qxy, qxx (of E w), from the image's variable x; s
-   is W values of scratch. */
+/* The differences of row i of an image's variable x, in five fields of C (W + 1) values,
+   each channel's led by a zero: grad u - w along H and W, and E w (yy, xy, xx), with w = s
+   times the stored field. */
 TVD_CLONES
-static void RS(tgv_row_fields)(const real *R x, int C, int H, int W, int i, real hw,
-                               const RS(tvd_params) *p, real *R P, real *R s) {
+static void RS(tgv_row_differences)(const real *R x, int C, int H, int W, int i, real sc,
+                                    const RS(tvd_params) *p, real *R P) {
     const size_t plane = (size_t)H * W, fw = (size_t)C * (W + 1);
-    const real ih = p->ih, iw = p->iw, eps = p->eps, sc = RS(tgv_scale)(hw, p), half = 0.5f * sc;
+    const real ih = p->ih, iw = p->iw, half = 0.5f * sc;
     real *R py = P, *R px = P + fw, *R yy = P + 2 * fw, *R xy = P + 3 * fw, *R xx = P + 4 * fw;
     for (int c = 0; c < C; c++) {
         const real *R u = x + c * plane + (size_t)i * W;
@@ -325,6 +325,33 @@ static void RS(tgv_row_fields)(const real *R x, int C, int H, int W, int i, real
         g[W - 1] = (g[W - 1] + 0.f) * half;
         h[W - 1] = 0.f;
     }
+}
+
+/* The squared magnitudes of a group of `per` channels of fields [f0, f1) of P (laid out
+   as tgv_row_differences() lays them, `o` the group's first value), into s: field by
+   field, channel by channel, the off-diagonal of E w (field 3) counted twice. */
+static inline __attribute__((always_inline)) void
+RS(tgv_squares)(const real *R P, size_t fw, size_t o, int per, int W, int f0, int f1,
+                real *R s) {
+    for (int j = 0; j < W; j++) s[j] = 0.f;
+    for (int f = f0; f < f1; f++) {
+        const real m = f == 3 ? 2.f : 1.f;
+        for (int c = 0; c < per; c++) {
+            const real *R d = P + f * fw + o + (size_t)c * (W + 1);
+            for (int j = 0; j < W; j++) s[j] += (m * d[j]) * d[j];
+        }
+    }
+}
+
+/* The five fields of row i (tgv_row_differences()), divided by their magnitude and times
+   half the weight (and the ratio, for E w): py, px, qyy, qxy, qxx; s is W values of
+   scratch. */
+TVD_CLONES
+static void RS(tgv_row_fields)(const real *R x, int C, int H, int W, int i, real hw,
+                               const RS(tvd_params) *p, real *R P, real *R s) {
+    const size_t fw = (size_t)C * (W + 1);
+    const real eps = p->eps;
+    RS(tgv_row_differences)(x, C, H, W, i, RS(tgv_scale)(hw, p), p, P);
     /* Each magnitude over its group of channels (all for joint colour), summed field by
        field and channel by channel; the fields divided by max(eps, magnitude) and times
        half the weight (and the ratio, for E w). */
@@ -332,13 +359,7 @@ static void RS(tgv_row_fields)(const real *R x, int C, int H, int W, int i, real
     const real ratio = p->ratio;
     for (int gr = 0; gr < groups; gr++) {
         const size_t o = (size_t)gr * per * (W + 1) + 1;
-        for (int j = 0; j < W; j++) s[j] = 0.f;
-        for (int f = 0; f < 2; f++) {
-            for (int c = 0; c < per; c++) {
-                const real *R d = P + f * fw + o + (size_t)c * (W + 1);
-                for (int j = 0; j < W; j++) s[j] += d[j] * d[j];
-            }
-        }
+        RS(tgv_squares)(P, fw, o, per, W, 0, 2, s);
         for (int j = 0; j < W; j++) {
             const real t = sqrt(s[j]);
             s[j] = 1.f / (t < eps ? eps : t) * hw;
@@ -349,14 +370,7 @@ static void RS(tgv_row_fields)(const real *R x, int C, int H, int W, int i, real
                 for (int j = 0; j < W; j++) d[j] = d[j] * s[j];
             }
         }
-        for (int j = 0; j < W; j++) s[j] = 0.f;
-        for (int f = 2; f < 5; f++) {
-            const real m = f == 3 ? 2.f : 1.f; /* the off-diagonal counts twice */
-            for (int c = 0; c < per; c++) {
-                const real *R d = P + f * fw + o + (size_t)c * (W + 1);
-                for (int j = 0; j < W; j++) s[j] += (m * d[j]) * d[j];
-            }
-        }
+        RS(tgv_squares)(P, fw, o, per, W, 2, 5, s);
         for (int j = 0; j < W; j++) {
             const real t = sqrt(s[j]);
             s[j] = 1.f / (t < eps ? eps : t) * hw * ratio;
@@ -655,6 +669,40 @@ static double RS(tv_row)(real *R dz, real *R dy, real *R dx, int C, int W,
     return tv;
 }
 
+/* The summed Huber TGV (first order plus the ratio times second order) and the summed
+   fidelity of a chunk's rows of a TGV image, into tv and fidelity, as TGVWorkspace.energy
+   computes them (summed in another order). */
+static void RS(tgv_chunk_energy)(const RS(tvd_chunk) *c, const RS(tvd_params) *p, double *tv,
+                                 double *fidelity) {
+    const int C = c->C, H = c->H, W = c->W;
+    const size_t plane = (size_t)H * W, fw = (size_t)C * (W + 1);
+    real *P = c->work, *s = P + 5 * fw;
+    const real sc = RS(tgv_scale)(c->half_weight, p), eps = p->eps;
+    const int groups = p->tv == TVD_TGV_JOINT ? 1 : C, per = C / groups;
+    double first = 0.0, second = 0.0, data = 0.0;
+    for (int i = c->r0; i < c->r1; i++) {
+        RS(tgv_row_differences)(c->u, C, H, W, i, sc, p, P);
+        for (int gr = 0; gr < groups; gr++) {
+            const size_t o = (size_t)gr * per * (W + 1) + 1;
+            RS(tgv_squares)(P, fw, o, per, W, 0, 2, s);
+            for (int j = 0; j < W; j++) s[j] = sqrt(s[j]);
+            RS(huber_row)(s, W, eps);
+            first += RS(lane_sum)(s, W);
+            RS(tgv_squares)(P, fw, o, per, W, 2, 5, s);
+            for (int j = 0; j < W; j++) s[j] = sqrt(s[j]);
+            RS(huber_row)(s, W, eps);
+            second += RS(lane_sum)(s, W);
+        }
+        for (int ch = 0; ch < C; ch++) {
+            const size_t off = ch * plane + (size_t)i * W;
+            const real *obs = c->observed == NULL ? NULL : c->observed + off;
+            data += RS(fidelity_row)(c->u + off, c->f + off, obs, P, W, p);
+        }
+    }
+    *tv = first + (double)p->ratio * second;
+    *fidelity = data;
+}
+
 /* The summed Huber total variation and the summed fidelity of each chunk's rows, into
    out[2k] and out[2k + 1], from the current values (the step's boundary buffers are not
    used; the chunk's work buffer holds a row's differences). */
@@ -662,6 +710,10 @@ TVD_EXPORT void RS(tvd_energy)(int n, const RS(tvd_chunk) *chunks, const RS(tvd_
                                double *out, int *next) {
     for (int k = take(next); k < n; k = take(next)) {
         const RS(tvd_chunk) *c = &chunks[k];
+        if (p->tv == TVD_TGV_JOINT || p->tv == TVD_TGV_SEPARATE) {
+            RS(tgv_chunk_energy)(c, p, out + 2 * k, out + 2 * k + 1);
+            continue;
+        }
         const int C = c->C, H = c->H, W = c->W;
         const size_t plane = (size_t)H * W, cw = (size_t)C * W;
         real *dv = c->work, *ph = dv + cw, *s = ph + (size_t)C * (W + 1);

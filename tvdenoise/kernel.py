@@ -20,8 +20,7 @@ CPU, for the
 data terms that declare a kernel form (:meth:`~tvdenoise.fidelity.DataTerm.kernel_form`:
 Gaussian, impulse and Poisson noise), and to second-order TGV of images
 (:class:`~tvdenoise.tgv.TGVWorkspace`: the image and its field, whose rows depend on the
-same neighbours as TV's, so the same chunks and threads serve; its energies stay
-PyTorch's). Everything else,
+same neighbours as TV's, so the same chunks and threads serve). Everything else,
 and every machine where the kernel was not built (it is an optional part of the install),
 takes PyTorch's operations; the tests check that both give the same iterates. Setting the
 environment variable ``TVDENOISE_KERNEL=0`` turns the kernel off.
@@ -435,7 +434,6 @@ class FusedSteps:
         b, _, *spatial = u.shape
         c = ws.f.shape[1]
         self._tgv = params.tv in _TGV_CODES.values()
-        self._ws = ws
         half_weights = ws.half_weight.reshape(-1).tolist()
         images = [i for i in range(b) if active[i]]
         values = len(images) * math.prod(u.shape[1:])
@@ -487,7 +485,7 @@ class FusedSteps:
                     [side.k * w] * side.groups,
                     _ranges(side.groups, h, self._threads, False),
                 )
-        self._values = math.prod(u.shape[1:])
+        self._values = math.prod(ws.f.shape[1:])
         self._count = len(ranges)
         self._sums = torch.zeros(2 * len(ranges), dtype=torch.float64)
         self._owners = owners
@@ -569,8 +567,7 @@ class FusedSteps:
         adam_eps: float,
     ) -> FusedSteps | None:
         """The kernel's steps for this solve, or ``None`` where the kernel does not apply.
-        Without Adam's moments ``m`` and ``v`` the plan gives energies only (of total
-        variation: TGV's energies stay PyTorch's)."""
+        Without Adam's moments ``m`` and ``v`` the plan gives energies only."""
         from .tgv import FIELD_STEP, TotalGeneralisedVariation
 
         lib = _library()
@@ -579,7 +576,7 @@ class FusedSteps:
         tgv = isinstance(reg, TotalGeneralisedVariation)
         if (
             lib is None
-            or (tgv and (u.dim() != 4 or m is None))
+            or (tgv and u.dim() != 4)
             or form is None
             or u.device.type != "cpu"
             or u.dtype not in _TYPES
@@ -628,13 +625,6 @@ class FusedSteps:
     def energy(self, previous: Tensor) -> Tensor:
         """The energy per image, as :meth:`~tvdenoise.solver._Workspace.energy` gives it;
         images outside this plan (stopped) keep their ``previous`` value."""
-        if self._tgv:  # TGV's energies are PyTorch's
-            computed = self._ws.energy(self._keep[0]).to(previous.dtype)
-            if len(self._images) == len(previous):
-                return computed
-            energy = previous.clone()
-            energy[self._image_index] = computed[self._image_index]
-            return energy
         self._run("tvd_energy", ctypes.byref(self._params), self._sums.data_ptr())
         sums = self._sums.tolist()
         tv = [0.0] * len(previous)
