@@ -10,8 +10,9 @@
  * and torch._fused_adam_, in float32 or float64: the body, _kernel_body.h, is compiled once
  * for each type. Only the order of a few additions differs.
  *
- * Second-order TGV of images (tvdenoise.tgv.TGVWorkspace) takes the same pass over an image
- * and its vector field, whose rows need the same neighbours (see the body's TGV section).
+ * Second-order TGV (tvdenoise.tgv.TGVWorkspace) takes the same pass over an image or a
+ * volume and its vector field, whose rows need the same neighbours (see the body's TGV
+ * sections).
  *
  * Images are (C, H, W) planes. A chunk is a range of rows [r0, r1) of one image; the
  * threads take chunks from a shared counter. Chunks of one image may run in parallel: the
@@ -95,3 +96,8 @@ TVD_EXPORT size_t tvd_work_size3(int C, int H, int W) {
    boundary's five fields. */
 TVD_EXPORT size_t tvd_tgv_work_size(int C, int W) { return 10 * (size_t)C * (W + 1) + W; }
 TVD_EXPORT size_t tvd_tgv_flux_size(int C, int W) { return 5 * (size_t)C * (W + 1); }
+/* For a TGV volume: the kept fields of a plane (4 C H W), two rows of nine fields, a row
+   of scratch and four rows of gradients. */
+TVD_EXPORT size_t tvd_tgv_work_size3(int C, int H, int W) {
+    return 4 * (size_t)C * H * W + 18 * (size_t)C * (W + 1) + 5 * (size_t)W;
+}

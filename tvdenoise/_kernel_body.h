@@ -329,13 +329,14 @@ static void RS(tgv_row_differences)(const real *R x, int C, int H, int W, int i,
 
 /* The squared magnitudes of a group of `per` channels of fields [f0, f1) of P (laid out
    as tgv_row_differences() lays them, `o` the group's first value), into s: field by
-   field, channel by channel, the off-diagonal of E w (field 3) counted twice. */
+   field, channel by channel, the fields in the bit mask `twice` (the off-diagonal
+   components of E w) counted twice. */
 static inline __attribute__((always_inline)) void
 RS(tgv_squares)(const real *R P, size_t fw, size_t o, int per, int W, int f0, int f1,
-                real *R s) {
+                unsigned twice, real *R s) {
     for (int j = 0; j < W; j++) s[j] = 0.f;
     for (int f = f0; f < f1; f++) {
-        const real m = f == 3 ? 2.f : 1.f;
+        const real m = (twice >> f) & 1u ? 2.f : 1.f;
         for (int c = 0; c < per; c++) {
             const real *R d = P + f * fw + o + (size_t)c * (W + 1);
             for (int j = 0; j < W; j++) s[j] += (m * d[j]) * d[j];
@@ -343,45 +344,53 @@ RS(tgv_squares)(const real *R P, size_t fw, size_t o, int per, int W, int f0, in
     }
 }
 
-/* The five fields of row i (tgv_row_differences()), divided by their magnitude and times
-   half the weight (and the ratio, for E w): py, px, qyy, qxy, qxx; s is W values of
-   scratch. */
+/* The off-diagonal components of E w among the fields: xy of an image's five, zy, zx and
+   yx of a volume's nine (tgv_row_differences3()). */
+#define TVD_TWICE2 (1u << 3)
+#define TVD_TWICE3 ((1u << 4) | (1u << 5) | (1u << 7))
+
+/* Fields [0, nf) (grad u - w) and [nf, nf + ns) (E w) of a row, each C (W + 1) values
+   after its leading zero, in place: divided by the Huber-smoothed magnitude of their group
+   of channels (all channels for joint colour) and times half the weight, and the ratio
+   for E w; s is W values of scratch. */
 TVD_CLONES
-static void RS(tgv_row_fields)(const real *R x, int C, int H, int W, int i, real hw,
-                               const RS(tvd_params) *p, real *R P, real *R s) {
+static void RS(tgv_normalise)(real *R P, int C, int W, int nf, int ns, unsigned twice, real hw,
+                              const RS(tvd_params) *p, real *R s) {
     const size_t fw = (size_t)C * (W + 1);
-    const real eps = p->eps;
-    RS(tgv_row_differences)(x, C, H, W, i, RS(tgv_scale)(hw, p), p, P);
-    /* Each magnitude over its group of channels (all for joint colour), summed field by
-       field and channel by channel; the fields divided by max(eps, magnitude) and times
-       half the weight (and the ratio, for E w). */
+    const real eps = p->eps, ratio = p->ratio;
     const int groups = p->tv == TVD_TGV_JOINT ? 1 : C, per = C / groups;
-    const real ratio = p->ratio;
     for (int gr = 0; gr < groups; gr++) {
         const size_t o = (size_t)gr * per * (W + 1) + 1;
-        RS(tgv_squares)(P, fw, o, per, W, 0, 2, s);
-        for (int j = 0; j < W; j++) {
-            const real t = sqrt(s[j]);
-            s[j] = 1.f / (t < eps ? eps : t) * hw;
-        }
-        for (int f = 0; f < 2; f++) {
-            for (int c = 0; c < per; c++) {
-                real *R d = P + f * fw + o + (size_t)c * (W + 1);
-                for (int j = 0; j < W; j++) d[j] = d[j] * s[j];
+        for (int order = 0; order < 2; order++) {
+            const int f0 = order == 0 ? 0 : nf, f1 = order == 0 ? nf : nf + ns;
+            RS(tgv_squares)(P, fw, o, per, W, f0, f1, twice, s);
+            if (order == 0) {
+                for (int j = 0; j < W; j++) {
+                    const real t = sqrt(s[j]);
+                    s[j] = 1.f / (t < eps ? eps : t) * hw;
+                }
+            } else {
+                for (int j = 0; j < W; j++) {
+                    const real t = sqrt(s[j]);
+                    s[j] = 1.f / (t < eps ? eps : t) * hw * ratio;
+                }
             }
-        }
-        RS(tgv_squares)(P, fw, o, per, W, 2, 5, s);
-        for (int j = 0; j < W; j++) {
-            const real t = sqrt(s[j]);
-            s[j] = 1.f / (t < eps ? eps : t) * hw * ratio;
-        }
-        for (int f = 2; f < 5; f++) {
-            for (int c = 0; c < per; c++) {
-                real *R d = P + f * fw + o + (size_t)c * (W + 1);
-                for (int j = 0; j < W; j++) d[j] = d[j] * s[j];
+            for (int f = f0; f < f1; f++) {
+                for (int c = 0; c < per; c++) {
+                    real *R d = P + f * fw + o + (size_t)c * (W + 1);
+                    for (int j = 0; j < W; j++) d[j] = d[j] * s[j];
+                }
             }
         }
     }
+}
+
+/* The five fields of row i (tgv_row_differences()), normalised (tgv_normalise()): py, px,
+   qyy, qxy, qxx; s is W values of scratch. */
+static void RS(tgv_row_fields)(const real *R x, int C, int H, int W, int i, real hw,
+                               const RS(tvd_params) *p, real *R P, real *R s) {
+    RS(tgv_row_differences)(x, C, H, W, i, RS(tgv_scale)(hw, p), p, P);
+    RS(tgv_normalise)(P, C, W, 2, 3, TVD_TWICE2, hw, p, s);
 }
 
 /* Adam's update of x[j] with the gradient g, as update_loop() makes it. */
@@ -430,6 +439,8 @@ RS(tgv_row_loop)(real *R x, real *R m, real *R v, size_t cp, const real *R f,
                  const real *R obs, const real *R F, const real *R A, size_t fw, int W, real sc,
                  real step, const RS(tvd_params) *p, const int inner, const int masked) {
     const RS(tvd_params) q = *p; /* a local copy: no store in the loop can change it */
+    /* The arrays do not overlap: no dependence between iterations. */
+#pragma GCC ivdep
     for (int j = 0; j < W - 1; j++)
         RS(tgv_point)(x, m, v, cp, f, obs, F, A, fw, j, sc, step, &q, inner, 1, masked);
     RS(tgv_point)(x, m, v, cp, f, obs, F, A, fw, W - 1, sc, step, &q, inner, 0, masked);
@@ -684,11 +695,11 @@ static void RS(tgv_chunk_energy)(const RS(tvd_chunk) *c, const RS(tvd_params) *p
         RS(tgv_row_differences)(c->u, C, H, W, i, sc, p, P);
         for (int gr = 0; gr < groups; gr++) {
             const size_t o = (size_t)gr * per * (W + 1) + 1;
-            RS(tgv_squares)(P, fw, o, per, W, 0, 2, s);
+            RS(tgv_squares)(P, fw, o, per, W, 0, 2, TVD_TWICE2, s);
             for (int j = 0; j < W; j++) s[j] = sqrt(s[j]);
             RS(huber_row)(s, W, eps);
             first += RS(lane_sum)(s, W);
-            RS(tgv_squares)(P, fw, o, per, W, 2, 5, s);
+            RS(tgv_squares)(P, fw, o, per, W, 2, 5, TVD_TWICE2, s);
             for (int j = 0; j < W; j++) s[j] = sqrt(s[j]);
             RS(huber_row)(s, W, eps);
             second += RS(lane_sum)(s, W);
@@ -765,12 +776,281 @@ static void RS(row_flux3)(const real *R cur, size_t cs, const real *R nxt, size_
     RS(flux)(pz, py, px, C, W, hw, iz, p, s);
 }
 
-/* Copies of the planes next to each chunk boundary, before any chunk of the step runs. */
-TVD_EXPORT void RS(tvd_boundaries3)(int n, const RS(tvd_chunk3) *chunks) {
+/* ---------------------------------------------------------------------------------------
+ * Second-order TGV of volumes: the variable of a volume is (u, w_z / s, w_y / s, w_x / s),
+ * 4 C channels of (D, H, W). The fields of a row are nine, each C (W + 1) values led by a
+ * zero: grad u - w along D, H and W (pz, py, px), then E w (qzz, qzy, qzx, qyy, qyx, qxx).
+ * The gradient of row y of plane z reads the fields of that row, of row y - 1 (those whose
+ * adjoint runs along H) and of row y of plane z - 1 (along D: pz, qzz, qzy, qzx, kept for
+ * a plane), so a chunk of planes takes them row by row as for TV, with copies of the
+ * planes next to it (tvd_boundaries3) in all 4 C channels.
+ * ------------------------------------------------------------------------------------- */
+
+/* The nine differences of row y of a plane of a volume's variable (channels `cs` apart),
+   from it and the same row of the next plane (`ns` apart; NULL: the last plane). */
+TVD_CLONES
+static void RS(tgv_row_differences3)(const real *R cur, size_t cs, const real *R nxt, size_t ns,
+                                     int C, int H, int W, int y, real sc, real iz,
+                                     const RS(tvd_params) *p, real *R P) {
+    const size_t fw = (size_t)C * (W + 1);
+    const real ih = p->ih, iw = p->iw, half = 0.5f * sc;
+    for (int c = 0; c < C; c++) {
+        const size_t row = (size_t)y * W, o = (size_t)c * (W + 1) + 1;
+        const real *R u = cur + c * cs + row, *R wz = u + C * cs, *R wy = wz + C * cs;
+        const real *R wx = wy + C * cs;
+        real *R pz = P + o, *R py = pz + fw, *R px = py + fw, *R zz = px + fw, *R zy = zz + fw;
+        real *R zx = zy + fw, *R yy = zx + fw, *R yx = yy + fw, *R xx = yx + fw;
+        pz[-1] = py[-1] = px[-1] = zz[-1] = zy[-1] = zx[-1] = yy[-1] = yx[-1] = xx[-1] = 0.f;
+        if (nxt != NULL) {
+            const real *R un = nxt + c * ns + row, *R wzn = un + C * ns, *R wyn = wzn + C * ns;
+            const real *R wxn = wyn + C * ns;
+            for (int j = 0; j < W; j++) {
+                pz[j] = (un[j] - u[j]) * iz - wz[j] * sc;
+                zz[j] = ((wzn[j] - wz[j]) * iz) * sc;
+                zy[j] = (wyn[j] - wy[j]) * iz;
+                zx[j] = (wxn[j] - wx[j]) * iz;
+            }
+        } else { /* no difference along D from the last plane */
+            for (int j = 0; j < W; j++) {
+                pz[j] = 0.f - wz[j] * sc;
+                zz[j] = zy[j] = zx[j] = 0.f;
+            }
+        }
+        if (y < H - 1) {
+            for (int j = 0; j < W; j++) {
+                py[j] = (u[j + W] - u[j]) * ih - wy[j] * sc;
+                zy[j] = (zy[j] + (wz[j + W] - wz[j]) * ih) * half;
+                yy[j] = ((wy[j + W] - wy[j]) * ih) * sc;
+                yx[j] = (wx[j + W] - wx[j]) * ih;
+            }
+        } else {
+            for (int j = 0; j < W; j++) {
+                py[j] = 0.f - wy[j] * sc;
+                zy[j] = (zy[j] + 0.f) * half;
+                yy[j] = yx[j] = 0.f;
+            }
+        }
+        for (int j = 0; j < W - 1; j++) {
+            px[j] = (u[j + 1] - u[j]) * iw - wx[j] * sc;
+            zx[j] = (zx[j] + (wz[j + 1] - wz[j]) * iw) * half;
+            yx[j] = (yx[j] + (wy[j + 1] - wy[j]) * iw) * half;
+            xx[j] = ((wx[j + 1] - wx[j]) * iw) * sc;
+        }
+        px[W - 1] = 0.f - wx[W - 1] * sc;
+        zx[W - 1] = (zx[W - 1] + 0.f) * half;
+        yx[W - 1] = (yx[W - 1] + 0.f) * half;
+        xx[W - 1] = 0.f;
+    }
+}
+
+/* The fields of a volume's row whose adjoint runs along D, in a plane buffer's row: pz,
+   qzz, qzy, qzx (fields 0, 3, 4, 5), C W values each. */
+static void RS(tgv_keep_z)(real *R Z, const real *R P, int C, int W) {
+    const size_t fw = (size_t)C * (W + 1);
+    const int fields[4] = {0, 3, 4, 5};
+    for (int k = 0; k < 4; k++) {
+        for (int c = 0; c < C; c++)
+            RS(copy_n)(Z + ((size_t)k * C + c) * W, P + fields[k] * fw + (size_t)c * (W + 1) + 1, W);
+    }
+}
+
+/* The gradient at column j of one channel of a volume's row, into G (four rows of W
+   values: of u, then of each stored field component). F, A: the fields of this row and the
+   row above at the channel, fw apart; Z: the kept fields of the plane before at the
+   channel, zw apart. `inz`, `iny`, `right`: not the last plane, row, column. */
+static inline __attribute__((always_inline)) void
+RS(tgv_point3)(const real *R x, const real *R f, const real *R obs, const real *R F,
+               const real *R A, size_t fw, const real *R Z, size_t zw, int j, int W, real sc,
+               real iz, const RS(tvd_params) *p, const int inz, const int iny, const int right,
+               const int masked, real *R G) {
+    const real ih = p->ih, iw = p->iw;
+    const real *R pz = F, *R py = F + fw, *R px = F + 2 * fw, *R zz = F + 3 * fw;
+    const real *R zy = F + 4 * fw, *R zx = F + 5 * fw, *R yy = F + 6 * fw, *R yx = F + 7 * fw;
+    const real *R xx = F + 8 * fw;
+    real r = x[j] - f[j];
+    if (masked) r *= obs[j]; /* no fidelity where a value is missing */
+    real gu = inz ? r - iz * pz[j] : r;
+    gu = gu + iz * Z[j];
+    gu = iny ? gu - ih * py[j] : gu;
+    gu = gu + ih * A[fw + j];
+    gu = right ? gu - iw * px[j] : gu;
+    gu = gu + iw * px[j - 1];
+    real gz = (0.f - pz[j]) - iz * zz[j];
+    gz = gz + iz * Z[zw + j];
+    gz = iny ? gz - ih * zy[j] : gz;
+    gz = gz + ih * A[4 * fw + j];
+    gz = right ? gz - iw * zx[j] : gz;
+    gz = (gz + iw * zx[j - 1]) * sc;
+    real gy = 0.f - py[j];
+    gy = inz ? gy - iz * zy[j] : gy;
+    gy = gy + iz * Z[2 * zw + j];
+    gy = gy - ih * yy[j] + ih * A[6 * fw + j];
+    gy = right ? gy - iw * yx[j] : gy;
+    gy = (gy + iw * yx[j - 1]) * sc;
+    real gx = 0.f - px[j];
+    gx = inz ? gx - iz * zx[j] : gx;
+    gx = gx + iz * Z[3 * zw + j];
+    gx = iny ? gx - ih * yx[j] : gx;
+    gx = gx + ih * A[7 * fw + j];
+    gx = (gx - iw * xx[j] + iw * xx[j - 1]) * sc;
+    G[j] = gu;
+    G[(size_t)W + j] = gz;
+    G[2 * (size_t)W + j] = gy;
+    G[3 * (size_t)W + j] = gx;
+}
+
+static inline __attribute__((always_inline)) void
+RS(tgv_row_loop3)(const real *R x, const real *R f, const real *R obs, const real *R F,
+                  const real *R A, size_t fw, const real *R Z, size_t zw, int W, real sc, real iz,
+                  const RS(tvd_params) *p, const int inz, const int iny, const int masked,
+                  real *R G) {
+    /* The arrays do not overlap: no dependence between iterations (so that GCC vectorises
+       without testing the addresses at run time). */
+#pragma GCC ivdep
+    for (int j = 0; j < W - 1; j++)
+        RS(tgv_point3)(x, f, obs, F, A, fw, Z, zw, j, W, sc, iz, p, inz, iny, 1, masked, G);
+    RS(tgv_point3)(x, f, obs, F, A, fw, Z, zw, W - 1, W, sc, iz, p, inz, iny, 0, masked, G);
+}
+
+/* Adam's update of the W values of x with their gradients g. */
+TVD_CLONES
+static void RS(adam_row)(real *R x, real *R m, real *R v, const real *R g, int W, real step,
+                         const RS(tvd_params) *p) {
+    const RS(tvd_params) q = *p; /* a local copy: no store in the loop can change it */
+    for (int j = 0; j < W; j++) RS(adam_at)(x, m, v, j, g[j], step, &q);
+}
+
+#define TVD_ROW3(inz, iny, masked)                                                           \
+    RS(tgv_row_loop3)(x, f, obs, F, A, fw, Z, zw, W, sc, iz, &q, inz, iny, masked, G)
+
+/* The gradients of one channel of a volume's row (tgv_row_loop3() with its constants) and
+   Adam's update of its four values (x, then each field C planes, `cp` values, further); G
+   is 4 W values of scratch. */
+TVD_CLONES
+static void RS(tgv_update_row3)(real *R x, real *R m, real *R v, size_t cp, const real *R f,
+                                const real *R obs, const real *R F, const real *R A, size_t fw,
+                                const real *R Z, size_t zw, int W, real sc, real step, real iz,
+                                const RS(tvd_params) *p, int inz, int iny, real *R G) {
+    const RS(tvd_params) q = *p;
+    if (obs == NULL) {
+        if (inz && iny) TVD_ROW3(1, 1, 0);
+        else if (inz) TVD_ROW3(1, 0, 0);
+        else if (iny) TVD_ROW3(0, 1, 0);
+        else TVD_ROW3(0, 0, 0);
+    } else {
+        if (inz && iny) TVD_ROW3(1, 1, 1);
+        else if (inz) TVD_ROW3(1, 0, 1);
+        else if (iny) TVD_ROW3(0, 1, 1);
+        else TVD_ROW3(0, 0, 1);
+    }
+    for (int k = 0; k < 4; k++)
+        RS(adam_row)(x + k * cp, m + k * cp, v + k * cp, G + (size_t)k * W, W, step, p);
+}
+#undef TVD_ROW3
+
+/* One Adam step on a chunk's planes of a TGV volume, as tvd_step3() makes one for TV. */
+static void RS(tgv_chunk_step3)(const RS(tvd_chunk3) *c, const RS(tvd_params) *p) {
+    const int C = c->C, D = c->D, H = c->H, W = c->W;
+    const size_t plane = (size_t)H * W, volume = (size_t)D * plane, cp = (size_t)C * volume;
+    const size_t fw = (size_t)C * (W + 1), zw = (size_t)C * W, zrow = 4 * zw;
+    real *Z = c->work;                   /* the kept fields of the plane before, row by row */
+    real *F = Z + (size_t)H * zrow, *A = F + 9 * fw, *s = A + 9 * fw, *G = s + W;
+    const real step = (real)(c->rate * p->decay / p->correction1);
+    const real hw = c->half_weight, sc = RS(tgv_scale)(hw, p);
+    /* The plane before the chunk, from its copy and this chunk's first plane (not updated
+       yet). */
+    for (int y = 0; y < H; y++) {
+        real *row = Z + (size_t)y * zrow;
+        if (c->before == NULL) {
+            for (size_t q = 0; q < zrow; q++) row[q] = 0.f;
+            continue;
+        }
+        RS(tgv_row_differences3)(c->before, plane, c->u + (size_t)c->z0 * plane, volume, C, H, W,
+                                 y, sc, c->iz, p, F);
+        RS(tgv_normalise)(F, C, W, 3, 6, TVD_TWICE3, hw, p, s);
+        RS(tgv_keep_z)(row, F, C, W);
+    }
+    for (int z = c->z0; z < c->z1; z++) {
+        const real *cur = c->u + (size_t)z * plane, *nxt = NULL;
+        size_t ns = volume;
+        if (z + 1 == c->z1 && c->after != NULL) {
+            nxt = c->after;
+            ns = plane;
+        } else if (z + 1 < D) {
+            nxt = c->u + (size_t)(z + 1) * plane;
+        }
+        for (size_t q = 0; q < 9 * fw; q++) A[q] = 0.f;
+        for (int y = 0; y < H; y++) {
+            real *row = Z + (size_t)y * zrow;
+            RS(tgv_row_differences3)(cur, volume, nxt, ns, C, H, W, y, sc, c->iz, p, F);
+            RS(tgv_normalise)(F, C, W, 3, 6, TVD_TWICE3, hw, p, s);
+            for (int ch = 0; ch < C; ch++) {
+                const size_t off = ch * volume + (size_t)z * plane + (size_t)y * W;
+                const size_t fo = (size_t)ch * (W + 1) + 1;
+                const real *obs = c->observed == NULL ? NULL : c->observed + off;
+                if (p->first) {
+                    for (int k = 0; k < 4; k++) {
+                        for (int j = 0; j < W; j++)
+                            c->m[off + k * cp + j] = c->v[off + k * cp + j] = 0.f;
+                    }
+                }
+                RS(tgv_update_row3)(c->u + off, c->m + off, c->v + off, cp, c->f + off, obs,
+                                    F + fo, A + fo, fw, row + (size_t)ch * W, zw, W, sc, step,
+                                    c->iz, p, z < D - 1, y < H - 1, G);
+            }
+            RS(tgv_keep_z)(row, F, C, W);
+            real *t = F;
+            F = A;
+            A = t;
+        }
+    }
+}
+
+/* The summed Huber TGV and fidelity of a chunk's planes of a TGV volume, as
+   tgv_chunk_energy(). */
+static void RS(tgv_chunk_energy3)(const RS(tvd_chunk3) *c, const RS(tvd_params) *p, double *tv,
+                                  double *fidelity) {
+    const int C = c->C, D = c->D, H = c->H, W = c->W;
+    const size_t plane = (size_t)H * W, volume = (size_t)D * plane, fw = (size_t)C * (W + 1);
+    real *P = c->work, *s = P + 9 * fw;
+    const real sc = RS(tgv_scale)(c->half_weight, p), eps = p->eps;
+    const int groups = p->tv == TVD_TGV_JOINT ? 1 : C, per = C / groups;
+    double first = 0.0, second = 0.0, data = 0.0;
+    for (int z = c->z0; z < c->z1; z++) {
+        const real *cur = c->u + (size_t)z * plane;
+        const real *nxt = z + 1 < D ? cur + plane : NULL;
+        for (int y = 0; y < H; y++) {
+            RS(tgv_row_differences3)(cur, volume, nxt, volume, C, H, W, y, sc, c->iz, p, P);
+            for (int gr = 0; gr < groups; gr++) {
+                const size_t o = (size_t)gr * per * (W + 1) + 1;
+                RS(tgv_squares)(P, fw, o, per, W, 0, 3, TVD_TWICE3, s);
+                for (int j = 0; j < W; j++) s[j] = sqrt(s[j]);
+                RS(huber_row)(s, W, eps);
+                first += RS(lane_sum)(s, W);
+                RS(tgv_squares)(P, fw, o, per, W, 3, 9, TVD_TWICE3, s);
+                for (int j = 0; j < W; j++) s[j] = sqrt(s[j]);
+                RS(huber_row)(s, W, eps);
+                second += RS(lane_sum)(s, W);
+            }
+            for (int ch = 0; ch < C; ch++) {
+                const size_t off = ch * volume + (size_t)z * plane + (size_t)y * W;
+                const real *obs = c->observed == NULL ? NULL : c->observed + off;
+                data += RS(fidelity_row)(c->u + off, c->f + off, obs, P, W, p);
+            }
+        }
+    }
+    *tv = first + (double)p->ratio * second;
+    *fidelity = data;
+}
+
+/* Copies of the planes next to each chunk boundary, before any chunk of the step runs (of
+   all 4 C channels of a TGV volume's variable). */
+TVD_EXPORT void RS(tvd_boundaries3)(int n, const RS(tvd_chunk3) *chunks, const RS(tvd_params) *p) {
+    const int tgv = p->tv == TVD_TGV_JOINT || p->tv == TVD_TGV_SEPARATE;
     for (int k = 0; k < n; k++) {
         const RS(tvd_chunk3) *c = &chunks[k];
         const size_t plane = (size_t)c->H * c->W, volume = (size_t)c->D * plane;
-        for (int ch = 0; ch < c->C; ch++) {
+        for (int ch = 0; ch < (tgv ? 4 : 1) * c->C; ch++) {
             if (c->before != NULL)
                 RS(copy_n)(c->before + ch * plane, c->u + ch * volume + (size_t)(c->z0 - 1) * plane,
                      plane);
@@ -784,6 +1064,10 @@ TVD_EXPORT void RS(tvd_boundaries3)(int n, const RS(tvd_chunk3) *chunks) {
 TVD_EXPORT void RS(tvd_step3)(int n, const RS(tvd_chunk3) *chunks, const RS(tvd_params) *p, int *next) {
     for (int k = take(next); k < n; k = take(next)) {
         const RS(tvd_chunk3) *c = &chunks[k];
+        if (p->tv == TVD_TGV_JOINT || p->tv == TVD_TGV_SEPARATE) {
+            RS(tgv_chunk_step3)(c, p);
+            continue;
+        }
         const int C = c->C, D = c->D, H = c->H, W = c->W;
         const size_t plane = (size_t)H * W, volume = (size_t)D * plane, cw = (size_t)C * W;
         real *prev = c->work;                /* pz of the plane before, (C, H, W) */
@@ -843,6 +1127,10 @@ TVD_EXPORT void RS(tvd_energy3)(int n, const RS(tvd_chunk3) *chunks, const RS(tv
                                 double *out, int *next) {
     for (int k = take(next); k < n; k = take(next)) {
         const RS(tvd_chunk3) *c = &chunks[k];
+        if (p->tv == TVD_TGV_JOINT || p->tv == TVD_TGV_SEPARATE) {
+            RS(tgv_chunk_energy3)(c, p, out + 2 * k, out + 2 * k + 1);
+            continue;
+        }
         const int C = c->C, D = c->D, H = c->H, W = c->W;
         const size_t plane = (size_t)H * W, volume = (size_t)D * plane, cw = (size_t)C * W;
         real *dz = c->work + (size_t)C * plane, *dy = dz + cw, *dx = dy + cw;

@@ -18,7 +18,7 @@ It applies to 2-D and 3-D total variation (any colour coupling and kind, with or
 spacing, with missing values or without) of float32 and float64 images and volumes on the
 CPU, for the
 data terms that declare a kernel form (:meth:`~tvdenoise.fidelity.DataTerm.kernel_form`:
-Gaussian, impulse and Poisson noise), and to second-order TGV of images
+Gaussian, impulse and Poisson noise), and to second-order TGV of images and volumes
 (:class:`~tvdenoise.tgv.TGVWorkspace`: the image and its field, whose rows depend on the
 same neighbours as TV's, so the same chunks and threads serve). Everything else,
 and every machine where the kernel was not built (it is an optional part of the install),
@@ -159,7 +159,7 @@ def _declare(lib: ctypes.CDLL, types: _Types, counter: type[ctypes._Pointer[ctyp
         "tvd_boundaries": [ctypes.c_int, chunks, params],
         "tvd_step": [ctypes.c_int, chunks, params, counter],
         "tvd_energy": [ctypes.c_int, chunks, params, ctypes.c_void_p, counter],
-        "tvd_boundaries3": [ctypes.c_int, chunks3],
+        "tvd_boundaries3": [ctypes.c_int, chunks3, params],
         "tvd_step3": [ctypes.c_int, chunks3, params, counter],
         "tvd_energy3": [ctypes.c_int, chunks3, params, ctypes.c_void_p, counter],
         "tvd_step_parallel": [*region, params],
@@ -222,8 +222,10 @@ def _library() -> ctypes.CDLL | None:
                 fn = getattr(lib, name)
                 fn.argtypes = [ctypes.c_int, ctypes.c_int]
                 fn.restype = ctypes.c_size_t
-            lib.tvd_work_size3.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-            lib.tvd_work_size3.restype = ctypes.c_size_t
+            for name in ("tvd_work_size3", "tvd_tgv_work_size3"):
+                fn = getattr(lib, name)
+                fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+                fn.restype = ctypes.c_size_t
             return lib
     return None
 
@@ -452,7 +454,7 @@ class FusedSteps:
         if self._volume:
             d, h, w = spatial
             iz = 1.0 if ws.inverse_spacing[0] is None else ws.inverse_spacing[0]
-            work_size = lib.tvd_work_size3(c, h, w)
+            work_size = (lib.tvd_tgv_work_size3 if self._tgv else lib.tvd_work_size3)(c, h, w)
             chunks3 = []
             works = self._buffers(work_size, len(ranges))
             for (image, z0, count), work in zip(ranges, works, strict=True):
@@ -464,7 +466,8 @@ class FusedSteps:
             # part before it, a copy of its first plane.
             for previous, part in itertools.pairwise(chunks3):
                 if part.z0 > 0:
-                    part.before, previous.after = self._buffers(c * h * w, 2)
+                    planes = 4 * c if self._tgv else c  # a TGV volume's field too
+                    part.before, previous.after = self._buffers(planes * h * w, 2)
             self._chunks: ctypes.Array[ctypes.Structure] = (types.chunk3 * len(chunks3))(*chunks3)
             self._side: _SideBySide | None = None
         else:
@@ -573,10 +576,8 @@ class FusedSteps:
         lib = _library()
         form = ws.term.kernel_form()
         reg = ws.reg
-        tgv = isinstance(reg, TotalGeneralisedVariation)
         if (
             lib is None
-            or (tgv and u.dim() != 4)
             or form is None
             or u.device.type != "cpu"
             or u.dtype not in _TYPES
@@ -697,7 +698,7 @@ class FusedSteps:
         p.first = k == 1
         params = ctypes.byref(p)
         if self._volume:
-            getattr(self._lib, f"tvd_boundaries3_{self._suffix}")(self._count, self._parts)
+            getattr(self._lib, f"tvd_boundaries3_{self._suffix}")(self._count, self._parts, params)
         else:
             count, chunks = self._apart[1]
             if count:
