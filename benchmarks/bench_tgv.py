@@ -6,8 +6,9 @@ Run from the repository root::
     python benchmarks/bench_tgv.py --size 128 --repeat 1 --no-record   # a smoke run
 
 Inputs, made here with a fixed seed: a 512x512 crop of scikit-image's ``astronaut`` (RGB)
-and of its ``cell`` micrograph (grey, enlarged), with Gaussian noise of sigma = 25 grey
-levels. For each, in-process and interleaved round by round (``median_times``):
+and of its ``cell`` micrograph (grey, enlarged), and a grey volume of 48x160x160 voxels
+(a lit box on a shaded background: ramps and edges), with Gaussian noise of sigma = 25
+grey levels. For each, in-process and interleaved round by round (``median_times``):
 
 - ``restore(reg="tgv")`` at a fixed weight through the compiled kernel, and through
   PyTorch's operations (the kernel switched off for the call, as ``TVDENOISE_KERNEL=0``
@@ -55,8 +56,22 @@ def pytorch_operations() -> Iterator[None]:
         solver._kernel = kernel  # type: ignore[assignment]
 
 
+def volume(depth: int, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """A noisy grey volume ``(1, D, H, W)``: a shaded background, a brighter box whose
+    shading runs the other way, Gaussian noise of ``SIGMA`` grey levels."""
+    z, y, x = np.meshgrid(
+        *(np.linspace(0.0, 1.0, n, dtype=np.float32) for n in (depth, size, size)), indexing="ij"
+    )
+    clean = 0.2 + 0.3 * x + 0.1 * z
+    inside = (abs(z - 0.5) < 0.3) & (abs(y - 0.5) < 0.3) & (abs(x - 0.5) < 0.25)
+    clean = np.where(inside, 0.9 - 0.3 * y, clean)
+    noise = rng.standard_normal(clean.shape, dtype=np.float32) * np.float32(SIGMA / 255)
+    return torch.from_numpy(np.clip(clean + noise, 0.0, 1.0)[None].astype(np.float32))
+
+
 def inputs(size: int) -> list[tuple[str, torch.Tensor]]:
-    """The noisy crops, ``(C, H, W)`` float32 on [0, 1]."""
+    """The noisy crops, ``(C, H, W)``, and the volume, ``(1, D, H, W)``, float32 on
+    [0, 1]."""
     from skimage import data
 
     rng = np.random.default_rng(20261129)
@@ -65,15 +80,18 @@ def inputs(size: int) -> list[tuple[str, torch.Tensor]]:
         "astronaut": common.fit_crop(data.astronaut(), size, size, rng),
         "cell": common.fit_crop(cell, size, size, rng)[..., :1],
     }
-    return [
+    images = [
         (name, common.hwc_to_tensor(common.to_unit(common.add_noise(clean, SIGMA, rng))))
         for name, clean in crops.items()
     ]
+    return [*images, ("volume", volume(max(8, size // 10), size * 5 // 16, rng))]
 
 
 def bench(name: str, x: torch.Tensor, repeat: int) -> list[object]:
+    dims = x.dim() - 1
+
     def tgv(weight: float | str) -> Callable[[], torch.Tensor]:
-        return lambda: tvdenoise.restore(x, weight, reg="tgv").restored
+        return lambda: tvdenoise.restore(x, weight, reg="tgv", spatial_dims=dims).restored
 
     def without_kernel(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
@@ -83,7 +101,7 @@ def bench(name: str, x: torch.Tensor, repeat: int) -> list[object]:
         return run
 
     fns = [
-        lambda: tvdenoise.restore(x, WEIGHT).restored,
+        lambda: tvdenoise.restore(x, WEIGHT, spatial_dims=dims).restored,
         tgv(WEIGHT),
         without_kernel(tgv(WEIGHT)),
         tgv("auto"),
