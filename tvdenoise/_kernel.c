@@ -96,8 +96,8 @@ TVD_EXPORT size_t tvd_work_size3(int C, int H, int W) {
    boundary's five fields. */
 TVD_EXPORT size_t tvd_tgv_work_size(int C, int W) { return 10 * (size_t)C * (W + 1) + W; }
 TVD_EXPORT size_t tvd_tgv_flux_size(int C, int W) { return 5 * (size_t)C * (W + 1); }
-/* For a TGV volume: the kept fields of a plane (4 C H W), two rows of nine fields, a row
-   of scratch and four rows of gradients. */
+/* For a TGV volume: the kept fields of a plane (4 C H W), two rows of nine fields and a
+   row of scratch. */
 TVD_EXPORT size_t tvd_tgv_work_size3(int C, int H, int W) {
-    return 4 * (size_t)C * H * W + 18 * (size_t)C * (W + 1) + 5 * (size_t)W;
+    return 4 * (size_t)C * H * W + 18 * (size_t)C * (W + 1) + W;
 }

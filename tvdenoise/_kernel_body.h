@@ -854,15 +854,15 @@ static void RS(tgv_keep_z)(real *R Z, const real *R P, int C, int W) {
     }
 }
 
-/* The gradient at column j of one channel of a volume's row, into G (four rows of W
-   values: of u, then of each stored field component). F, A: the fields of this row and the
-   row above at the channel, fw apart; Z: the kept fields of the plane before at the
-   channel, zw apart. `inz`, `iny`, `right`: not the last plane, row, column. */
+/* The gradient at column j of one channel of a volume's row and Adam's update of its four
+   values (x, then each field C planes, `cp` values, further). F, A: the fields of this row
+   and the row above at the channel, fw apart; Z: the kept fields of the plane before at
+   the channel, zw apart. `inz`, `iny`, `right`: not the last plane, row, column. */
 static inline __attribute__((always_inline)) void
-RS(tgv_point3)(const real *R x, const real *R f, const real *R obs, const real *R F,
-               const real *R A, size_t fw, const real *R Z, size_t zw, int j, int W, real sc,
-               real iz, const RS(tvd_params) *p, const int inz, const int iny, const int right,
-               const int masked, real *R G) {
+RS(tgv_point3)(real *R x, real *R m, real *R v, size_t cp, const real *R f, const real *R obs,
+               const real *R F, const real *R A, size_t fw, const real *R Z, size_t zw, int j,
+               real sc, real step, real iz, const RS(tvd_params) *p, const int inz,
+               const int iny, const int right, const int masked) {
     const real ih = p->ih, iw = p->iw;
     const real *R pz = F, *R py = F + fw, *R px = F + 2 * fw, *R zz = F + 3 * fw;
     const real *R zy = F + 4 * fw, *R zx = F + 5 * fw, *R yy = F + 6 * fw, *R yx = F + 7 * fw;
@@ -893,45 +893,37 @@ RS(tgv_point3)(const real *R x, const real *R f, const real *R obs, const real *
     gx = iny ? gx - ih * yx[j] : gx;
     gx = gx + ih * A[7 * fw + j];
     gx = (gx - iw * xx[j] + iw * xx[j - 1]) * sc;
-    G[j] = gu;
-    G[(size_t)W + j] = gz;
-    G[2 * (size_t)W + j] = gy;
-    G[3 * (size_t)W + j] = gx;
+    RS(adam_at)(x, m, v, j, gu, step, p);
+    RS(adam_at)(x + cp, m + cp, v + cp, j, gz, step, p);
+    RS(adam_at)(x + 2 * cp, m + 2 * cp, v + 2 * cp, j, gy, step, p);
+    RS(adam_at)(x + 3 * cp, m + 3 * cp, v + 3 * cp, j, gx, step, p);
 }
 
 static inline __attribute__((always_inline)) void
-RS(tgv_row_loop3)(const real *R x, const real *R f, const real *R obs, const real *R F,
-                  const real *R A, size_t fw, const real *R Z, size_t zw, int W, real sc, real iz,
-                  const RS(tvd_params) *p, const int inz, const int iny, const int masked,
-                  real *R G) {
+RS(tgv_row_loop3)(real *R x, real *R m, real *R v, size_t cp, const real *R f,
+                  const real *R obs, const real *R F, const real *R A, size_t fw, const real *R Z,
+                  size_t zw, int W, real sc, real step, real iz, const RS(tvd_params) *p,
+                  const int inz, const int iny, const int masked) {
     /* The arrays do not overlap: no dependence between iterations (so that GCC vectorises
        without testing the addresses at run time). */
 #pragma GCC ivdep
     for (int j = 0; j < W - 1; j++)
-        RS(tgv_point3)(x, f, obs, F, A, fw, Z, zw, j, W, sc, iz, p, inz, iny, 1, masked, G);
-    RS(tgv_point3)(x, f, obs, F, A, fw, Z, zw, W - 1, W, sc, iz, p, inz, iny, 0, masked, G);
-}
-
-/* Adam's update of the W values of x with their gradients g. */
-TVD_CLONES
-static void RS(adam_row)(real *R x, real *R m, real *R v, const real *R g, int W, real step,
-                         const RS(tvd_params) *p) {
-    const RS(tvd_params) q = *p; /* a local copy: no store in the loop can change it */
-    for (int j = 0; j < W; j++) RS(adam_at)(x, m, v, j, g[j], step, &q);
+        RS(tgv_point3)(x, m, v, cp, f, obs, F, A, fw, Z, zw, j, sc, step, iz, p, inz, iny, 1,
+                       masked);
+    RS(tgv_point3)(x, m, v, cp, f, obs, F, A, fw, Z, zw, W - 1, sc, step, iz, p, inz, iny, 0,
+                   masked);
 }
 
 #define TVD_ROW3(inz, iny, masked)                                                           \
-    RS(tgv_row_loop3)(x, f, obs, F, A, fw, Z, zw, W, sc, iz, &q, inz, iny, masked, G)
+    RS(tgv_row_loop3)(x, m, v, cp, f, obs, F, A, fw, Z, zw, W, sc, step, iz, &q, inz, iny, masked)
 
-/* The gradients of one channel of a volume's row (tgv_row_loop3() with its constants) and
-   Adam's update of its four values (x, then each field C planes, `cp` values, further); G
-   is 4 W values of scratch. */
+/* tgv_row_loop3() with its constants. */
 TVD_CLONES
 static void RS(tgv_update_row3)(real *R x, real *R m, real *R v, size_t cp, const real *R f,
                                 const real *R obs, const real *R F, const real *R A, size_t fw,
                                 const real *R Z, size_t zw, int W, real sc, real step, real iz,
-                                const RS(tvd_params) *p, int inz, int iny, real *R G) {
-    const RS(tvd_params) q = *p;
+                                const RS(tvd_params) *p, int inz, int iny) {
+    const RS(tvd_params) q = *p; /* a local copy: no store in the loop can change it */
     if (obs == NULL) {
         if (inz && iny) TVD_ROW3(1, 1, 0);
         else if (inz) TVD_ROW3(1, 0, 0);
@@ -943,8 +935,6 @@ static void RS(tgv_update_row3)(real *R x, real *R m, real *R v, size_t cp, cons
         else if (iny) TVD_ROW3(0, 1, 1);
         else TVD_ROW3(0, 0, 1);
     }
-    for (int k = 0; k < 4; k++)
-        RS(adam_row)(x + k * cp, m + k * cp, v + k * cp, G + (size_t)k * W, W, step, p);
 }
 #undef TVD_ROW3
 
@@ -954,7 +944,7 @@ static void RS(tgv_chunk_step3)(const RS(tvd_chunk3) *c, const RS(tvd_params) *p
     const size_t plane = (size_t)H * W, volume = (size_t)D * plane, cp = (size_t)C * volume;
     const size_t fw = (size_t)C * (W + 1), zw = (size_t)C * W, zrow = 4 * zw;
     real *Z = c->work;                   /* the kept fields of the plane before, row by row */
-    real *F = Z + (size_t)H * zrow, *A = F + 9 * fw, *s = A + 9 * fw, *G = s + W;
+    real *F = Z + (size_t)H * zrow, *A = F + 9 * fw, *s = A + 9 * fw;
     const real step = (real)(c->rate * p->decay / p->correction1);
     const real hw = c->half_weight, sc = RS(tgv_scale)(hw, p);
     /* The plane before the chunk, from its copy and this chunk's first plane (not updated
@@ -996,7 +986,7 @@ static void RS(tgv_chunk_step3)(const RS(tvd_chunk3) *c, const RS(tvd_params) *p
                 }
                 RS(tgv_update_row3)(c->u + off, c->m + off, c->v + off, cp, c->f + off, obs,
                                     F + fo, A + fo, fw, row + (size_t)ch * W, zw, W, sc, step,
-                                    c->iz, p, z < D - 1, y < H - 1, G);
+                                    c->iz, p, z < D - 1, y < H - 1);
             }
             RS(tgv_keep_z)(row, F, C, W);
             real *t = F;
