@@ -1,9 +1,10 @@
 """The compiled CPU iteration (tvdenoise/_kernel.c) against PyTorch's operations.
 
-The solver's other tests run through the kernel wherever it applies (2-D float32 on the
-CPU); these check that it takes the same steps as the PyTorch path it replaces, on odd
-sizes, batches cut between threads, and every variant it covers, and that it stays out
-of the cases it does not cover.
+The solver's other tests run through the kernel wherever it applies (TV and TGV of images
+and volumes, float32 and float64, on the CPU), those against the certified solvers
+included; these check that it takes the same steps as the PyTorch path it replaces, on
+odd sizes, batches cut between threads, and every variant it covers, and that it stays
+out of the cases it does not cover.
 """
 
 from __future__ import annotations
@@ -284,16 +285,17 @@ def test_a_batch_of_one_weight_is_solved_as_each_image_alone(
 
 @needs_kernel
 @pytest.mark.parametrize("shape", [SHAPES[3], SHAPES[6]])
+@pytest.mark.parametrize("options", [{}, {"reg": "tgv"}])
 def test_steps_without_the_runtimes_barrier_are_taken_one_by_one(
-    shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+    shape: tuple[int, ...], options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An OpenMP runtime without ``GOMP_barrier``: the steps of images cut into rows are
     made one call each, those of whole images in one call as before; the same bits."""
     _every_row_a_part(monkeypatch)
     f, weights = _data(shape)
-    one_by_one, _, _ = _steps(f, weights, {}, 5, fused=True)
+    one_by_one, _, _ = _steps(f, weights, options, 5, fused=True)
     monkeypatch.setattr(kernel, "_openmp_barrier", lambda: None)
-    together, _, _ = _steps(f, weights, {}, 5, fused=True, together=True)
+    together, _, _ = _steps(f, weights, options, 5, fused=True, together=True)
     for a, b in zip(together, one_by_one, strict=True):
         assert torch.equal(a, b)
 
@@ -390,6 +392,8 @@ def test_kernel_finds_pytorchs_openmp_threads() -> None:
         ((2, 3, 45, 23), torch.float32, {}),
         ((2, 3, 45, 23), torch.float32, {"missing": 0.2, "noise": "impulse"}),
         ((2, 2, 9, 12, 7), torch.float64, {"noise": "poisson"}),
+        ((2, 3, 45, 23), torch.float32, {"reg": "tgv"}),
+        ((2, 2, 9, 12, 7), torch.float64, {"reg": "tgv", "color": "separate"}),
     ],
 )
 def test_openmp_and_own_threads_agree(
