@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar
 
 import torch
@@ -233,9 +234,9 @@ class TGVWorkspace:
     axis, ``(B, (1 + n) C, *spatial)``, so that Adam's fused step updates both at once;
     ``w`` starts at zero (TGV starts as TV). Storing ``w / s``, ``s = FIELD_STEP / weight``,
     makes Adam's steps on ``w`` ``s`` times those on ``u``: ``w`` is a slope whose size
-    does not grow with the weight as the distance ``u`` travels does. Buffers: one field per
-    axis (``grad u - w``), one per pair (``E w``), two differences, the gradient the size
-    of ``x`` and a magnitude.
+    does not grow with the weight as the distance ``u`` travels does. Buffers, made when
+    PyTorch's operations first need them: one field per axis (``grad u - w``), one per pair
+    (``E w``), two differences, the gradient the size of ``x`` and a magnitude.
     """
 
     def __init__(
@@ -258,21 +259,45 @@ class TGVWorkspace:
         weight = (2 * half_weight).clamp_min(1e-6)
         self.field_scale = (FIELD_STEP / weight).reshape(-1, *([1] * (f.dim() - 1)))
         self.inverse_spacing = reg.first_order.inverse_spacing()
-        self.first = [torch.empty_like(f) for _ in reg.axes]
-        self.sym = [torch.zeros_like(f) for _ in reg.pairs]
-        self.scratch = [torch.zeros_like(f), torch.zeros_like(f)]
-        self.grad = f.new_empty((f.shape[0], (1 + reg.spatial_dims) * f.shape[1], *f.shape[2:]))
-        shape = (f.shape[0], 1 if reg.color == "joint" else f.shape[1], *f.shape[2:])
-        self.norm = f.new_empty(shape)
+        #: The solver variable's shape: the image and one field component per axis.
+        self.shape = (f.shape[0], (1 + reg.spatial_dims) * f.shape[1], *f.shape[2:])
+
+    # The buffers are made at first use: the compiled kernel (tvdenoise.kernel) needs none.
+    @cached_property
+    def first(self) -> list[Tensor]:
+        """``grad u - w``, one field per axis."""
+        return [torch.empty_like(self.f) for _ in self.reg.axes]
+
+    @cached_property
+    def sym(self) -> list[Tensor]:
+        """``E w``, one field per pair of axes."""
+        return [torch.zeros_like(self.f) for _ in self.reg.pairs]
+
+    @cached_property
+    def scratch(self) -> list[Tensor]:
+        """Two buffers the size of the image."""
+        return [torch.zeros_like(self.f), torch.zeros_like(self.f)]
+
+    @cached_property
+    def grad(self) -> Tensor:
+        """The gradient, the size of the solver variable."""
+        return self.f.new_empty(self.shape)
+
+    @cached_property
+    def norm(self) -> Tensor:
+        """A magnitude: one per sample for joint colour, one per value for separate."""
+        f = self.f
+        channels = 1 if self.reg.color == "joint" else f.shape[1]
+        return f.new_empty((f.shape[0], channels, *f.shape[2:]))
 
     def variables(self, u: Tensor) -> Tensor:
         """The solver variable for the starting image ``u`` (``w = 0``), or for ``u`` and
         ``w`` stacked along the channel axis (as :meth:`extra` gives them)."""
-        if u.shape[1] == self.grad.shape[1]:
+        if u.shape[1] == self.shape[1]:
             x = u.clone()
             x[:, self.channels :] /= self.field_scale
             return x
-        x = u.new_zeros(self.grad.shape)
+        x = u.new_zeros(self.shape)
         x[:, : self.channels] = u
         return x
 
