@@ -680,6 +680,26 @@ static double RS(tv_row)(real *R dz, real *R dy, real *R dx, int C, int W,
     return tv;
 }
 
+/* The summed Huber magnitudes of a row's fields over its groups of channels (nf fields of
+   grad u - w, then ns of E w, as tgv_normalise() takes them), added to first and second;
+   s is W values of scratch. */
+static void RS(tgv_row_huber)(const real *R P, int C, int W, int nf, int ns, unsigned twice,
+                              const RS(tvd_params) *p, real *R s, double *first,
+                              double *second) {
+    const size_t fw = (size_t)C * (W + 1);
+    const int groups = p->tv == TVD_TGV_JOINT ? 1 : C, per = C / groups;
+    for (int gr = 0; gr < groups; gr++) {
+        const size_t o = (size_t)gr * per * (W + 1) + 1;
+        for (int order = 0; order < 2; order++) {
+            const int f0 = order == 0 ? 0 : nf, f1 = order == 0 ? nf : nf + ns;
+            RS(tgv_squares)(P, fw, o, per, W, f0, f1, twice, s);
+            for (int j = 0; j < W; j++) s[j] = sqrt(s[j]);
+            RS(huber_row)(s, W, p->eps);
+            *(order == 0 ? first : second) += RS(lane_sum)(s, W);
+        }
+    }
+}
+
 /* The summed Huber TGV (first order plus the ratio times second order) and the summed
    fidelity of a chunk's rows of a TGV image, into tv and fidelity, as TGVWorkspace.energy
    computes them (summed in another order). */
@@ -688,22 +708,11 @@ static void RS(tgv_chunk_energy)(const RS(tvd_chunk) *c, const RS(tvd_params) *p
     const int C = c->C, H = c->H, W = c->W;
     const size_t plane = (size_t)H * W, fw = (size_t)C * (W + 1);
     real *P = c->work, *s = P + 5 * fw;
-    const real sc = RS(tgv_scale)(c->half_weight, p), eps = p->eps;
-    const int groups = p->tv == TVD_TGV_JOINT ? 1 : C, per = C / groups;
+    const real sc = RS(tgv_scale)(c->half_weight, p);
     double first = 0.0, second = 0.0, data = 0.0;
     for (int i = c->r0; i < c->r1; i++) {
         RS(tgv_row_differences)(c->u, C, H, W, i, sc, p, P);
-        for (int gr = 0; gr < groups; gr++) {
-            const size_t o = (size_t)gr * per * (W + 1) + 1;
-            RS(tgv_squares)(P, fw, o, per, W, 0, 2, TVD_TWICE2, s);
-            for (int j = 0; j < W; j++) s[j] = sqrt(s[j]);
-            RS(huber_row)(s, W, eps);
-            first += RS(lane_sum)(s, W);
-            RS(tgv_squares)(P, fw, o, per, W, 2, 5, TVD_TWICE2, s);
-            for (int j = 0; j < W; j++) s[j] = sqrt(s[j]);
-            RS(huber_row)(s, W, eps);
-            second += RS(lane_sum)(s, W);
-        }
+        RS(tgv_row_huber)(P, C, W, 2, 3, TVD_TWICE2, p, s, &first, &second);
         for (int ch = 0; ch < C; ch++) {
             const size_t off = ch * plane + (size_t)i * W;
             const real *obs = c->observed == NULL ? NULL : c->observed + off;
@@ -774,6 +783,19 @@ static void RS(row_flux3)(const real *R cur, size_t cs, const real *R nxt, size_
                           real *R pz, real *R py, real *R px, real *R s) {
     RS(row_differences)(cur, cs, nxt, ns, C, H, W, y, iz, p, pz, py, px);
     RS(flux)(pz, py, px, C, W, hw, iz, p, s);
+}
+
+/* The plane after plane z of a chunk, as a step reads it: the copy made before the step
+   for the chunk's last plane (the next chunk updates that plane), NULL after the volume's
+   last; its channels are *ns values apart. */
+static const real *RS(next_plane)(const RS(tvd_chunk3) *c, int z, size_t *ns) {
+    const size_t plane = (size_t)c->H * c->W;
+    *ns = (size_t)c->D * plane;
+    if (z + 1 == c->z1 && c->after != NULL) {
+        *ns = plane;
+        return c->after;
+    }
+    return z + 1 < c->D ? c->u + (size_t)(z + 1) * plane : NULL;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -961,14 +983,9 @@ static void RS(tgv_chunk_step3)(const RS(tvd_chunk3) *c, const RS(tvd_params) *p
         RS(tgv_keep_z)(row, F, C, W);
     }
     for (int z = c->z0; z < c->z1; z++) {
-        const real *cur = c->u + (size_t)z * plane, *nxt = NULL;
-        size_t ns = volume;
-        if (z + 1 == c->z1 && c->after != NULL) {
-            nxt = c->after;
-            ns = plane;
-        } else if (z + 1 < D) {
-            nxt = c->u + (size_t)(z + 1) * plane;
-        }
+        const real *cur = c->u + (size_t)z * plane;
+        size_t ns;
+        const real *nxt = RS(next_plane)(c, z, &ns);
         for (size_t q = 0; q < 9 * fw; q++) A[q] = 0.f;
         for (int y = 0; y < H; y++) {
             real *row = Z + (size_t)y * zrow;
@@ -1003,25 +1020,14 @@ static void RS(tgv_chunk_energy3)(const RS(tvd_chunk3) *c, const RS(tvd_params) 
     const int C = c->C, D = c->D, H = c->H, W = c->W;
     const size_t plane = (size_t)H * W, volume = (size_t)D * plane, fw = (size_t)C * (W + 1);
     real *P = c->work, *s = P + 9 * fw;
-    const real sc = RS(tgv_scale)(c->half_weight, p), eps = p->eps;
-    const int groups = p->tv == TVD_TGV_JOINT ? 1 : C, per = C / groups;
+    const real sc = RS(tgv_scale)(c->half_weight, p);
     double first = 0.0, second = 0.0, data = 0.0;
     for (int z = c->z0; z < c->z1; z++) {
         const real *cur = c->u + (size_t)z * plane;
         const real *nxt = z + 1 < D ? cur + plane : NULL;
         for (int y = 0; y < H; y++) {
             RS(tgv_row_differences3)(cur, volume, nxt, volume, C, H, W, y, sc, c->iz, p, P);
-            for (int gr = 0; gr < groups; gr++) {
-                const size_t o = (size_t)gr * per * (W + 1) + 1;
-                RS(tgv_squares)(P, fw, o, per, W, 0, 3, TVD_TWICE3, s);
-                for (int j = 0; j < W; j++) s[j] = sqrt(s[j]);
-                RS(huber_row)(s, W, eps);
-                first += RS(lane_sum)(s, W);
-                RS(tgv_squares)(P, fw, o, per, W, 3, 9, TVD_TWICE3, s);
-                for (int j = 0; j < W; j++) s[j] = sqrt(s[j]);
-                RS(huber_row)(s, W, eps);
-                second += RS(lane_sum)(s, W);
-            }
+            RS(tgv_row_huber)(P, C, W, 3, 6, TVD_TWICE3, p, s, &first, &second);
             for (int ch = 0; ch < C; ch++) {
                 const size_t off = ch * volume + (size_t)z * plane + (size_t)y * W;
                 const real *obs = c->observed == NULL ? NULL : c->observed + off;
@@ -1080,14 +1086,9 @@ TVD_EXPORT void RS(tvd_step3)(int n, const RS(tvd_chunk3) *chunks, const RS(tvd_
                 RS(copy_n)(prev + ch * plane + (size_t)y * W, pz + (size_t)ch * W, W);
         }
         for (int z = c->z0; z < c->z1; z++) {
-            const real *cur = c->u + (size_t)z * plane, *nxt = NULL;
-            size_t ns = volume;
-            if (z + 1 == c->z1 && c->after != NULL) {
-                nxt = c->after;
-                ns = plane;
-            } else if (z + 1 < D) {
-                nxt = c->u + (size_t)(z + 1) * plane;
-            }
+            const real *cur = c->u + (size_t)z * plane;
+            size_t ns;
+            const real *nxt = RS(next_plane)(c, z, &ns);
             for (size_t q = 0; q < cw; q++) above[q] = 0.f;
             for (int y = 0; y < H; y++) {
                 RS(row_flux3)(cur, volume, nxt, ns, C, H, W, y, hw, c->iz, p, pz, py, px, s);
