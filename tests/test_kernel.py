@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tvdenoise import colour, kernel, solver
-from tvdenoise.fidelity import data_term
+from tvdenoise.fidelity import DataTerm, data_term
 from tvdenoise.solver import DEFAULT_EPS
 from tvdenoise.tgv import TotalGeneralisedVariation
 from tvdenoise.tv import TotalVariation
@@ -105,6 +105,27 @@ def test_ci_builds_the_kernel() -> None:
     assert kernel.available()
 
 
+def _model(
+    options: dict[str, Any], dims: int
+) -> tuple[TotalVariation | TotalGeneralisedVariation, DataTerm]:
+    """The regulariser and data term of ``options`` (``"reg": "tgv"`` for TGV)."""
+    if options.get("reg") == "tgv":
+        color, spacing = options.get("color", "joint"), options.get("spacing")
+        tgv = TotalGeneralisedVariation(
+            color=color, eps=DEFAULT_EPS, spatial_dims=dims, spacing=spacing
+        )
+        return tgv, data_term("gaussian")
+    return solver.model(
+        options.get("tv", "isotropic"),
+        options.get("color", "joint"),
+        DEFAULT_EPS,
+        dims,
+        options.get("spacing"),
+        options.get("noise", "gaussian"),
+        None,
+    )
+
+
 def _steps(
     f: torch.Tensor,
     weights: torch.Tensor,
@@ -116,24 +137,8 @@ def _steps(
     """``count`` Adam steps from ``f`` by the kernel (with ``together``, in one call of
     :meth:`~tvdenoise.kernel.FusedSteps.steps`) or by PyTorch's operations: the solver
     variable and Adam's moments, the workspace, and the variable again."""
-    reg: TotalVariation | TotalGeneralisedVariation
-    if options.get("reg") == "tgv":
-        color, spacing = options.get("color", "joint"), options.get("spacing")
-        dims = f.dim() - 2
-        reg = TotalGeneralisedVariation(
-            color=color, eps=DEFAULT_EPS, spatial_dims=dims, spacing=spacing
-        )
-        term = data_term("gaussian")
-    else:
-        reg, term = solver.model(
-            options.get("tv", "isotropic"),
-            options.get("color", "joint"),
-            DEFAULT_EPS,
-            f.dim() - 2,
-            options.get("spacing"),
-            options.get("noise", "gaussian"),
-            None,
-        )
+    dims = f.dim() - 2
+    reg, term = _model(options, dims)
     half = (weights / 2).reshape(-1, *[1] * (f.dim() - 1))
     observed = None
     if "missing" in options:  # a fraction of the values missing
@@ -188,7 +193,9 @@ def test_steps_match_pytorch(
 
 @needs_kernel
 @pytest.mark.parametrize("shape", [*SHAPES, *VOLUME_SHAPES[:2]])
-@pytest.mark.parametrize("options", [VARIANTS[0], VARIANTS[2], VARIANTS[7], VARIANTS[8]])
+@pytest.mark.parametrize(
+    "options", [VARIANTS[0], VARIANTS[2], VARIANTS[7], VARIANTS[8], *TGV_VARIANTS[::3]]
+)
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("equal", [False, True])
@@ -239,14 +246,19 @@ def test_images_as_many_as_parts_are_parts_whole(
         (SHAPES[6], False, 0),  # a weight each: apart
     ],
 )
+@pytest.mark.parametrize("options", [{}, {"reg": "tgv"}])
 def test_narrow_images_of_one_weight_go_side_by_side(
-    shape: tuple[int, ...], equal: bool, groups: int, monkeypatch: pytest.MonkeyPatch
+    shape: tuple[int, ...],
+    equal: bool,
+    groups: int,
+    options: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Consecutive images of one weight, narrower than half SIDE_BY_SIDE_COLUMNS, are laid
     side by side in groups of a size that divides every run of one weight."""
     _every_row_a_part(monkeypatch)
     f, weights = _data(shape, equal=equal)
-    _, ws, u = _steps(f, weights, {}, 0, fused=True)
+    _, ws, u = _steps(f, weights, options, 0, fused=True)
     rates = weights * 0.2
     active = torch.ones(len(f), dtype=torch.bool)
     plan = kernel.FusedSteps.plan(ws, u, u.clone(), u.clone(), rates, active, 0.8, 0.9, 1e-8)
@@ -255,23 +267,15 @@ def test_narrow_images_of_one_weight_go_side_by_side(
 
 
 @needs_kernel
-@pytest.mark.parametrize("shape", [(6, 2, 21, 33), (5, 1, 9, 1)])
-@pytest.mark.parametrize("options", VARIANTS)
+@pytest.mark.parametrize("shape", [(6, 2, 21, 33), (5, 1, 9, 1), (4, 1, 7, 2)])
+@pytest.mark.parametrize("options", [*VARIANTS, *TGV_VARIANTS])
 def test_a_batch_of_one_weight_is_solved_as_each_image_alone(
     shape: tuple[int, ...], options: dict[str, Any]
 ) -> None:
     """Narrow images of one weight (single columns too), solved side by side, give the bits
     of each alone; the kernel's own energy checks stop them at the same iterations."""
     f, _ = _data(shape)
-    reg, term = solver.model(
-        options.get("tv", "isotropic"),
-        options.get("color", "joint"),
-        DEFAULT_EPS,
-        2,
-        options.get("spacing"),
-        options.get("noise", "gaussian"),
-        None,
-    )
+    reg, term = _model(options, 2)
     if "missing" in options:
         generator = torch.Generator().manual_seed(5)
         f = f.masked_fill(torch.rand(f.shape, generator=generator) < options["missing"], math.nan)

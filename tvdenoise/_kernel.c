@@ -92,9 +92,11 @@ TVD_EXPORT size_t tvd_flux_size(int C, int W) { return flux_size(C, W); }
 TVD_EXPORT size_t tvd_work_size3(int C, int H, int W) {
     return (size_t)C * H * W + 3 * (size_t)C * W + (size_t)C * (W + 1) + W;
 }
-/* The same for TGV: two rows of five fields (tgv_row_fields) and a row of scratch; and a
-   boundary's five fields. */
-TVD_EXPORT size_t tvd_tgv_work_size(int C, int W) { return 10 * (size_t)C * (W + 1) + W; }
+/* The same for TGV: two rows of five fields (tgv_row_fields), a row of scratch and the
+   columns' neighbours (tgv_point); and a boundary's five fields. */
+TVD_EXPORT size_t tvd_tgv_work_size(int C, int W) {
+    return 10 * (size_t)C * (W + 1) + 2 * (size_t)W + 2;
+}
 TVD_EXPORT size_t tvd_tgv_flux_size(int C, int W) { return 5 * (size_t)C * (W + 1); }
 /* For a TGV volume: the kept fields of a plane (4 C H W), two rows of nine fields and a
    row of scratch. */

@@ -290,9 +290,10 @@ static real RS(tgv_scale)(real hw, const RS(tvd_params) *p) {
 
 /* The differences of row i of an image's variable x, in five fields of C (W + 1) values,
    each channel's led by a zero: grad u - w along H and W, and E w (yy, xy, xx), with w = s
-   times the stored field. */
+   times the stored field; no difference along W at the last column of each segment of S
+   columns (images side by side). */
 TVD_CLONES
-static void RS(tgv_row_differences)(const real *R x, int C, int H, int W, int i, real sc,
+static void RS(tgv_row_differences)(const real *R x, int C, int H, int W, int S, int i, real sc,
                                     const RS(tvd_params) *p, real *R P) {
     const size_t plane = (size_t)H * W, fw = (size_t)C * (W + 1);
     const real ih = p->ih, iw = p->iw, half = 0.5f * sc;
@@ -303,27 +304,32 @@ static void RS(tgv_row_differences)(const real *R x, int C, int H, int W, int i,
         const size_t o = (size_t)c * (W + 1) + 1;
         real *R a = py + o, *R b = px + o, *R e = yy + o, *R g = xy + o, *R h = xx + o;
         a[-1] = b[-1] = e[-1] = g[-1] = h[-1] = 0.f;
+        /* Along W, over the whole row; then none at the last column of each segment. g
+           holds the part of E w along W until the part along H is added to it (in the
+           other order from PyTorch's, which is the same sum). */
+        for (int j = 0; j < W - 1; j++) {
+            b[j] = (u[j + 1] - u[j]) * iw - wx[j] * sc;
+            g[j] = (wy[j + 1] - wy[j]) * iw;
+            h[j] = ((wx[j + 1] - wx[j]) * iw) * sc;
+        }
+        for (int j = S - 1; j < W; j += S) {
+            b[j] = 0.f - wx[j] * sc;
+            g[j] = 0.f;
+            h[j] = 0.f;
+        }
         if (i < H - 1) {
             for (int j = 0; j < W; j++) {
                 a[j] = (u[j + W] - u[j]) * ih - wy[j] * sc;
                 e[j] = ((wy[j + W] - wy[j]) * ih) * sc;
-                g[j] = (wx[j + W] - wx[j]) * ih;
+                g[j] = ((wx[j + W] - wx[j]) * ih + g[j]) * half;
             }
         } else { /* no difference along H from the last row */
             for (int j = 0; j < W; j++) {
                 a[j] = 0.f - wy[j] * sc;
                 e[j] = 0.f;
-                g[j] = 0.f;
+                g[j] = (0.f + g[j]) * half;
             }
         }
-        for (int j = 0; j < W - 1; j++) {
-            b[j] = (u[j + 1] - u[j]) * iw - wx[j] * sc;
-            g[j] = (g[j] + (wy[j + 1] - wy[j]) * iw) * half;
-            h[j] = ((wx[j + 1] - wx[j]) * iw) * sc;
-        }
-        b[W - 1] = 0.f - wx[W - 1] * sc;
-        g[W - 1] = (g[W - 1] + 0.f) * half;
-        h[W - 1] = 0.f;
     }
 }
 
@@ -387,9 +393,9 @@ static void RS(tgv_normalise)(real *R P, int C, int W, int nf, int ns, unsigned 
 
 /* The five fields of row i (tgv_row_differences()), normalised (tgv_normalise()): py, px,
    qyy, qxy, qxx; s is W values of scratch. */
-static void RS(tgv_row_fields)(const real *R x, int C, int H, int W, int i, real hw,
+static void RS(tgv_row_fields)(const real *R x, int C, int H, int W, int S, int i, real hw,
                                const RS(tvd_params) *p, real *R P, real *R s) {
-    RS(tgv_row_differences)(x, C, H, W, i, RS(tgv_scale)(hw, p), p, P);
+    RS(tgv_row_differences)(x, C, H, W, S, i, RS(tgv_scale)(hw, p), p, P);
     RS(tgv_normalise)(P, C, W, 2, 3, TVD_TWICE2, hw, p, s);
 }
 
@@ -405,14 +411,17 @@ RS(adam_at)(real *R x, real *R m, real *R v, int j, real g, real step, const RS(
 
 /* The gradient at column j of one channel of a row and Adam's update of its three values
    (u, w_y / s, w_x / s at x, x + C planes, x + 2 C planes). F and A are the fields of this
-   row and of the row above, at the channel (after the leading zero), fw apart; `inner`
-   (not the last row), `right` (not the last column) and `masked` are constants in each
-   caller. In the order of TGVWorkspace.gradient's operations. */
+   row and of the row above, at the channel (after the leading zero), fw apart; `next[j]`
+   is 0 at the last column of each segment (it has no column after it), else 1, and
+   next[-1] is 1 (the first column reads the leading zeros); `inner` (not the last row) and
+   `masked` are constants in each caller. In the order of TGVWorkspace.gradient's
+   operations. */
 static inline __attribute__((always_inline)) void
 RS(tgv_point)(real *R x, real *R m, real *R v, size_t cp, const real *R f, const real *R obs,
-              const real *R F, const real *R A, size_t fw, int j, real sc, real step,
-              const RS(tvd_params) *p, const int inner, const int right, const int masked) {
+              const real *R F, const real *R A, size_t fw, const real *R next, int j, real sc,
+              real step, const RS(tvd_params) *p, const int inner, const int masked) {
     const real ih = p->ih, iw = p->iw;
+    const int right = next[j] != 0.f, left = next[j - 1] != 0.f;
     const real *R py = F, *R px = F + fw, *R yy = F + 2 * fw, *R xy = F + 3 * fw, *R xx = F + 4 * fw;
     const real *R ay = A, *R ayy = A + 2 * fw, *R axy = A + 3 * fw;
     real r = x[j] - f[j];
@@ -420,15 +429,16 @@ RS(tgv_point)(real *R x, real *R m, real *R v, size_t cp, const real *R f, const
     real gu = inner ? r - ih * py[j] : r;
     gu = gu + ih * ay[j];
     gu = right ? gu - iw * px[j] : gu;
-    gu = gu + iw * px[j - 1];
+    gu = left ? gu + iw * px[j - 1] : gu;
     real gy = (0.f - py[j]) - ih * yy[j];
     gy = gy + ih * ayy[j];
     gy = right ? gy - iw * xy[j] : gy;
-    gy = (gy + iw * xy[j - 1]) * sc;
+    gy = (left ? gy + iw * xy[j - 1] : gy) * sc;
     real gx = 0.f - px[j];
     gx = inner ? gx - ih * xy[j] : gx;
     gx = gx + ih * axy[j];
-    gx = (gx - iw * xx[j] + iw * xx[j - 1]) * sc;
+    gx = gx - iw * xx[j];
+    gx = (left ? gx + iw * xx[j - 1] : gx) * sc;
     RS(adam_at)(x, m, v, j, gu, step, p);
     RS(adam_at)(x + cp, m + cp, v + cp, j, gy, step, p);
     RS(adam_at)(x + 2 * cp, m + 2 * cp, v + 2 * cp, j, gx, step, p);
@@ -436,27 +446,28 @@ RS(tgv_point)(real *R x, real *R m, real *R v, size_t cp, const real *R f, const
 
 static inline __attribute__((always_inline)) void
 RS(tgv_row_loop)(real *R x, real *R m, real *R v, size_t cp, const real *R f,
-                 const real *R obs, const real *R F, const real *R A, size_t fw, int W, real sc,
-                 real step, const RS(tvd_params) *p, const int inner, const int masked) {
+                 const real *R obs, const real *R F, const real *R A, size_t fw,
+                 const real *R next, int W, real sc, real step, const RS(tvd_params) *p,
+                 const int inner, const int masked) {
     const RS(tvd_params) q = *p; /* a local copy: no store in the loop can change it */
     /* The arrays do not overlap: no dependence between iterations. */
 #pragma GCC ivdep
-    for (int j = 0; j < W - 1; j++)
-        RS(tgv_point)(x, m, v, cp, f, obs, F, A, fw, j, sc, step, &q, inner, 1, masked);
-    RS(tgv_point)(x, m, v, cp, f, obs, F, A, fw, W - 1, sc, step, &q, inner, 0, masked);
+    for (int j = 0; j < W; j++)
+        RS(tgv_point)(x, m, v, cp, f, obs, F, A, fw, next, j, sc, step, &q, inner, masked);
 }
 
 /* tgv_row_loop() with its constants. */
 TVD_CLONES
 static void RS(tgv_update_row)(real *R x, real *R m, real *R v, size_t cp, const real *R f,
                                const real *R obs, const real *R F, const real *R A, size_t fw,
-                               int W, real sc, real step, const RS(tvd_params) *p, int inner) {
+                               const real *R next, int W, real sc, real step,
+                               const RS(tvd_params) *p, int inner) {
     if (inner) {
-        if (obs == NULL) RS(tgv_row_loop)(x, m, v, cp, f, obs, F, A, fw, W, sc, step, p, 1, 0);
-        else RS(tgv_row_loop)(x, m, v, cp, f, obs, F, A, fw, W, sc, step, p, 1, 1);
+        if (obs == NULL) RS(tgv_row_loop)(x, m, v, cp, f, obs, F, A, fw, next, W, sc, step, p, 1, 0);
+        else RS(tgv_row_loop)(x, m, v, cp, f, obs, F, A, fw, next, W, sc, step, p, 1, 1);
     } else {
-        if (obs == NULL) RS(tgv_row_loop)(x, m, v, cp, f, obs, F, A, fw, W, sc, step, p, 0, 0);
-        else RS(tgv_row_loop)(x, m, v, cp, f, obs, F, A, fw, W, sc, step, p, 0, 1);
+        if (obs == NULL) RS(tgv_row_loop)(x, m, v, cp, f, obs, F, A, fw, next, W, sc, step, p, 0, 0);
+        else RS(tgv_row_loop)(x, m, v, cp, f, obs, F, A, fw, next, W, sc, step, p, 0, 1);
     }
 }
 
@@ -466,8 +477,11 @@ static void RS(tgv_chunk_step)(const RS(tvd_chunk) *c, const RS(tvd_params) *p) 
     const size_t plane = (size_t)H * W, cp = (size_t)C * plane, fw = (size_t)C * (W + 1);
     const size_t size = 5 * fw;
     real *a = c->work, *b = a + size, *s = b + size; /* this row's and the row above's fields */
+    real *next = s + W + 1;                          /* tgv_point()'s, from next[-1] */
     const real step = (real)(c->rate * p->decay / p->correction1);
     const real sc = RS(tgv_scale)(c->half_weight, p);
+    next[-1] = 1.f;
+    for (int j = 0; j < W; j++) next[j] = (j + 1) % c->S != 0 ? 1.f : 0.f;
     if (c->above != NULL) {
         RS(copy_n)(b, c->above, size);
     } else {
@@ -478,7 +492,7 @@ static void RS(tgv_chunk_step)(const RS(tvd_chunk) *c, const RS(tvd_params) *p) 
         if (i == c->r1 - 1 && c->last != NULL) {
             F = c->last;
         } else {
-            RS(tgv_row_fields)(c->u, C, H, W, i, c->half_weight, p, a, s);
+            RS(tgv_row_fields)(c->u, C, H, W, c->S, i, c->half_weight, p, a, s);
         }
         for (int ch = 0; ch < C; ch++) {
             const size_t off = ch * plane + (size_t)i * W, fo = (size_t)ch * (W + 1) + 1;
@@ -489,7 +503,7 @@ static void RS(tgv_chunk_step)(const RS(tvd_chunk) *c, const RS(tvd_params) *p) 
                 }
             }
             RS(tgv_update_row)(c->u + off, c->m + off, c->v + off, cp, c->f + off, obs, F + fo,
-                               b + fo, fw, W, sc, step, p, i < H - 1);
+                               b + fo, fw, next, W, sc, step, p, i < H - 1);
         }
         if (F == a) {
             real *t = a;
@@ -509,7 +523,7 @@ TVD_EXPORT void RS(tvd_boundaries)(int n, const RS(tvd_chunk) *chunks, const RS(
         if (c->r0 == 0) continue;
         real *out = (real *)c->above;
         if (p->tv == TVD_TGV_JOINT || p->tv == TVD_TGV_SEPARATE) {
-            RS(tgv_row_fields)(c->u, c->C, c->H, c->W, c->r0 - 1, c->half_weight, p, out,
+            RS(tgv_row_fields)(c->u, c->C, c->H, c->W, c->S, c->r0 - 1, c->half_weight, p, out,
                                c->work);
             continue;
         }
@@ -711,7 +725,7 @@ static void RS(tgv_chunk_energy)(const RS(tvd_chunk) *c, const RS(tvd_params) *p
     const real sc = RS(tgv_scale)(c->half_weight, p);
     double first = 0.0, second = 0.0, data = 0.0;
     for (int i = c->r0; i < c->r1; i++) {
-        RS(tgv_row_differences)(c->u, C, H, W, i, sc, p, P);
+        RS(tgv_row_differences)(c->u, C, H, W, c->S, i, sc, p, P);
         RS(tgv_row_huber)(P, C, W, 2, 3, TVD_TWICE2, p, s, &first, &second);
         for (int ch = 0; ch < C; ch++) {
             const size_t off = ch * plane + (size_t)i * W;

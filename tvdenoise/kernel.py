@@ -477,7 +477,7 @@ class FusedSteps:
             # first needed, as the weight search's solves need none.
             self._apart_layout = (types, pointers, settings, (c, h, w), [w] * b, ranges)
             # For the steps, narrow images side by side (the energies read each image).
-            self._side = None if self._tgv else _SideBySide.of(arrays, images, settings, w)
+            self._side = _SideBySide.of(arrays, images, settings, w)
             side = self._side
             if side is not None:
                 self._side_chunks, self._side_boundaries = self._image_chunks(
