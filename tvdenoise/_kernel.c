@@ -47,6 +47,8 @@
 #define TVD_EXPORT __attribute__((visibility("default")))
 #endif
 
+/* The regularisers' codes, as their kernel_form() methods give them (tvdenoise/tv.py,
+   tvdenoise/tgv.py), and the data terms' (tvdenoise/fidelity.py). */
 enum {
     TVD_ISOTROPIC_JOINT = 0,
     TVD_ISOTROPIC_SEPARATE = 1,

@@ -63,10 +63,10 @@ MIN_PLANES_PER_CHUNK = 4
 #: fixed overhead besides its values (the weight search's 64-pixel tiles, for one).
 SIDE_BY_SIDE_COLUMNS = 512
 
-_TV_CODES = {("isotropic", True): 0, ("isotropic", False): 1}
-_ANISOTROPIC = 2
-#: Second-order TGV of images, joint and separate colour.
-_TGV_CODES = {"joint": 3, "separate": 4}
+#: The codes of regularisers with a vector field (second-order TGV, joint and separate
+#: colour: :meth:`~tvdenoise.tgv.TotalGeneralisedVariation.kernel_form`), whose chunks
+#: need buffers of their own sizes.
+_WITH_FIELD = frozenset({3, 4})
 
 
 @dataclass(frozen=True)
@@ -435,7 +435,7 @@ class FusedSteps:
         # TGV's variable holds the image's C channels and a field: C is the image's.
         b, _, *spatial = u.shape
         c = ws.f.shape[1]
-        self._tgv = params.tv in _TGV_CODES.values()
+        self._tgv = params.tv in _WITH_FIELD
         half_weights = ws.half_weight.reshape(-1).tolist()
         images = [i for i in range(b) if active[i]]
         values = len(images) * math.prod(u.shape[1:])
@@ -571,8 +571,6 @@ class FusedSteps:
     ) -> FusedSteps | None:
         """The kernel's steps for this solve, or ``None`` where the kernel does not apply.
         Without Adam's moments ``m`` and ``v`` the plan gives energies only."""
-        from .tgv import FIELD_STEP, TotalGeneralisedVariation
-
         lib = _library()
         form = ws.term.kernel_form()
         reg = ws.reg
@@ -588,20 +586,14 @@ class FusedSteps:
             or math.prod(u.shape[1:]) >= 1 << 31
         ):
             return None
-        if isinstance(reg, TotalGeneralisedVariation):
-            tv = _TGV_CODES[reg.color]
-        elif reg.kind == "anisotropic":
-            tv = _ANISOTROPIC
-        else:
-            tv = _TV_CODES[(reg.kind, reg.joint)]
+        tv, ratio, field_step = reg.kernel_form()
         ih, iw = (1.0 if s is None else s for s in ws.inverse_spacing[-2:])
         params = _TYPES[u.dtype].params(tv, form[0], form[1], reg.eps, ih, iw)
         params.beta1, params.beta1c = beta1, 1 - beta1
         params.beta2, params.beta2c = beta2, 1 - beta2
         params.adam_eps = adam_eps
         params.floor = 0.0 if ws.term.floor is None else ws.term.floor
-        if isinstance(reg, TotalGeneralisedVariation):
-            params.ratio, params.field_step = reg.ratio, FIELD_STEP
+        params.ratio, params.field_step = ratio, field_step
         return cls(lib, ws, u, m, v, params, (beta1, beta2), rates.tolist(), active.tolist())
 
     def _run(self, name: str, *args: object) -> None:

@@ -212,6 +212,11 @@ class TotalGeneralisedVariation:
             return norm.clamp_min(self.eps)
         return torch.where(norm > 0, norm, torch.ones_like(norm))
 
+    def kernel_form(self) -> tuple[int, float, float]:
+        """This regulariser in the compiled CPU iteration (:mod:`tvdenoise.kernel`): its
+        code in ``_kernel.c``, the ratio and :data:`FIELD_STEP`."""
+        return (3 if self.color == "joint" else 4), self.ratio, FIELD_STEP
+
     def workspace(
         self, f: Tensor, half_weight: Tensor, term: DataTerm, observed: Tensor | None = None
     ) -> TGVWorkspace:

@@ -117,6 +117,13 @@ class TotalVariation:
         """Whether all channels share one gradient magnitude per sample."""
         return self.kind == "isotropic" and self.color == "joint"
 
+    def kernel_form(self) -> tuple[int, float, float]:
+        """This regulariser in the compiled CPU iteration (:mod:`tvdenoise.kernel`): its
+        code in ``_kernel.c`` and two parameters, which TV does not use."""
+        if self.kind == "anisotropic":
+            return 2, 0.0, 0.0
+        return (0 if self.joint else 1), 0.0, 0.0
+
     def inverse_spacing(self) -> tuple[float | None, ...]:
         """``1 / h`` per axis, ``None`` where ``h`` is 1 (no multiplication needed)."""
         if self.spacing is None:
