@@ -466,8 +466,8 @@ class FusedSteps:
             # part before it, a copy of its first plane.
             for previous, part in itertools.pairwise(chunks3):
                 if part.z0 > 0:
-                    planes = 4 * c if self._tgv else c  # a TGV volume's field too
-                    part.before, previous.after = self._buffers(planes * h * w, 2)
+                    # All the variable's channels: a TGV volume's field too.
+                    part.before, previous.after = self._buffers(u.shape[1] * h * w, 2)
             self._chunks: ctypes.Array[ctypes.Structure] = (types.chunk3 * len(chunks3))(*chunks3)
             self._side: _SideBySide | None = None
         else:
