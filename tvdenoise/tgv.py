@@ -35,7 +35,7 @@ its units) and ``alpha0 = ratio * weight``; ``ratio`` is a length in samples, me
 
 Two solvers minimise it over ``(u, w)``: the Adam solver of :mod:`tvdenoise.solver` through
 :class:`TGVWorkspace` (the same step, schedule and stopping rule as for TV, on ``u`` and
-``w`` stacked into one tensor; for images on the CPU, the compiled kernel of
+``w`` stacked into one tensor; for images and volumes on the CPU, the compiled kernel of
 :mod:`tvdenoise.kernel` takes its steps in one pass), and :func:`reference_tgv`, a
 certified primal-dual solver for checking.
 """
